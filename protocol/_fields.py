@@ -1,0 +1,129 @@
+"""Checks for decoded wire values: each returns the value typed, or raises MalformedMessage.
+
+The decoders trust nothing that came off the wire; these helpers keep that distrust short to
+write. ``field`` is the dotted path used in the error (``"headers.retries"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from .errors import MalformedMessage
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def empty_mapping() -> Mapping[str, Any]:
+    """The shared read-only empty mapping (a dataclass ``default_factory``)."""
+    return EMPTY
+
+
+def or_default(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` when it is null or missing (Celery writes both)."""
+    return default if value is None else value
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def text(value: Any, field: str) -> str:
+    """A string."""
+    if not isinstance(value, str):
+        raise MalformedMessage(f"expected a string, got {_kind(value)}", field=field)
+    return value
+
+
+def name(value: Any, field: str) -> str:
+    """A non-empty string (task names, task ids)."""
+    if not text(value, field):
+        raise MalformedMessage("must not be empty", field=field)
+    return value  # type: ignore[no-any-return]
+
+
+def optional_text(value: Any, field: str) -> str | None:
+    """A string or null."""
+    return None if value is None else text(value, field)
+
+
+def integer(value: Any, field: str, *, minimum: int | None = None) -> int:
+    """An integer (booleans are not integers on the wire)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MalformedMessage(f"expected an integer, got {_kind(value)}", field=field)
+    if minimum is not None and value < minimum:
+        raise MalformedMessage(f"must be at least {minimum}, got {value}", field=field)
+    return value
+
+
+def optional_integer(value: Any, field: str, *, minimum: int | None = None) -> int | None:
+    """An integer or null."""
+    return None if value is None else integer(value, field, minimum=minimum)
+
+
+def optional_seconds(value: Any, field: str) -> float | None:
+    """A finite, non-negative number of seconds, or null; ints stay ints, so that a message
+    re-published from a decoded one (a retry) carries the same bytes."""
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise MalformedMessage(f"expected a number of seconds, got {_kind(value)}", field=field)
+    if not math.isfinite(value) or value < 0:
+        raise MalformedMessage(f"must be a finite, non-negative number, got {value}", field=field)
+    return value
+
+
+def optional_flag(value: Any, field: str) -> bool | None:
+    """A boolean or null."""
+    if value is not None and not isinstance(value, bool):
+        raise MalformedMessage(f"expected a boolean, got {_kind(value)}", field=field)
+    return value
+
+
+def sequence(value: Any, field: str, *, null_is_empty: bool = False) -> tuple[Any, ...]:
+    """A list (or tuple), returned as a tuple; null too, as ``()``, if ``null_is_empty``."""
+    if value is None and null_is_empty:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise MalformedMessage(f"expected a list, got {_kind(value)}", field=field)
+    return tuple(value)
+
+
+def mapping(value: Any, field: str, *, null_is_empty: bool = False) -> Mapping[str, Any]:
+    """A mapping with string keys, as a read-only copy; null too, if ``null_is_empty``."""
+    if value is None and null_is_empty:
+        return EMPTY
+    if not isinstance(value, Mapping):
+        raise MalformedMessage(f"expected a mapping, got {_kind(value)}", field=field)
+    for key in value:
+        if not isinstance(key, str):
+            raise MalformedMessage(f"keys must be strings, got {_kind(key)}", field=field)
+    return MappingProxyType(dict(value))
+
+
+def optional_strings(value: Any, field: str) -> tuple[str, ...] | None:
+    """A list of strings, or null."""
+    if value is None:
+        return None
+    return tuple(text(item, field) for item in sequence(value, field))
+
+
+def timestamp(value: Any, field: str) -> datetime | None:
+    """An ISO 8601 string (or null) as an aware datetime; naive values are taken as UTC.
+
+    That is what Celery's worker does: protocol v2 has no time zone flag, and a naive ``eta``
+    means UTC (``maybe_make_aware(..., naive_as_utc=True)``).
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):  # msgpack/yaml bodies of protocol v1 may carry datetimes
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(text(value, field))
+        except ValueError as exc:
+            raise MalformedMessage(f"not an ISO 8601 time: {value!r}", field=field) from exc
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
