@@ -10,12 +10,11 @@ otherwise makes a stand-in class with the same name and module.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _fields
-from .errors import MalformedMessage
+from . import _fields, serialization
+from .errors import EncodeError, MalformedMessage
 
 __all__ = ["ExceptionInfo"]
 
@@ -32,6 +31,14 @@ def _standin(module: str, qualname: str) -> type[Exception]:
     return _standins[key]
 
 
+def _encodable(value: Any, serializer: str) -> bool:
+    try:
+        serialization.dumps(value, serializer)
+    except EncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class ExceptionInfo:
     """A serialised exception: its type's qualified name, module and arguments."""
@@ -41,12 +48,10 @@ class ExceptionInfo:
     exc_module: str | None
 
     @classmethod
-    def from_exception(
-        cls, exc: BaseException, *, encodable: Callable[[Any], bool] | None = None
-    ) -> ExceptionInfo:
-        """Describe ``exc``; arguments ``encodable`` rejects are replaced by their repr."""
+    def from_exception(cls, exc: BaseException, *, serializer: str = "json") -> ExceptionInfo:
+        """Describe ``exc``; arguments ``serializer`` cannot encode are replaced by their repr."""
         kind = type(exc)
-        args = tuple(arg if encodable is None or encodable(arg) else repr(arg) for arg in exc.args)
+        args = tuple(arg if _encodable(arg, serializer) else repr(arg) for arg in exc.args)
         return cls(exc_type=kind.__qualname__, exc_message=args, exc_module=kind.__module__)
 
     def to_dict(self) -> dict[str, Any]:

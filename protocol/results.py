@@ -18,7 +18,7 @@ from . import _fields, serialization
 from .errors import MalformedMessage
 from .excinfo import ExceptionInfo
 from .limits import DEFAULT_LIMITS, Limits, check_depth
-from .serialization import AcceptPolicy
+from .serialization import DEFAULT_ACCEPT, AcceptPolicy
 from .states import EXCEPTION_STATES, State
 
 __all__ = [
@@ -189,7 +189,7 @@ def _serialize(document: Any, serializer: str, compression: str | None) -> bytes
     return COMPRESSED_MAGIC + content_type.encode("ascii") + b"\x00" + data
 
 
-def _deserialize(data: bytes, serializer: str, accept: AcceptPolicy | None, limits: Limits) -> Any:
+def _deserialize(data: bytes, serializer: str, accept: AcceptPolicy, limits: Limits) -> Any:
     if data.startswith(COMPRESSED_MAGIC):
         content_type, sep, rest = data[len(COMPRESSED_MAGIC) :].partition(b"\x00")
         if not sep:
@@ -202,7 +202,7 @@ def _deserialize(data: bytes, serializer: str, accept: AcceptPolicy | None, limi
         data,
         chosen.content_type,
         chosen.content_encoding,
-        accept=accept or AcceptPolicy(frozenset({chosen.content_type})),
+        accept=accept,
         limits=limits,
     )
     check_depth(value, limits.max_depth, field="result")
@@ -216,12 +216,12 @@ def decode_result(
     data: bytes,
     *,
     serializer: str = "json",
-    accept: AcceptPolicy | None = None,
+    accept: AcceptPolicy = DEFAULT_ACCEPT,
     limits: Limits = DEFAULT_LIMITS,
 ) -> ResultMeta:
     """Parse a stored task record; raise :class:`MalformedMessage` if it is not one.
 
-    ``accept`` defaults to just ``serializer`` (Celery's ``result_accept_content``).
+    ``accept`` is Celery's ``result_accept_content``: pickle is refused unless listed.
     """
     raw = _fields.mapping(_deserialize(data, serializer, accept, limits), "result")
     try:
@@ -274,7 +274,7 @@ def decode_group(
     data: bytes,
     *,
     serializer: str = "json",
-    accept: AcceptPolicy | None = None,
+    accept: AcceptPolicy = DEFAULT_ACCEPT,
     limits: Limits = DEFAULT_LIMITS,
 ) -> ResultRef:
     """Parse a saved group record into its :class:`ResultRef` (children = members)."""

@@ -191,8 +191,8 @@ def loads(
             raise MalformedMessage(f"cannot decode body as {encoding!r}: {exc}") from exc
     try:
         return chosen.decode(data)
-    except MalformedMessage:
-        raise
+    except MalformedMessage as exc:
+        raise MalformedMessage(exc.reason, field=exc.field or "body") from exc
     except Exception as exc:  # the one boundary where any parser failure becomes ours
         raise MalformedMessage(f"invalid {chosen.name} body: {exc}", field="body") from exc
 

@@ -75,9 +75,12 @@ def decode_task(
             raise MalformedMessage("protocol v2 body must be [args, kwargs, embed]", field="body")
         args, kwargs, embed = payload
         embed = _fields.mapping(embed, "body.embed", null_is_empty=True)
-        fields = {**headers, **{k: embed.get(k) for k in ("callbacks", "errbacks", "chain")}}
-        fields["chord"] = embed.get("chord")
-        fields["args"], fields["kwargs"] = args, kwargs
+        fields = {
+            **headers,
+            **{k: embed.get(k) for k in ("callbacks", "errbacks", "chain", "chord")},
+            "args": args,
+            "kwargs": kwargs,
+        }
         return _from_fields(fields, headers, properties, protocol=2)
     if isinstance(payload, Mapping) and "task" in payload:
         return _from_fields(payload, headers, properties, protocol=1, v1_body=payload)
