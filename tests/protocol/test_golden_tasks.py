@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -286,7 +287,7 @@ def test_sqs_body() -> None:
     """kombu's SQS ``MessageBody``: the same envelope, base64-encoded once more."""
     app = make_app()
     captured = capture(app, "proj.add", args=(7, 8), queue="golden-sqs")
-    kombu_body = __import__("base64").b64encode(captured.redis_bytes).decode()
+    kombu_body = base64.b64encode(captured.redis_bytes).decode()
 
     envelope = decode_sqs_body(kombu_body)
 

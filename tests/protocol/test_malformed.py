@@ -17,6 +17,7 @@ from protocol import (
     MalformedMessage,
     TaskMessage,
     WireMessage,
+    amqp_properties,
     decode_envelope,
     decode_group,
     decode_result,
@@ -330,8 +331,6 @@ def test_result_record_naming_a_non_exception_is_refused() -> None:
 
 
 def test_amqp_properties_leave_out_unset_values() -> None:
-    from protocol import amqp_properties
-
     wire = WireMessage(
         body=b"",
         content_type=None,

@@ -1,4 +1,4 @@
-"""Result records: celeriac's bytes equal Celery's Redis backend's, and each side reads the other's."""
+"""Result records: celeriac writes Celery's Redis backend bytes; each side reads the other's."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from kombu import compression as kombu_compression
 from kombu import serialization as kombu_serialization
 from kombu.utils.json import dumps as kombu_json_dumps
 
@@ -21,9 +22,10 @@ from protocol import (
     TaskMessage,
     decode_task,
     encode_task,
+    jsontags,
+    serialization,
     serializer_for,
 )
-from protocol import jsontags, serialization
 from protocol.results import ResultRef
 
 EVERYTHING = AcceptPolicy.of(["json", "msgpack", "yaml", "pickle"])
@@ -127,8 +129,6 @@ def test_serializer_by_content_type() -> None:
     ("method", "mime"), [("zlib", "application/x-gzip"), ("xz", "application/x-lzma")]
 )
 def test_compression_aliases_match_kombu(method: str, mime: str) -> None:
-    from kombu import compression as kombu_compression
-
     data, content_type = serialization.compress(b"payload" * 10, method)
 
     assert content_type == mime == kombu_compression.get_encoder(method)[1]

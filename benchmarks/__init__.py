@@ -1,0 +1,1 @@
+"""Throughput and latency benchmarks against Celery's own worker (``python -m benchmarks``)."""

@@ -1,0 +1,61 @@
+"""The ``celeriac`` console script, run as a user would run it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.protocol.oracle import capture, make_app
+
+
+def _celeriac(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    exe = shutil.which("celeriac", path=str(Path(sys.executable).parent))
+    command = [exe] if exe else [sys.executable, "-m", "runtime.cli"]
+    return subprocess.run([*command, *args], input=stdin, capture_output=True, check=False)
+
+
+def test_decode_a_message_celery_published() -> None:
+    app = make_app()
+    captured = capture(app, "proj.add", args=(2, 3), kwargs={"z": 1}, countdown=10, queue="cli")
+
+    done = _celeriac("decode", stdin=captured.redis_bytes)
+
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["delivery"]["routing_key"] == "cli"
+    assert out["task"]["task"] == "proj.add"
+    assert out["task"]["args"] == [2, 3]
+    assert out["task"]["kwargs"] == {"z": 1}
+    assert out["task"]["eta"] == "2026-11-22T15:01:40.579418+00:00"
+
+
+def test_decode_an_sqs_body() -> None:
+    captured = capture(make_app(), "proj.cb", args=("x",), queue="cli-sqs")
+    body = base64.b64encode(captured.redis_bytes)
+
+    done = _celeriac("decode", stdin=body)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["task"]["args"] == ["x"]
+
+
+@pytest.mark.parametrize("data", [b"not a message", b'{"properties": {}}'])
+def test_decode_says_why_a_message_is_malformed(data: bytes) -> None:
+    done = _celeriac("decode", stdin=data)
+
+    assert done.returncode == 1
+    assert done.stderr.startswith(b"celeriac: malformed message:")
+    assert done.stdout == b""
+
+
+def test_version() -> None:
+    done = _celeriac("--version")
+
+    assert done.returncode == 0
+    assert done.stdout.startswith(b"celeriac 0.")
