@@ -1,0 +1,117 @@
+"""The Redis result backend, byte-compatible with Celery's.
+
+Records are what :mod:`protocol.results` encodes, under Celery's keys; every write is
+followed by a ``PUBLISH`` of the same bytes on a channel named like the key, which is how a
+Celery client's ``AsyncResult.get()`` learns of it without polling. A SUCCESS record is never
+overwritten (a redelivered duplicate must not replace a result a client may have read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.resources import files
+from typing import Any
+
+import redis.asyncio
+
+from protocol import (
+    DEFAULT_ACCEPT,
+    READY_STATES,
+    AcceptPolicy,
+    ResultKeys,
+    ResultMeta,
+    State,
+    decode_result,
+    encode_result,
+)
+
+from .errors import translate_redis_errors
+
+__all__ = ["DEFAULT_RESULT_EXPIRES", "RedisResultBackend"]
+
+#: Celery's ``result_expires`` default: one day.
+DEFAULT_RESULT_EXPIRES = 86_400.0
+
+_STORE_SCRIPT = (files("runtime") / "lua" / "store_result.lua").read_text()
+
+
+class RedisResultBackend:
+    """Stores and reads task results in Redis exactly as Celery's Redis backend does.
+
+    ``result_expires`` (seconds, ``None`` for never) is Celery's setting of the same name;
+    ``failure_expires`` overrides it for FAILURE records (Celery 5.7's
+    ``result_failure_expires``). ``global_keyprefix`` is the backend's transport option.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        result_expires: float | None = DEFAULT_RESULT_EXPIRES,
+        failure_expires: float | None = None,
+        serializer: str = "json",
+        accept: AcceptPolicy = DEFAULT_ACCEPT,
+        global_keyprefix: str = "",
+    ) -> None:
+        self._client = client
+        self._store = client.register_script(_STORE_SCRIPT)
+        self.result_expires = result_expires
+        self.failure_expires = failure_expires
+        self.serializer = serializer
+        self.accept = accept
+        self.keys = ResultKeys(global_keyprefix)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisResultBackend:
+        """Connect lazily to the Redis server at ``url`` (``redis://``, ``rediss://``)."""
+        return cls(redis.asyncio.Redis.from_url(url), **options)
+
+    def _ttl(self, status: State) -> int:
+        expires = self.result_expires
+        if status is State.FAILURE and self.failure_expires is not None:
+            expires = self.failure_expires
+        return int(expires) if expires else 0
+
+    async def store(self, meta: ResultMeta) -> bool:
+        """Write ``meta`` and publish it; ``False`` if a SUCCESS record was kept instead."""
+        data = encode_result(meta, serializer=self.serializer)
+        with translate_redis_errors(f"store the result of {meta.task_id}"):
+            written = await self._store(
+                keys=[self.keys.task(meta.task_id)],
+                args=[data, self._ttl(meta.status), self.serializer],
+            )
+        return bool(written)
+
+    async def get(self, task_id: str) -> ResultMeta | None:
+        """The stored record of ``task_id``, or ``None`` while it is PENDING.
+
+        Raises :class:`protocol.MalformedMessage` if the stored value is not a record.
+        """
+        with translate_redis_errors(f"read the result of {task_id}"):
+            data = await self._client.get(self.keys.task(task_id))
+        return None if data is None else self._decode(data)
+
+    def _decode(self, data: bytes | str) -> ResultMeta:
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        return decode_result(raw, serializer=self.serializer, accept=self.accept)
+
+    async def wait_for(self, task_id: str, *, timeout: float | None = None) -> ResultMeta:
+        """Wait until ``task_id`` reaches a ready state and return its record.
+
+        Subscribes to the result's channel before reading the key, so a result stored in
+        between is not missed, as Celery's client does. Raises :class:`TimeoutError`.
+        """
+        key = self.keys.task(task_id)
+        with translate_redis_errors(f"wait for the result of {task_id}"):
+            async with self._client.pubsub() as pubsub, asyncio.timeout(timeout):
+                await pubsub.subscribe(key)
+                meta = await self.get(task_id)
+                while meta is None or meta.status not in READY_STATES:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if message is not None and message["type"] == "message":
+                        meta = self._decode(message["data"])
+                return meta
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
