@@ -7,6 +7,7 @@ write. ``field`` is the dotted path used in the error (``"headers.retries"``).
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -25,6 +26,24 @@ def empty_mapping() -> Mapping[str, Any]:
 def or_default(value: Any, default: Any) -> Any:
     """``value``, or ``default`` when it is null or missing (Celery writes both)."""
     return default if value is None else value
+
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = _short_repr.maxother = 60
+_short_repr.maxlong = 40
+
+
+def short(value: Any) -> str:
+    """A bounded repr of a wire value for an error reason (inputs can be megabytes long)."""
+    return _short_repr.repr(value)
+
+
+def utf8(value: str, field: str) -> bytes:
+    """``value`` encoded as UTF-8; lone surrogates from JSON escapes are malformed."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedMessage(f"not valid Unicode: {exc.reason}", field=field) from None
 
 
 def _kind(value: Any) -> str:
@@ -55,7 +74,7 @@ def integer(value: Any, field: str, *, minimum: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise MalformedMessage(f"expected an integer, got {_kind(value)}", field=field)
     if minimum is not None and value < minimum:
-        raise MalformedMessage(f"must be at least {minimum}, got {value}", field=field)
+        raise MalformedMessage(f"must be at least {minimum}, got {short(value)}", field=field)
     return value
 
 
@@ -71,8 +90,14 @@ def optional_seconds(value: Any, field: str) -> float | None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise MalformedMessage(f"expected a number of seconds, got {_kind(value)}", field=field)
-    if not math.isfinite(value) or value < 0:
-        raise MalformedMessage(f"must be a finite, non-negative number, got {value}", field=field)
+    try:
+        usable = math.isfinite(value) and value >= 0
+    except OverflowError:  # an int too large for a float
+        usable = False
+    if not usable:
+        raise MalformedMessage(
+            f"must be a finite, non-negative number, got {short(value)}", field=field
+        )
     return value
 
 
@@ -117,7 +142,7 @@ def timestamp(value: Any, field: str) -> datetime | None:
     That is what Celery's worker does: protocol v2 has no time zone flag, and a naive ``eta``
     means UTC (``maybe_make_aware(..., naive_as_utc=True)``).
     """
-    if value is None:
+    if value is None or value == "":  # Celery reads an empty string as "no time"
         return None
     if isinstance(value, datetime):  # msgpack/yaml bodies of protocol v1 may carry datetimes
         parsed = value
@@ -125,5 +150,5 @@ def timestamp(value: Any, field: str) -> datetime | None:
         try:
             parsed = datetime.fromisoformat(text(value, field))
         except ValueError as exc:
-            raise MalformedMessage(f"not an ISO 8601 time: {value!r}", field=field) from exc
+            raise MalformedMessage(f"not an ISO 8601 time: {short(value)}", field=field) from exc
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

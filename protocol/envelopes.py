@@ -46,6 +46,8 @@ def amqp_properties(message: WireMessage) -> dict[str, Any]:
     for name in AMQP_PROPERTY_NAMES:
         if message.properties.get(name) is not None:
             props[name] = message.properties[name]
+    if "expiration" in props:  # kombu's milliseconds string; aio-pika takes seconds
+        props["expiration"] = int(props["expiration"]) / 1000
     return props
 
 
@@ -58,16 +60,24 @@ def from_amqp(
     properties: Mapping[str, Any],
     limits: Limits = DEFAULT_LIMITS,
 ) -> WireMessage:
-    """Build a :class:`WireMessage` from what an AMQP client delivered, checking its size."""
+    """Build a :class:`WireMessage` from what an AMQP client delivered, checking its size.
+
+    ``expiration`` may come as seconds (aio-pika's number) or kombu's milliseconds string;
+    it is kept as the latter, the form every other envelope carries.
+    """
     limits.check_size(body, field="body")
     checked = _fields.mapping(headers or {}, "headers")
     limits.check_headers(checked)
+    kept = {k: v for k, v in properties.items() if k in AMQP_PROPERTY_NAMES and v is not None}
+    expiration = kept.get("expiration")
+    if isinstance(expiration, int | float) and not isinstance(expiration, bool):
+        kept["expiration"] = str(int(expiration * 1000))
     return WireMessage(
         body=body,
         content_type=content_type,
         content_encoding=content_encoding,
         headers=checked,
-        properties={k: v for k, v in properties.items() if k in AMQP_PROPERTY_NAMES},
+        properties=kept,
     )
 
 
@@ -122,6 +132,7 @@ def decode_envelope(data: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> En
     _check_envelope_size(data, limits.max_body_bytes * 4 // 3, field="envelope")
     document = _fields.mapping(jsontags.loads(data), "envelope")
     properties = dict(_fields.mapping(document.get("properties"), "envelope.properties"))
+    limits.check_headers(properties, field="envelope.properties")
     headers = _fields.mapping(document.get("headers") or {}, "envelope.headers")
     limits.check_headers(headers)
     delivery_info = _fields.mapping(
@@ -137,10 +148,11 @@ def decode_envelope(data: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> En
         except (binascii.Error, ValueError) as exc:
             raise MalformedMessage(f"body is not base64: {exc}", field="envelope.body") from exc
     elif body_encoding is None:
-        body = _fields.text(raw_body, "envelope.body").encode("utf-8")
+        body = _fields.utf8(_fields.text(raw_body, "envelope.body"), "envelope.body")
     else:
         raise MalformedMessage(
-            f"unknown body_encoding {body_encoding!r}", field="envelope.properties.body_encoding"
+            f"unknown body_encoding {_fields.short(body_encoding)}",
+            field="envelope.properties.body_encoding",
         )
     limits.check_size(body, field="body")
     delivery_tag = _fields.text(properties.pop("delivery_tag", None), "envelope.delivery_tag")
@@ -178,7 +190,7 @@ _BASE64 = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
 
 def decode_sqs_body(body: str | bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     """Parse an SQS ``MessageBody`` as kombu does: base64 if it cleanly is, else plain JSON."""
-    raw = body.encode("utf-8") if isinstance(body, str) else body
+    raw = _fields.utf8(body, "sqs body") if isinstance(body, str) else body
     # Two base64 layers around the body: 16/9 of its size.
     _check_envelope_size(raw, limits.max_body_bytes * 16 // 9, field="sqs body")
     candidate = raw.strip()

@@ -19,16 +19,36 @@ from .errors import EncodeError, MalformedMessage
 __all__ = ["ExceptionInfo"]
 
 _standins: dict[tuple[str, str], type[Exception]] = {}
+# Records name their classes, so whoever writes them could grow the cache without bound.
+_MAX_STANDINS = 1024
 
 
 def _standin(module: str, qualname: str) -> type[Exception]:
     """One stand-in class per (module, name), so ``except``/``isinstance`` work across reads."""
     key = (module, qualname)
-    if key not in _standins:
+    if key in _standins:
+        return _standins[key]
+    try:
         cls = type(qualname.rpartition(".")[2], (Exception,), {"__module__": module})
         cls.__qualname__ = qualname
+    except (ValueError, TypeError, UnicodeError) as exc:  # NUL or surrogates in the name
+        raise MalformedMessage(f"unusable exception name: {exc}", field="result.exc_type") from None
+    if len(_standins) < _MAX_STANDINS:
         _standins[key] = cls
-    return _standins[key]
+    return cls
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    """The object ``module.qualname`` names among imported modules, or ``None``."""
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        if found is None:
+            return None
+        try:
+            found = getattr(found, part, None)
+        except Exception:  # a module __getattr__ may raise anything (even warnings as errors)
+            return None
+    return found
 
 
 def _encodable(value: Any, serializer: str) -> bool:
@@ -66,7 +86,7 @@ class ExceptionInfo:
     def from_wire(cls, value: Any, field: str = "result") -> ExceptionInfo:
         """Validate a stored exception dict."""
         raw = _fields.mapping(value, field)
-        message = raw.get("exc_message", ())
+        message = raw.get("exc_message", "")
         return cls(
             exc_type=_fields.name(raw.get("exc_type"), f"{field}.exc_type"),
             exc_message=tuple(message) if isinstance(message, list | tuple) else (message,),
@@ -78,20 +98,19 @@ class ExceptionInfo:
 
         The class is looked up only among modules already imported; nothing is imported on a
         stored record's say-so. Raises :class:`MalformedMessage` if the name resolves to
-        something that is not an exception class.
+        something that is not an ``Exception`` subclass: a record must not be able to make a
+        reader raise ``CancelledError``, ``SystemExit`` or call ``os.system``.
         """
         module = self.exc_module or "celery.exceptions"
-        found: Any = sys.modules.get(module)
-        for part in self.exc_type.split("."):
-            found = getattr(found, part, None) if found is not None else None
+        found = _lookup(self.exc_module, self.exc_type) if self.exc_module else None
         if found is None:
             found = _standin(module, self.exc_type)
-        elif not (isinstance(found, type) and issubclass(found, BaseException)):
+        elif not (isinstance(found, type) and issubclass(found, Exception)):
             raise MalformedMessage(
                 f"{module}.{self.exc_type} is not an exception class", field="result.exc_type"
             )
         try:
-            return found(*self.exc_message)  # type: ignore[no-any-return]
+            return found(*self.exc_message)
         except Exception:  # a constructor that wants other arguments, as Celery falls back
             return Exception(f"{found}({list(self.exc_message)!r})")
 

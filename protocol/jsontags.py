@@ -17,6 +17,7 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+from . import _fields
 from .errors import EncodeError, MalformedMessage
 
 __all__ = ["dumps", "loads"]
@@ -98,7 +99,7 @@ def _object_hook(obj: dict[str, Any]) -> Any:
     marker, value = obj["__type__"], obj["__value__"]
     decoder = _DECODERS.get(marker) if isinstance(marker, str) else None
     if decoder is None:
-        raise MalformedMessage(f"unknown JSON type tag {marker!r}")
+        raise MalformedMessage(f"unknown JSON type tag {_fields.short(marker)}")
     try:
         return decoder(value)
     except (

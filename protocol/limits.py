@@ -65,11 +65,16 @@ DEFAULT_LIMITS = Limits()
 def check_depth(value: Any, max_depth: int, *, field: str) -> None:
     """Raise :class:`LimitExceeded` if lists/dicts in ``value`` nest deeper than ``max_depth``.
 
-    Iterative, so a hostile value cannot exhaust the interpreter's stack while being measured.
+    Iterative, so a hostile value cannot exhaust the interpreter's stack while being measured,
+    and each container is visited once, so yaml aliases that share one list a billion times
+    over cost no more than the list itself.
     """
     stack: list[tuple[Any, int]] = [(value, 1)]
+    seen: set[int] = set()
     while stack:
         item, depth = stack.pop()
+        if id(item) in seen:
+            continue
         if isinstance(item, Mapping):
             children: Any = item.values()
         elif isinstance(item, list | tuple):
@@ -78,4 +83,5 @@ def check_depth(value: Any, max_depth: int, *, field: str) -> None:
             continue
         if depth > max_depth:
             raise LimitExceeded("nesting depth", depth, max_depth, field=field)
+        seen.add(id(item))
         stack.extend((child, depth + 1) for child in children)

@@ -227,9 +227,11 @@ def decode_result(
     try:
         status = State(_fields.text(raw.get("status"), "status"))
     except ValueError:
-        raise MalformedMessage(f"unknown state {raw.get('status')!r}", field="status") from None
+        raise MalformedMessage(
+            f"unknown state {_fields.short(raw.get('status'))}", field="status"
+        ) from None
     result = raw.get("result")
-    if status in EXCEPTION_STATES and result is not None:
+    if status in EXCEPTION_STATES and result:  # Celery too reads a falsy one as no exception
         result = ExceptionInfo.from_wire(result)
     children = raw.get("children")
     extended = None

@@ -27,5 +27,7 @@ READY_STATES = frozenset((State.SUCCESS, State.FAILURE, State.REVOKED))
 EXCEPTION_STATES = frozenset((State.RETRY, State.FAILURE, State.REVOKED))
 #: States whose exception ``AsyncResult.get()`` re-raises.
 PROPAGATE_STATES = frozenset((State.FAILURE, State.REVOKED))
-#: States a task can still leave.
-UNREADY_STATES = frozenset(State) - READY_STATES
+#: States a task can still leave (Celery's set: IGNORED is internal and in neither).
+UNREADY_STATES = frozenset(
+    (State.PENDING, State.RECEIVED, State.STARTED, State.REJECTED, State.RETRY)
+)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import zlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aio_pika
 import pytest
 
 from protocol import (
     AcceptPolicy,
     ContentDisallowed,
+    ExceptionInfo,
     LimitExceeded,
     Limits,
     MalformedMessage,
@@ -27,6 +30,7 @@ from protocol import (
     encode_task,
     from_amqp,
 )
+from protocol.limits import check_depth
 
 GOOD = encode_task(TaskMessage(id="id-1", task="proj.add", args=(1, 2)))
 
@@ -101,8 +105,8 @@ BAD_TASKS = [
         "chord.options",
     ),
     ("not JSON", _with(body=b"{nope"), "body"),
-    ("not UTF-8", _with(body=b"\xff\xfe\x00"), None),
-    ("unknown encoding", _with(content_encoding="klingon"), None),
+    ("not UTF-8", _with(body=b"\xff\xfe\x00"), "body"),
+    ("timelimit a huge int", _with_headers(timelimit=[10**400, None]), "headers.timelimit[0]"),
     ("no content type", _with(content_type=None), "content_type"),
     ("unknown content type", _with(content_type="text/csv"), "content_type"),
     ("unknown JSON tag", _with(body=b'[[{"__type__": "x", "__value__": 1}], {}, null]'), "body"),
@@ -289,7 +293,7 @@ def test_from_amqp_checks_size_and_headers() -> None:
         ("status a number", b'{"status": 1, "task_id": "t"}'),
         ("no task id", b'{"status": "SUCCESS"}'),
         ("exception not a dict", b'{"status": "FAILURE", "result": 5, "task_id": "t"}'),
-        ("exception without type", b'{"status": "FAILURE", "result": {}, "task_id": "t"}'),
+        ("exception without type", b'{"status": "FAILURE", "result": {"x": 1}, "task_id": "t"}'),
         ("bad date_done", b'{"status": "SUCCESS", "date_done": "x", "task_id": "t"}'),
         ("children a dict", b'{"status": "SUCCESS", "children": {}, "task_id": "t"}'),
         ("child of one item", b'{"status": "SUCCESS", "children": [[1]], "task_id": "t"}'),
@@ -344,3 +348,101 @@ def test_amqp_properties_leave_out_unset_values() -> None:
         "headers": {},
         "reply_to": "r",
     }
+
+
+@pytest.mark.parametrize("label", ["klingon", "undefined", "punycode", "latin-1", None])
+def test_content_encoding_label_is_not_applied_like_kombu(label: str | None) -> None:
+    """kombu hands registered serializers the raw bytes; an odd label changes nothing."""
+    assert decode_task(_with(content_encoding=label)).args == (1, 2)
+
+
+def test_empty_eta_means_no_eta_as_in_celery() -> None:
+    decoded = decode_task(_with_headers(eta="", expires=""))
+
+    assert (decoded.eta, decoded.expires) == (None, None)
+
+
+@pytest.mark.parametrize("data", [b'{"body": "\\ud800", "properties": {"delivery_tag": "t"}}'])
+def test_lone_surrogates_are_malformed(data: bytes) -> None:
+    with pytest.raises(MalformedMessage, match="not valid Unicode"):
+        decode_envelope(data)
+    with pytest.raises(MalformedMessage, match="not valid Unicode"):
+        decode_sqs_body("\ud800")
+
+
+def test_envelope_properties_are_bounded() -> None:
+    deep: Any = 1
+    for _ in range(120):
+        deep = [deep]
+    with pytest.raises(LimitExceeded):
+        decode_envelope(_envelope(p_extra=deep))
+
+
+def test_shared_references_are_measured_once() -> None:
+    """A yaml alias bomb: 2**60 paths through 60 shared lists; measured in microseconds."""
+    shared: Any = [1]
+    for _ in range(60):
+        shared = [shared, shared]
+    with pytest.raises(LimitExceeded):
+        check_depth(shared, 50, field="body")
+    check_depth(shared, 100, field="body")
+
+
+def test_error_reasons_stay_short() -> None:
+    with pytest.raises(MalformedMessage) as caught:
+        decode_result(b'{"status": "' + b"X" * 1_000_000 + b'", "task_id": "t"}')
+
+    assert len(caught.value.reason) < 200
+
+
+@pytest.mark.parametrize(
+    ("exc_type", "module"),
+    [
+        ("KeyboardInterrupt", "builtins"),
+        ("SystemExit", "builtins"),
+        ("A\x00B", "m"),
+        ("\ud800", "m"),
+    ],
+)
+def test_records_cannot_name_dangerous_or_unusable_classes(exc_type: str, module: str) -> None:
+    with pytest.raises(MalformedMessage):
+        ExceptionInfo(exc_type, (), module).to_exception()
+
+
+def test_lookup_through_a_module_getattr_that_raises() -> None:
+    """typing.io's module __getattr__ warns; under -W error that is an exception."""
+    rebuilt = ExceptionInfo("IO", ("x",), "typing.io").to_exception()
+
+    assert type(rebuilt).__name__ == "IO"
+
+
+def test_falsy_failure_result_is_no_exception_as_in_celery() -> None:
+    assert decode_result(b'{"status": "FAILURE", "result": null, "task_id": "t"}').exception is None
+    assert decode_result(b'{"status": "FAILURE", "result": {}, "task_id": "t"}').result == {}
+
+
+def test_amqp_properties_are_aio_pika_message_arguments() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    wire = encode_task(
+        TaskMessage(id="i", task="t", expires=now + timedelta(seconds=60), priority=3), now=now
+    )
+
+    message = aio_pika.Message(wire.body, **amqp_properties(wire))
+    back = from_amqp(
+        message.body,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=message.headers,
+        properties={"expiration": message.expiration, "priority": message.priority},
+    )
+
+    assert message.expiration == 60
+    assert back.properties == {"expiration": "60000", "priority": 3}
+
+
+def test_standin_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("protocol.excinfo._MAX_STANDINS", 0)
+    info = ExceptionInfo("NeverCached", (), "nowhere.at.all")
+
+    assert type(info.to_exception()) is not type(info.to_exception())
+    assert type(info.to_exception()).__name__ == "NeverCached"
