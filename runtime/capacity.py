@@ -1,0 +1,66 @@
+"""The worker's slots: how many tasks may run at once, and who is told when that changes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+__all__ = ["Slots"]
+
+
+class Slots:
+    """A fixed number of concurrency slots (``-c N``).
+
+    The worker takes a slot for every delivery it accepts and gives it back when the task is
+    settled. Transports read :attr:`free` to size their prefetch and subscribe with
+    :meth:`on_change` to hear when it moves.
+    """
+
+    def __init__(self, total: int) -> None:
+        if total < 1:
+            raise ValueError(f"concurrency must be at least 1, got {total}")
+        self.total = total
+        self._busy = 0
+        self._freed = asyncio.Event()
+        self._freed.set()
+        self._listeners: list[Callable[[], None]] = []
+
+    @property
+    def free(self) -> int:
+        """Slots not taken."""
+        return self.total - self._busy
+
+    @property
+    def busy(self) -> int:
+        """Slots taken."""
+        return self._busy
+
+    def take(self) -> None:
+        """Take a slot; raise ``RuntimeError`` if none is free (a flow-control bug)."""
+        if self._busy >= self.total:
+            raise RuntimeError("no free slot: a transport delivered beyond its capacity")
+        self._busy += 1
+        if self._busy == self.total:
+            self._freed.clear()
+        self._notify()
+
+    def give_back(self) -> None:
+        """Return a slot."""
+        if self._busy == 0:
+            raise RuntimeError("no slot is taken")
+        self._busy -= 1
+        self._freed.set()
+        self._notify()
+
+    async def wait_free(self) -> None:
+        """Return once at least one slot is free."""
+        await self._freed.wait()
+
+    def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after every take and give-back; returns an unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()

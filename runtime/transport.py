@@ -1,0 +1,103 @@
+"""The one interface every broker transport implements, and the delivery it hands out.
+
+The worker sees brokers only through :class:`Transport`; a transport never imports the worker.
+Flow control is the transport's job: ``consume`` is given a :class:`Capacity` and must never
+hold more unacknowledged deliveries that have not been handed to a slot than the capacity has
+free slots (prefetch 1 per slot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from protocol import WireMessage
+
+__all__ = ["Capacity", "Delivery", "QueueSpec", "Transport"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A queue as Celery declares it: a durable queue bound to a direct exchange of its name.
+
+    ``max_priority`` adds ``x-max-priority`` (Celery's ``task_queue_max_priority``);
+    ``quorum`` declares ``x-queue-type: quorum``.
+    """
+
+    name: str
+    max_priority: int | None = None
+    quorum: bool = False
+
+    @property
+    def exchange(self) -> str:
+        """The exchange Celery creates for the queue: same name, type direct."""
+        return self.name
+
+    @property
+    def routing_key(self) -> str:
+        """The binding key: the queue name."""
+        return self.name
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message handed to the worker, with what the transport needs to settle it.
+
+    ``handle`` is the transport's own (an aio-pika message, a Redis delivery tag, an SQS
+    receipt handle); only the transport that produced the delivery may settle it.
+    """
+
+    message: WireMessage
+    queue: str
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    handle: Any = field(repr=False)
+
+
+class Capacity(Protocol):
+    """What the worker tells a transport about its slots (see :class:`runtime.capacity.Slots`)."""
+
+    @property
+    def free(self) -> int:
+        """Slots not taken by a task."""
+
+    async def wait_free(self) -> None:
+        """Return once ``free`` is at least 1."""
+
+    def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` whenever ``free`` changes; returns an unsubscribe function."""
+
+
+class Transport(Protocol):
+    """A broker connection: declare, consume with a capacity, settle, publish, inspect, close."""
+
+    async def connect(self) -> None:
+        """Open the connection; raise ``BrokerConnectionError`` at once if the broker is down."""
+
+    async def declare(self, queues: Sequence[QueueSpec]) -> None:
+        """Declare the queues (and their exchanges and bindings) exactly as Celery does."""
+
+    def consume(self, queues: Sequence[str], capacity: Capacity) -> AsyncIterator[Delivery]:
+        """Yield deliveries from ``queues``, never more unsettled ones than ``capacity.free``."""
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Acknowledge: the broker forgets the message."""
+
+    async def reject(self, delivery: Delivery, *, requeue: bool) -> None:
+        """Reject: requeue it for another consumer, or drop it."""
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to ``<queue>.dead`` with ``reason`` in its headers, then settle it."""
+
+    async def publish(
+        self, message: WireMessage, *, routing_key: str, exchange: str = ""
+    ) -> None:
+        """Publish a message (to the default exchange: ``routing_key`` is the queue name)."""
+
+    async def queue_depth(self, queue: str) -> tuple[int, int]:
+        """``(messages ready, consumers)`` of ``queue``."""
+
+    async def aclose(self) -> None:
+        """Stop consuming and close; unsettled deliveries go back to the broker."""
