@@ -71,7 +71,7 @@ def from_amqp(
     kept = {k: v for k, v in properties.items() if k in AMQP_PROPERTY_NAMES and v is not None}
     expiration = kept.get("expiration")
     if isinstance(expiration, int | float) and not isinstance(expiration, bool):
-        kept["expiration"] = str(int(expiration * 1000))
+        kept["expiration"] = str(round(expiration * 1000))
     return WireMessage(
         body=body,
         content_type=content_type,

@@ -1,7 +1,18 @@
-"""celeriac's asyncio runtime: the worker, producer, transports and CLI.
+"""celeriac's asyncio runtime: the app, tasks, worker, transports and result backend."""
 
-The worker and producer arrive on top of :mod:`protocol`; today this package holds the
-``celeriac`` command line.
-"""
+from .app import App
+from .exceptions import NotRegistered, SoftTimeLimitExceeded, TimeLimitExceeded
+from .request import Request, current_request
+from .result import AsyncResult
+from .task import Task
 
-__all__: list[str] = []
+__all__ = [
+    "App",
+    "AsyncResult",
+    "NotRegistered",
+    "Request",
+    "SoftTimeLimitExceeded",
+    "Task",
+    "TimeLimitExceeded",
+    "current_request",
+]

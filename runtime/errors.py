@@ -3,7 +3,8 @@
 Tree (below :class:`protocol.CeleriacError`)::
 
     CeleriacError
-    └── BackendError (also ConnectionError)    the result backend failed or is unreachable
+    ├── BackendError (also ConnectionError)            the result backend failed or is unreachable
+    └── BrokerConnectionError (also ConnectionError)   the message broker failed or is unreachable
 """
 
 from __future__ import annotations
@@ -11,15 +12,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import aiormq.exceptions
 import redis.exceptions
 
 from protocol import CeleriacError
 
-__all__ = ["BackendError", "translate_redis_errors"]
+__all__ = [
+    "BackendError",
+    "BrokerConnectionError",
+    "translate_amqp_errors",
+    "translate_redis_errors",
+]
 
 
 class BackendError(CeleriacError, ConnectionError):
     """The result backend could not be reached or refused an operation."""
+
+
+class BrokerConnectionError(CeleriacError, ConnectionError):
+    """The message broker could not be reached or refused an operation."""
 
 
 @contextmanager
@@ -29,3 +40,24 @@ def translate_redis_errors(action: str) -> Iterator[None]:
         yield
     except redis.exceptions.RedisError as exc:
         raise BackendError(f"result backend: cannot {action}: {exc}") from exc
+
+
+@contextmanager
+def translate_amqp_errors(action: str) -> Iterator[None]:
+    """Re-raise aio-pika's, aiormq's and socket errors as :class:`BrokerConnectionError`.
+
+    aiormq raises its ``AMQPError`` tree for broker refusals (``ChannelClosed`` with the
+    reply code, e.g. 406 PRECONDITION_FAILED), ``ChannelInvalidStateError`` (a
+    ``RuntimeError``) on a closed channel, and plain ``OSError``\\ s from the socket.
+    """
+    try:
+        yield
+    except BrokerConnectionError:
+        raise
+    except (
+        aiormq.exceptions.AMQPError,
+        aiormq.exceptions.ChannelInvalidStateError,
+        OSError,
+    ) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise BrokerConnectionError(f"broker: cannot {action}: {reason}") from exc

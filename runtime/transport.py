@@ -91,9 +91,7 @@ class Transport(Protocol):
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to ``<queue>.dead`` with ``reason`` in its headers, then settle it."""
 
-    async def publish(
-        self, message: WireMessage, *, routing_key: str, exchange: str = ""
-    ) -> None:
+    async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Publish a message (to the default exchange: ``routing_key`` is the queue name)."""
 
     async def queue_depth(self, queue: str) -> tuple[int, int]:

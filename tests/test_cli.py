@@ -59,3 +59,30 @@ def test_version() -> None:
 
     assert done.returncode == 0
     assert done.stdout.startswith(b"celeriac 0.")
+
+
+def test_worker_with_an_unreachable_broker_says_so_in_one_line() -> None:
+    done = _celeriac(
+        "worker", "-A", "tests.interop.app:app", "--broker", "amqp://guest:guest@127.0.0.1:1//",
+        "--log-format", "json",
+    )  # fmt: skip
+
+    assert done.returncode == 1
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("celeriac: ")
+    assert "127.0.0.1:1" in last
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("no_such_module:app", "cannot import 'no_such_module'"),
+        ("tests.interop.app:missing", "is not a celeriac App"),
+        ("", "worker needs -A"),
+    ],
+)
+def test_worker_with_a_wrong_app_path_says_so(app: str, message: str) -> None:
+    done = _celeriac("worker", "-A", app, "--log-format", "json")
+
+    assert done.returncode == 2
+    assert message in done.stderr.decode()

@@ -1,0 +1,373 @@
+"""The RabbitMQ (AMQP 0-9-1) transport, on aio-pika, with prefetch sized to the free slots.
+
+Flow control: the consuming channel has one *global* QoS (``basic.qos global=true``: a limit
+shared by all its consumers, which RabbitMQ also applies to consumers that already exist) of
+``k = capacity.free + unsettled``, *unsettled* being the deliveries handed out and not yet
+acked, rejected or dead-lettered. So the broker never has more deliveries out on us that no
+slot holds than there are free slots:
+
+* handing a delivery out moves it to unsettled and the worker takes a slot: ``k`` unchanged;
+* settling one lowers ``k`` *before* the ack or reject goes out, or cancels every consumer
+  when ``k`` would be 0 (RabbitMQ reads a prefetch of 0 as "unlimited");
+* a freed slot raises ``k`` (or resumes the consumers) later, in a background task that
+  coalesces bursts: raising late only delays.
+
+The worker must ``take()`` its slot before it next awaits, as ``async for delivery in
+transport.consume(...): slots.take()`` does. Settling a delivery while its slot is still
+taken costs a ``basic.qos`` round trip; giving the slot back first (acks_late) costs none.
+
+Quorum queues refuse global QoS (RabbitMQ closes the whole connection, 540 NOT_IMPLEMENTED),
+so :meth:`AmqpTransport.consume` refuses queues declared with ``quorum=True``.
+
+After a lost connection aio-pika reconnects and reopens the channels. Deliveries of the old
+channel are back in their queue and their delivery tags mean nothing on the new channel, so
+settling them does nothing: the broker redelivers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import aiormq.abc
+import aiormq.exceptions
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
+
+from .errors import BrokerConnectionError, translate_amqp_errors
+from .transport import Capacity, Delivery, QueueSpec
+
+__all__ = ["CONNECT_TIMEOUT", "AmqpTransport", "ConnectionFactory"]
+
+log = logging.getLogger(__name__)
+
+#: Opens a robust connection to a URL (default: :func:`aio_pika.connect_robust`).
+ConnectionFactory = Callable[[str], Awaitable[AbstractRobustConnection]]
+
+#: Seconds one connection attempt may take.
+CONNECT_TIMEOUT = 10.0
+
+_BROKER_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
+_PROPERTIES = ("correlation_id", "reply_to", "delivery_mode", "priority", "expiration")
+_Message = aio_pika.IncomingMessage
+_Buffered = tuple[str, _Message, dict[str, Any]] | None
+
+
+class AmqpTransport:
+    """A :class:`~runtime.transport.Transport` for RabbitMQ; see the module docstring."""
+
+    def __init__(self, url: str, *, connection_factory: ConnectionFactory | None = None) -> None:
+        self._url = url
+        self._factory = connection_factory or partial(
+            aio_pika.connect_robust, timeout=CONNECT_TIMEOUT
+        )
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractRobustChannel | None = None
+        self._consumer: AbstractRobustChannel | None = None
+        self._declared: dict[str, QueueSpec] = {}
+        self._capacity: Capacity | None = None
+        self._queues: list[str] = []
+        self._buffer: asyncio.Queue[_Buffered] | None = None  # set while consume() runs
+        self._raw: aiormq.abc.AbstractChannel | None = None  # the consumer's current channel
+        self._consumer_tags: list[str] = []
+        self._unsettled: set[_Message] = set()
+        self._prefetch = 0
+        self._qos_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._regulator: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def connect(self) -> None:
+        """Connect, failing fast with :class:`BrokerConnectionError` naming ``host:port``.
+
+        Once connected, aio-pika reconnects by itself (every 5 s) and reopens the channels.
+        """
+        split = urlsplit(self._url)
+        port = split.port or (5671 if split.scheme == "amqps" else 5672)
+        with translate_amqp_errors(f"connect to {split.hostname or 'localhost'}:{port}"):
+            self._connection = await self._factory(self._url)
+            self._publisher = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+
+    async def declare(self, queues: Sequence[QueueSpec]) -> None:
+        """Declare each queue exactly as Celery does, and its ``<name>.dead`` queue.
+
+        A durable direct exchange named like the queue; a durable queue with arguments ``{}``
+        (plus ``x-max-priority`` / ``x-queue-type: quorum`` as the spec says) bound to it
+        with the queue name as key; ``<name>.dead`` is a plain durable queue.
+        """
+        for spec in queues:
+            arguments: dict[str, Any] = {}
+            if spec.max_priority is not None:
+                arguments["x-max-priority"] = spec.max_priority
+            if spec.quorum:
+                arguments["x-queue-type"] = "quorum"
+            # A refused declare (406) closes its channel: use a throwaway one.
+            with translate_amqp_errors(f"declare queue {spec.name!r}"):
+                async with aio_pika.Channel(self._require(), publisher_confirms=False) as ch:
+                    exchange = await ch.declare_exchange(
+                        spec.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+                    )
+                    queue = await ch.declare_queue(spec.name, durable=True, arguments=arguments)
+                    await queue.bind(exchange, routing_key=spec.routing_key)
+                    await ch.declare_queue(f"{spec.name}.dead", durable=True)
+            self._declared[spec.name] = spec
+
+    async def consume(self, queues: Sequence[str], capacity: Capacity) -> AsyncIterator[Delivery]:
+        """Yield deliveries from ``queues`` with the prefetch sized to ``capacity``.
+
+        Ending the iteration cancels the consumers and requeues what arrived but was not
+        handed out; deliveries handed out can still be settled until :meth:`aclose`.
+        """
+        if self._buffer is not None:
+            raise RuntimeError("this transport is already consuming")
+        declared = self._declared
+        if quorum := [name for name in queues if name in declared and declared[name].quorum]:
+            raise NotImplementedError(f"quorum queues refuse the global QoS we need: {quorum}")
+        if self._consumer is None:
+            with translate_amqp_errors("open a channel"):
+                self._consumer = await self._require().channel(publisher_confirms=False)
+            self._consumer.reopen_callbacks.add(lambda _channel: self._wake.set())
+        channel = self._consumer
+        self._capacity, self._queues = capacity, list(queues)
+        buffer = self._buffer = asyncio.Queue()
+        unsubscribe = capacity.on_change(self._wake.set)
+        try:
+            with translate_amqp_errors(f"consume from {', '.join(queues)}"):
+                await self._locked_apply(await channel.get_underlay_channel())
+            self._regulator = asyncio.create_task(self._regulate(channel))
+            while (item := await buffer.get()) is not None:
+                queue, message, properties = item
+                if _lost(message):
+                    continue  # its channel died: the broker redelivers it
+                try:
+                    wire = from_amqp(
+                        message.body,
+                        content_type=message.content_type,
+                        content_encoding=message.content_encoding,
+                        headers=message.headers,
+                        properties=properties,
+                    )
+                except CeleriacError as exc:
+                    await self._drop_unreadable(queue, message, properties, exc)
+                    continue
+                await capacity.wait_free()
+                self._unsettled.add(message)
+                yield Delivery(
+                    message=wire,
+                    queue=queue,
+                    exchange=message.exchange or "",
+                    routing_key=message.routing_key or "",
+                    redelivered=bool(message.redelivered),
+                    handle=message,
+                )
+        finally:
+            self._buffer = None
+            unsubscribe()
+            await self._stop_regulator()
+            if not self._closing:  # else closing the connection returns everything
+                with contextlib.suppress(*_BROKER_ERRORS):
+                    if self._raw is not None and not self._raw.is_closed:
+                        await self._locked_apply(self._raw)  # target 0: cancel the consumers
+                    while not buffer.empty():
+                        if (left := buffer.get_nowait()) is not None:
+                            await left[1].reject(requeue=True)
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Acknowledge: the broker forgets the message. Does nothing if its channel is gone."""
+        await self._settle(delivery, "ack", lambda message: message.ack())
+
+    async def reject(self, delivery: Delivery, *, requeue: bool) -> None:
+        """Requeue the message or drop it. Does nothing if its channel is gone."""
+        await self._settle(delivery, "reject", lambda message: message.reject(requeue=requeue))
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Copy the message to ``<queue>.dead``, confirmed by the broker, then ack it.
+
+        The copy gets headers ``x-celeriac-reason`` and ``x-celeriac-queue`` and loses its
+        ``expiration``, as in RabbitMQ's own dead-lettering, so that it does not expire. If
+        the copy is not confirmed the message is requeued and :class:`BrokerConnectionError`
+        raised: nothing is lost.
+        """
+        try:
+            await self._publish_dead(delivery.message, delivery.queue, reason)
+        except BrokerConnectionError:
+            await self.reject(delivery, requeue=True)
+            raise
+        await self.ack(delivery)
+
+    async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
+        """Publish and wait for the broker's confirm (``exchange=""``: to queue ``routing_key``)."""
+        outgoing = aio_pika.Message(message.body, **_outgoing(message))
+        await self._send(outgoing, exchange, routing_key)
+
+    async def queue_depth(self, queue: str) -> tuple[int, int]:
+        """``(messages ready, consumers)`` of ``queue``, from a passive declare."""
+        # A passive declare of a missing queue closes its channel: use a throwaway one.
+        with translate_amqp_errors(f"inspect queue {queue!r}"):
+            async with aio_pika.Channel(self._require(), publisher_confirms=False) as channel:
+                raw = await channel.get_underlay_channel()
+                ok = await raw.queue_declare(queue, passive=True)
+        return ok.message_count or 0, ok.consumer_count or 0
+
+    async def aclose(self) -> None:
+        """Stop consuming and close; unsettled deliveries go back to their queues."""
+        self._closing = True
+        if self._buffer is not None:
+            self._buffer.put_nowait(None)  # ends an iteration suspended in another task
+        await self._stop_regulator()
+        if self._connection is not None and not self._connection.is_closed:
+            await self._connection.close()
+
+    def _require(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise RuntimeError("AmqpTransport.connect() has not been called")
+        return self._connection
+
+    async def _locked_apply(self, raw: aiormq.abc.AbstractChannel) -> None:
+        async with self._qos_lock:
+            await self._apply(raw)
+
+    async def _apply(self, raw: aiormq.abc.AbstractChannel) -> None:
+        """Bring QoS and consumers on ``raw`` to the target; call with the QoS lock held."""
+        if raw is not self._raw:  # a new channel: the old one's consumers and deliveries died
+            self._raw, self._prefetch, self._consumer_tags = raw, 0, []
+            self._unsettled = {message for message in self._unsettled if not _lost(message)}
+        target = 0
+        if self._buffer is not None and self._capacity is not None:
+            target = self._capacity.free + len(self._unsettled)
+        if target <= 0:
+            while self._consumer_tags:
+                await raw.basic_cancel(self._consumer_tags.pop())
+            return
+        if target != self._prefetch:
+            await raw.basic_qos(prefetch_count=target, global_=True)
+            self._prefetch = target
+        if not self._consumer_tags:
+            for queue in self._queues:
+                ok = await raw.basic_consume(queue, partial(self._on_message, queue))
+                self._consumer_tags.append(str(ok.consumer_tag))
+
+    async def _regulate(self, channel: AbstractRobustChannel) -> None:
+        """Follow capacity changes and channel reopens, one ``_apply`` per burst."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                raw = await channel.get_underlay_channel()
+                if raw.is_closed:
+                    continue  # being reopened; the reopen wakes us
+                if raw is not self._raw and self._raw is not None:
+                    await self.declare(list(self._declared.values()))  # a fresh broker node
+                await self._locked_apply(raw)
+            except (BrokerConnectionError, *_BROKER_ERRORS) as exc:
+                log.warning("AMQP flow control will retry: %s", exc)
+                await asyncio.sleep(1)
+                self._wake.set()
+
+    async def _stop_regulator(self) -> None:
+        if (regulator := self._regulator) is not None:
+            self._regulator = None
+            async with self._qos_lock:  # never mid-RPC: aiormq closes a channel on that
+                regulator.cancel()
+            await asyncio.gather(regulator, return_exceptions=True)
+
+    async def _on_message(self, queue: str, delivered: aiormq.abc.DeliveredMessage) -> None:
+        message = _Message(delivered)
+        # From the frame: aio-pika's message fills in defaults and makes expiration a float.
+        raw = delivered.header.properties
+        properties = {name: getattr(raw, name) for name in _PROPERTIES}
+        if self._buffer is not None:
+            self._buffer.put_nowait((queue, message, properties))
+        elif not self._closing:  # arrived while consume() was ending
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await message.reject(requeue=True)
+
+    async def _settle(
+        self, delivery: Delivery, action: str, settle: Callable[[_Message], Awaitable[None]]
+    ) -> None:
+        message: _Message = delivery.handle
+        if _lost(message):
+            return
+        tracked = message in self._unsettled
+        with translate_amqp_errors(f"{action} a message from {delivery.queue!r}"):
+            try:
+                if tracked:
+                    self._unsettled.discard(message)
+                    # Lower QoS before the ack; shielded, as a cancelled RPC closes the channel.
+                    await asyncio.shield(self._locked_apply(message.channel))
+                await settle(message)
+            except asyncio.CancelledError:
+                if tracked and not message.processed:
+                    self._unsettled.add(message)
+                    self._wake.set()
+                raise
+            except _BROKER_ERRORS:
+                if _lost(message):
+                    return
+                raise
+
+    async def _drop_unreadable(
+        self, queue: str, message: _Message, properties: dict[str, Any], exc: CeleriacError
+    ) -> None:
+        """Dead-letter a message ``from_amqp`` refused; it never reached a slot, QoS stays."""
+        kept = {name: value for name, value in properties.items() if value is not None}
+        wire = WireMessage(
+            message.body, message.content_type, message.content_encoding, message.headers, kept
+        )
+        try:
+            await self._publish_dead(wire, queue, f"unreadable: {exc}")
+            await message.ack()
+        except (BrokerConnectionError, *_BROKER_ERRORS) as failed:
+            # Celery rejects an unknown format too; requeueing would redeliver it forever.
+            log.error("dropping an unreadable message from %r: %s", queue, failed)
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await message.reject(requeue=False)
+
+    async def _publish_dead(self, message: WireMessage, queue: str, reason: str) -> None:
+        properties = _outgoing(message)
+        properties.pop("expiration", None)
+        properties["headers"] = {
+            **message.headers,
+            "x-celeriac-reason": reason,
+            "x-celeriac-queue": queue,
+        }
+        copy = aio_pika.Message(message.body, **properties)
+        await self._send(copy, "", f"{queue}.dead", mandatory=True)
+
+    async def _send(
+        self, message: aio_pika.Message, exchange: str, routing_key: str, *, mandatory: bool = False
+    ) -> None:
+        if self._publisher is None:
+            raise RuntimeError("AmqpTransport.connect() has not been called")
+        with translate_amqp_errors(f"publish to {exchange!r} with key {routing_key!r}"):
+            target = (
+                await self._publisher.get_exchange(exchange, ensure=False)
+                if exchange
+                else self._publisher.default_exchange
+            )
+            await target.publish(message, routing_key=routing_key, mandatory=mandatory)
+
+
+def _lost(message: _Message) -> bool:
+    """Whether the channel ``message`` arrived on is closed (aio-pika raises on access)."""
+    try:
+        return message.channel.is_closed
+    except aiormq.exceptions.ChannelInvalidStateError:
+        return True
+
+
+def _outgoing(message: WireMessage) -> dict[str, Any]:
+    properties = amqp_properties(message)
+    if "expiration" in properties:
+        # aio-pika sends int(seconds * 1000), which makes 1.001 s "1000": aim mid-millisecond.
+        properties["expiration"] = (int(message.properties["expiration"]) + 0.5) / 1000
+    return properties

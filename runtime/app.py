@@ -1,0 +1,184 @@
+"""The application: configuration, the task registry and the producer."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar, overload
+
+from protocol import AcceptPolicy, TaskMessage, encode_task
+
+from . import result
+from .backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
+from .brokers import DEFAULT_BROKER, transport_for_url
+from .policy import DEFAULT_POLICY, QueuePolicy
+from .request import current_request
+from .task import Task, TaskOptions
+from .transport import QueueSpec, Transport
+
+__all__ = ["App"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class App:
+    """A celeriac application: where tasks are registered and sent from.
+
+    ``broker`` and ``result_backend`` are URLs (``amqp://``, ``redis://``); with no broker the
+    local RabbitMQ is used, as Celery does; with no result backend results are not stored.
+    Nothing connects until something is sent or a worker starts.
+    """
+
+    def __init__(
+        self,
+        main: str = "celeriac",
+        *,
+        broker: str | None = None,
+        result_backend: str | None = None,
+        queue_policy: QueuePolicy = DEFAULT_POLICY,
+        default_queue: str = "celery",
+        task_serializer: str = "json",
+        accept_content: Iterable[str] = ("json", "msgpack"),
+        result_serializer: str = "json",
+        result_expires: float | None = DEFAULT_RESULT_EXPIRES,
+        result_extended: bool = False,
+        task_queue_max_priority: int | None = None,
+    ) -> None:
+        self.main = main
+        self.broker_url = broker or DEFAULT_BROKER
+        self.result_backend_url = result_backend
+        self.queue_policy = queue_policy
+        self.default_queue = default_queue
+        self.task_serializer = task_serializer
+        self.accept = AcceptPolicy.of(accept_content)
+        self.result_serializer = result_serializer
+        self.result_expires = result_expires
+        self.result_extended = result_extended
+        self.task_queue_max_priority = task_queue_max_priority
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        # A stable reply address per app, as Celery's clients send (only rpc:// reads it).
+        self.oid = str(uuid.uuid4())
+        self._backend: RedisResultBackend | None = None
+        self._producer: Transport | None = None
+        self._declared: set[str] = set()
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self, fn: None = None, /, *, name: str | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None, **options: Any
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., **options)``.
+
+        Options use Celery's names (``queue``, ``bind``, ``acks_late``, ``time_limit``, ...);
+        an unknown one raises ``TypeError`` here, not when the first message arrives.
+        """
+        parsed = TaskOptions.from_kwargs(options)
+
+        def register(function: Callable[P, R]) -> Task[P, R]:
+            task_name = name or f"{function.__module__}.{function.__qualname__}"
+            registered = Task(self, function, task_name, parsed)
+            self.tasks[task_name] = registered
+            return registered
+
+        return register(fn) if fn is not None else register
+
+    def queue_spec(self, name: str) -> QueueSpec:
+        """How ``name`` is declared (Celery's defaults plus this app's max priority)."""
+        return QueueSpec(name, max_priority=self.task_queue_max_priority)
+
+    @property
+    def backend(self) -> RedisResultBackend | None:
+        """The result backend, or ``None`` when results are not stored."""
+        if self._backend is None and self.result_backend_url:
+            self._backend = RedisResultBackend.from_url(
+                self.result_backend_url,
+                result_expires=self.result_expires,
+                serializer=self.result_serializer,
+                accept=self.accept,
+            )
+        return self._backend
+
+    def AsyncResult(self, task_id: str) -> result.AsyncResult:
+        """A handle on the result of ``task_id`` (Celery's ``app.AsyncResult``)."""
+        return result.AsyncResult(task_id, self.backend)
+
+    async def send_task(
+        self,
+        name: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        headers: dict[str, Any] | None = None,
+        serializer: str | None = None,
+        ignore_result: bool | None = None,
+    ) -> result.AsyncResult:
+        """Send a task by name, as Celery's ``send_task`` does; return a handle on its result.
+
+        Inside a running task the new task becomes its child (``parent_id``/``root_id``).
+        """
+        now = datetime.now(UTC)
+        if countdown is not None:
+            eta = now + timedelta(seconds=countdown)
+        if isinstance(expires, int | float):
+            expires = now + timedelta(seconds=expires)
+        task_id = task_id or str(uuid.uuid4())
+        parent = current_request.get()
+        message = TaskMessage(
+            id=task_id,
+            task=name,
+            args=tuple(args),
+            kwargs=kwargs or {},
+            eta=eta,
+            expires=expires,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            root_id=parent.root_id or parent.id if parent else task_id,
+            parent_id=parent.id if parent else None,
+            reply_to=self.oid,
+            priority=priority,
+            ignore_result=bool(ignore_result),
+            origin=f"gen{os.getpid()}@{socket.gethostname()}",
+            headers=headers or {},
+        )
+        wire = encode_task(message, serializer=serializer or self.task_serializer, now=now)
+        target = queue or self.default_queue
+        producer = await self._producer_transport()
+        if target not in self._declared:
+            await producer.declare([self.queue_spec(target)])
+            self._declared.add(target)
+        await producer.publish(wire, routing_key=target)
+        return result.AsyncResult(task_id, self.backend)
+
+    async def _producer_transport(self) -> Transport:
+        if self._producer is None:
+            producer = transport_for_url(self.broker_url)
+            await producer.connect()
+            self._producer = producer
+        return self._producer
+
+    async def aclose(self) -> None:
+        """Close the producer connection and the result backend."""
+        if self._producer is not None:
+            await self._producer.aclose()
+            self._producer = None
+        if self._backend is not None:
+            await self._backend.aclose()
+            self._backend = None

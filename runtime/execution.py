@@ -1,0 +1,206 @@
+"""Running one task function under its time limits.
+
+Coroutine functions run on the event loop in their own ``asyncio.Task``; plain functions run
+in a bounded thread pool. Both see the :class:`~runtime.request.Request` in
+``current_request``.
+
+Soft limit: ``SoftTimeLimitExceeded`` is raised inside the task, where it can be caught.
+
+* In a coroutine it is raised at the ``await`` the task is suspended on: the task is
+  cancelled and the cancellation is turned into ``SoftTimeLimitExceeded`` on its way in
+  (:class:`_SoftLimitGuard`), so ``asyncio.timeout`` and ``current_task()`` inside the task
+  still work.
+* In a thread it is raised asynchronously (``PyThreadState_SetAsyncExc``) at the next Python
+  bytecode the thread runs.
+
+Hard limit: the task is cancelled (coroutine) or sent ``TimeLimitExceeded`` (thread), the
+worker waits ``hard_grace`` seconds at most, and records ``TimeLimitExceeded(hard)`` either way.
+
+What cannot be interrupted today: a coroutine that never yields to the loop blocks the loop,
+so no timer fires until it does; a thread blocked inside C code (a socket read, ``time.sleep``)
+sees the exception only when it returns to Python. After the hard limit such a thread keeps its
+pool thread until it returns; the slot is freed and the result recorded regardless. A later
+step adds process isolation for tasks that must be killable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import threading
+import time
+import traceback
+from collections.abc import Callable, Coroutine, Generator
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import State
+
+from .exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from .policy import TimeLimits
+from .request import Request, current_request
+from .task import Task
+
+__all__ = ["Executor", "Outcome"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a task run ended: SUCCESS with a value, or FAILURE with an exception."""
+
+    state: State
+    value: Any = None
+    exception: BaseException | None = None
+    traceback: str | None = None
+    runtime: float = 0.0
+
+    @classmethod
+    def failed(cls, exc: BaseException, *, runtime: float = 0.0) -> Outcome:
+        """A FAILURE with ``exc`` and its formatted traceback."""
+        text = "".join(traceback.format_exception(exc))
+        return cls(State.FAILURE, exception=exc, traceback=text, runtime=runtime)
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the hard time limit ended the run."""
+        return isinstance(self.exception, TimeLimitExceeded)
+
+
+class _SoftLimitGuard:
+    """Drives a coroutine, turning the soft-limit cancellation into SoftTimeLimitExceeded.
+
+    It sits between the asyncio.Task and the task's coroutine, passing every yielded future
+    up and every result down unchanged, like ``await`` does. The one difference: the
+    CancelledError that :meth:`expire` provokes is thrown into the coroutine as
+    ``SoftTimeLimitExceeded``, and the task is un-cancelled, since it is not being cancelled.
+    """
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
+        self._expired = False
+
+    def expire(self, runner: asyncio.Task[Any]) -> None:
+        """Interrupt ``runner`` (which is driving this guard) with the soft limit."""
+        if not runner.done():
+            self._expired = True
+            runner.cancel()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        send: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                yielded = self._coro.throw(error) if error else self._coro.send(send)
+            except StopIteration as stop:
+                return stop.value
+            send, error = None, None
+            try:
+                send = yield yielded
+            except asyncio.CancelledError as exc:
+                error = exc
+                if self._expired:
+                    self._expired = False
+                    runner = asyncio.current_task()
+                    if runner is not None:
+                        runner.uncancel()
+                    error = SoftTimeLimitExceeded()
+            except BaseException as exc:  # thrown in by the loop: pass it to the task
+                error = exc
+
+
+class _ThreadCall:
+    """One function call in a pool thread, which the loop can interrupt until it returns."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._thread: int | None = None
+
+    def __call__(self) -> Any:
+        with self._lock:
+            self._thread = threading.get_ident()
+        try:
+            return self._fn()
+        finally:
+            # An exception raised asynchronously just as the function returned may land
+            # here; keep trying until the call is marked over, so none can arrive later.
+            while True:
+                try:
+                    with self._lock:
+                        self._thread = None
+                    break
+                except (SoftTimeLimitExceeded, TimeLimitExceeded):
+                    continue
+
+    def interrupt(self, exc_type: type[BaseException]) -> None:
+        """Raise ``exc_type`` in the thread if the call is still running."""
+        with self._lock:
+            if self._thread is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._thread), ctypes.py_object(exc_type)
+                )
+
+
+class Executor:
+    """Runs task functions: coroutines on the loop, plain functions in ``threads`` threads."""
+
+    def __init__(self, threads: int, *, hard_grace: float = 1.0) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="celeriac-task")
+        self.hard_grace = hard_grace
+
+    async def run(self, task: Task[Any, Any], request: Request, limits: TimeLimits) -> Outcome:
+        """Run ``task`` for ``request`` under ``limits``; never raises for the task's errors."""
+        args: tuple[Any, ...] = (task, *request.args) if task.options.bind else request.args
+        kwargs = dict(request.kwargs)
+        context = copy_context()
+        context.run(current_request.set, request)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        timers: list[asyncio.TimerHandle] = []
+        if task.is_coroutine:
+            guard = _SoftLimitGuard(task.fn(*args, **kwargs))
+            coroutine_task = loop.create_task(
+                _drive(guard), name=f"{task.name}[{request.id}]", context=context
+            )
+            if limits.soft is not None:
+                timers.append(loop.call_later(limits.soft, guard.expire, coroutine_task))
+            runner: asyncio.Future[Any] = coroutine_task
+            stop: Callable[[], object] = coroutine_task.cancel
+        else:
+            call = _ThreadCall(lambda: context.run(task.fn, *args, **kwargs))
+            runner = loop.run_in_executor(self._pool, call)
+            if limits.soft is not None:
+                timers.append(loop.call_later(limits.soft, call.interrupt, SoftTimeLimitExceeded))
+            stop = lambda: call.interrupt(TimeLimitExceeded)  # noqa: E731
+        try:
+            done, _ = await asyncio.wait({runner}, timeout=limits.hard)
+            if not done:
+                stop()
+                await asyncio.wait({runner}, timeout=self.hard_grace)
+                return Outcome(
+                    State.FAILURE,
+                    exception=TimeLimitExceeded(limits.hard),
+                    runtime=time.monotonic() - started,
+                )
+        except asyncio.CancelledError:
+            stop()  # the worker is being stopped at once: take the task down with it
+            raise
+        finally:
+            for timer in timers:
+                timer.cancel()
+        if runner.cancelled():
+            return Outcome.failed(asyncio.CancelledError(), runtime=time.monotonic() - started)
+        exc = runner.exception()
+        if exc is not None:
+            return Outcome.failed(exc, runtime=time.monotonic() - started)
+        return Outcome(State.SUCCESS, value=runner.result(), runtime=time.monotonic() - started)
+
+    def shutdown(self) -> None:
+        """Release the thread pool without waiting for threads still running."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _drive(guard: _SoftLimitGuard) -> Any:
+    return await guard

@@ -1,0 +1,81 @@
+"""The request a task runs for: what Celery calls ``task.request``, in a context variable."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from protocol import TaskMessage
+
+__all__ = ["Request", "current_request"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The running task's message and delivery, with Celery's attribute names."""
+
+    message: TaskMessage
+    hostname: str
+    delivery_info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The task id."""
+        return self.message.id
+
+    @property
+    def task(self) -> str:
+        """The task name."""
+        return self.message.task
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Positional arguments."""
+        return self.message.args
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]:
+        """Keyword arguments."""
+        return self.message.kwargs
+
+    @property
+    def retries(self) -> int:
+        """How many times the task has been retried."""
+        return self.message.retries
+
+    @property
+    def root_id(self) -> str | None:
+        """The id of the first task of the workflow."""
+        return self.message.root_id
+
+    @property
+    def parent_id(self) -> str | None:
+        """The id of the task that sent this one."""
+        return self.message.parent_id
+
+    @property
+    def group(self) -> str | None:
+        """The group id, if the task is part of one."""
+        return self.message.group_id
+
+    @property
+    def eta(self) -> datetime | None:
+        """When the task was due."""
+        return self.message.eta
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The correlation id (the task id for Celery clients)."""
+        return self.message.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        """The client's reply address."""
+        return self.message.reply_to
+
+
+#: The request of the task running in this context, or ``None`` outside a task.
+current_request: ContextVar[Request | None] = ContextVar("celeriac_request", default=None)

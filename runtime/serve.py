@@ -1,0 +1,162 @@
+"""Running a worker as a process: load the app, configure logging, pick the loop, handle signals.
+
+This is the only module that reads the environment or configures structlog; the library
+itself takes everything as arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .app import App
+from .errors import BrokerConnectionError
+from .worker import Worker
+
+__all__ = ["WorkerOptions", "configure_logging", "load_app", "serve"]
+
+
+class UsageError(Exception):
+    """The command line or environment asks for something that cannot work."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """Everything ``celeriac worker`` needs, resolved from flags and the environment."""
+
+    app_path: str
+    queues: tuple[str, ...]
+    concurrency: int
+    hostname: str
+    broker: str | None
+    result_backend: str | None
+    grace: float
+    loop: str
+    queue_limits: str | None
+    queue_limits_file: Path | None
+
+
+def first_env(environ: Mapping[str, str], *names: str) -> str | None:
+    """The value of the first of ``names`` set (non-empty) in ``environ``."""
+    for name in names:
+        if environ.get(name):
+            return environ[name]
+    return None
+
+
+def node_name(template: str) -> str:
+    """Expand Celery's ``%h`` (host), ``%n`` (short host) and ``%d`` (domain) in ``-n``."""
+    host = socket.gethostname()
+    short, _, domain = host.partition(".")
+    return template.replace("%h", host).replace("%n", short).replace("%d", domain)
+
+
+def load_app(path: str) -> App:
+    """Import ``module:attribute`` (or ``module``, whose ``app`` is taken) as the App."""
+    module_name, _, attribute = path.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r} from -A {path}: {exc}") from None
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, App):
+        raise UsageError(f"-A {path}: {module_name}.{attribute or 'app'} is not a celeriac App")
+    return app
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """structlog to standard error: JSON lines (containers) or console (a terminal)."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional at run time
+    except ImportError:
+        if name == "uvloop":
+            raise UsageError("--loop uvloop: uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def serve(options: WorkerOptions) -> int:
+    """Run a worker until SIGTERM/SIGINT; return the process exit status.
+
+    The first signal stops consuming and lets running tasks finish within the grace period;
+    a second ends at once.
+    """
+    app = load_app(options.app_path)
+    if options.broker:
+        app.broker_url = options.broker
+    if options.result_backend:
+        app.result_backend_url = options.result_backend
+    policy = app.queue_policy
+    if options.queue_limits_file is not None:
+        policy = policy.with_toml(options.queue_limits_file.read_text())
+    app.queue_policy = policy.with_env(options.queue_limits)
+    with asyncio.Runner(loop_factory=_loop_factory(options.loop)) as runner:
+        return runner.run(_run(app, options))
+
+
+async def _run(app: App, options: WorkerOptions) -> int:
+    log = structlog.get_logger("celeriac.worker")
+    worker = Worker(
+        app,
+        queues=options.queues,
+        concurrency=options.concurrency,
+        hostname=options.hostname,
+        grace=options.grace,
+    )
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        log.info("signal_received", signal=signal.Signals(signum).name, count=signals_seen)
+        if signals_seen == 1:
+            worker.stop()
+        else:
+            worker.terminate()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await worker.run()
+    except BrokerConnectionError as exc:
+        print(f"celeriac: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await app.aclose()
+    return 0

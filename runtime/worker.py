@@ -1,0 +1,301 @@
+"""The worker: consume queues, run each task in a slot, store its result, settle its message.
+
+Flow control lives in the transport (it never holds more unsettled deliveries than there are
+free slots); the worker takes a slot for each delivery and gives it back when the message is
+settled and the result stored. Lifecycle: :meth:`Worker.stop` stops consuming and lets running
+tasks finish within ``grace`` seconds (what they have not started goes back to the broker);
+:meth:`Worker.terminate` ends at once, so ``acks_late`` messages are redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from protocol import (
+    EncodeError,
+    ExceptionInfo,
+    ExtendedInfo,
+    MalformedMessage,
+    ResultMeta,
+    State,
+    TaskMessage,
+    decode_task,
+)
+
+from .app import App
+from .backend import RedisResultBackend
+from .brokers import transport_for_url
+from .capacity import Slots
+from .errors import BackendError
+from .exceptions import NotRegistered
+from .execution import Executor, Outcome
+from .policy import TimeLimits
+from .request import Request
+from .task import Task
+from .transport import Delivery, Transport
+
+__all__ = ["Worker"]
+
+
+class _Slot:
+    """The slot one delivery holds, given back exactly once."""
+
+    def __init__(self, slots: Slots) -> None:
+        self._slots = slots
+        self._held = True
+
+    def release(self) -> None:
+        """Give the slot back, if not done already."""
+        if self._held:
+            self._held = False
+            self._slots.give_back()
+
+
+def _seconds(value: float | None) -> float | None:
+    """A time limit, with 0 read as "none" as Celery reads a falsy limit."""
+    return value or None
+
+
+class Worker:
+    """Runs the tasks of ``app`` from ``queues`` with ``concurrency`` slots."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str],
+        concurrency: int,
+        hostname: str,
+        transport: Transport | None = None,
+        backend: RedisResultBackend | None = None,
+        grace: float = 30.0,
+        logger: Any = None,
+    ) -> None:
+        self.app = app
+        self.queues = list(queues)
+        self.hostname = hostname
+        self.slots = Slots(concurrency)
+        self.transport = transport or transport_for_url(app.broker_url)
+        self.backend = backend if backend is not None else app.backend
+        self.grace = grace
+        self.log = logger or structlog.get_logger("celeriac.worker")
+        self._executor = Executor(threads=concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+        self._consuming: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.processed = 0
+
+    async def run(self) -> None:
+        """Connect, declare the queues, and work until :meth:`stop` or :meth:`terminate`."""
+        await self.transport.connect()
+        try:
+            await self.transport.declare([self.app.queue_spec(q) for q in self.queues])
+            self.log.info(
+                "worker_ready",
+                hostname=self.hostname,
+                queues=self.queues,
+                concurrency=self.slots.total,
+                broker=_redact(self.app.broker_url),
+                result_backend=_redact(self.app.result_backend_url) if self.backend else None,
+            )
+            if self.backend is None:
+                self.log.warning("no_result_backend", detail="results are not stored")
+            self._consuming = asyncio.create_task(self._consume(), name="celeriac-consume")
+            try:
+                await self._consuming
+            except asyncio.CancelledError:
+                if not self._stopped.is_set():
+                    raise
+            await self._drain()
+        finally:
+            await self.transport.aclose()
+            self._executor.shutdown()
+            self.log.info("worker_stopped", processed=self.processed)
+
+    def stop(self) -> None:
+        """Stop consuming; running tasks get ``grace`` seconds to finish (warm shutdown)."""
+        if not self._stopped.is_set():
+            self._stopped.set()
+            self.log.info("worker_stopping", running=len(self._running), grace=self.grace)
+            if self._consuming is not None:
+                self._consuming.cancel()
+
+    def terminate(self) -> None:
+        """End at once: running tasks are cancelled and unsettled messages redelivered."""
+        self.grace = 0
+        self.stop()
+        for running in self._running:
+            running.cancel()
+
+    async def _consume(self) -> None:
+        async for delivery in self.transport.consume(self.queues, self.slots):
+            self.slots.take()
+            handler = asyncio.create_task(self._handle(delivery))
+            self._running.add(handler)
+            handler.add_done_callback(self._running.discard)
+
+    async def _drain(self) -> None:
+        if self._running:
+            _, late = await asyncio.wait(set(self._running), timeout=self.grace or None)
+            for running in late:
+                running.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        slot = _Slot(self.slots)
+        try:
+            await self._process(delivery, slot)
+        finally:
+            slot.release()
+            self.processed += 1
+
+    async def _process(self, delivery: Delivery, slot: _Slot) -> None:
+        try:
+            message = decode_task(delivery.message, accept=self.app.accept)
+        except MalformedMessage as exc:
+            self.log.error("message_malformed", queue=delivery.queue, reason=str(exc))
+            await self.transport.dead_letter(delivery, f"malformed: {exc}")
+            return
+        log = self.log.bind(task_id=message.id, task=message.task, queue=delivery.queue)
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            log.error("task_unknown")
+            await self._store(
+                message,
+                delivery,
+                State.FAILURE,
+                ExceptionInfo.from_exception(NotRegistered(message.task)),
+            )
+            await self.transport.dead_letter(delivery, f"unknown task {message.task!r}")
+            return
+        try:
+            task.bind_arguments(message.args, dict(message.kwargs))
+        except TypeError as exc:
+            log.error("task_arguments_invalid", error=str(exc))
+            await self.transport.ack(delivery)
+            await self._record(task, message, delivery, Outcome.failed(exc))
+            return
+        await self._run(task, message, delivery, slot, log)
+
+    async def _run(
+        self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery, slot: _Slot, log: Any
+    ) -> None:
+        acks_late = task.options.acks_late
+        if not acks_late:
+            await self.transport.ack(delivery)
+        if message.eta is not None:  # held in its slot until due; a delay store comes later
+            await asyncio.sleep(max((message.eta - datetime.now(UTC)).total_seconds(), 0))
+        ignore = _ignores_result(task, message)
+        if task.options.track_started and not ignore and self.backend is not None:
+            await self._store(
+                message, delivery, State.STARTED, {"pid": os.getpid(), "hostname": self.hostname}
+            )
+        requested = TimeLimits(
+            soft=_seconds(message.soft_time_limit) or _seconds(task.options.soft_time_limit),
+            hard=_seconds(message.time_limit) or _seconds(task.options.time_limit),
+        )
+        limits = self.app.queue_policy.effective(delivery.queue, requested)
+        request = Request(
+            message,
+            hostname=self.hostname,
+            delivery_info={
+                "exchange": delivery.exchange,
+                "routing_key": delivery.routing_key,
+                "priority": message.priority,
+                "redelivered": delivery.redelivered,
+            },
+        )
+        log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
+        outcome = await self._executor.run(task, request, limits)
+        if outcome.state is State.SUCCESS:
+            log.info("task_succeeded", runtime=round(outcome.runtime, 6))
+        else:
+            log.error(
+                "task_failed", exception=repr(outcome.exception), runtime=round(outcome.runtime, 6)
+            )
+        await self._record(task, message, delivery, outcome)
+        if acks_late:
+            # The task is over: free the slot first, so settling needs no prefetch change.
+            slot.release()
+            if outcome.state is State.FAILURE and not task.options.acks_on_failure_or_timeout:
+                await self.transport.reject(delivery, requeue=outcome.timed_out)
+            else:
+                await self.transport.ack(delivery)
+
+    async def _record(
+        self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery, outcome: Outcome
+    ) -> None:
+        failed = outcome.state is State.FAILURE
+        if _ignores_result(task, message) and not (
+            failed and task.options.store_errors_even_if_ignored
+        ):
+            return
+        if failed:
+            assert outcome.exception is not None
+            info = ExceptionInfo.from_exception(
+                outcome.exception, serializer=self.app.result_serializer
+            )
+            await self._store(message, delivery, State.FAILURE, info, outcome.traceback)
+            return
+        try:
+            await self._store(message, delivery, State.SUCCESS, outcome.value)
+        except EncodeError as exc:  # the return value cannot be serialised: say so, as Celery does
+            await self._store(message, delivery, State.FAILURE, ExceptionInfo.from_exception(exc))
+
+    async def _store(
+        self,
+        message: TaskMessage,
+        delivery: Delivery,
+        status: State,
+        result: Any,
+        traceback: str | None = None,
+    ) -> None:
+        if self.backend is None:
+            return
+        extended = None
+        if self.app.result_extended:
+            extended = ExtendedInfo(
+                name=message.task,
+                args=list(message.args),
+                kwargs=dict(message.kwargs),
+                worker=self.hostname,
+                retries=message.retries,
+                queue=delivery.routing_key,
+            )
+        meta = ResultMeta(
+            task_id=message.id,
+            status=status,
+            result=result,
+            traceback=traceback,
+            date_done=datetime.now(UTC) if status in (State.SUCCESS, State.FAILURE) else None,
+            group_id=message.group_id,
+            parent_id=message.parent_id,
+            extended=extended,
+        )
+        try:
+            await self.backend.store(meta)
+        except BackendError as exc:
+            self.log.error(
+                "result_not_stored", task_id=message.id, status=status.value, error=str(exc)
+            )
+
+
+def _ignores_result(task: Task[Any, Any], message: TaskMessage) -> bool:
+    return task.options.ignore_result if message.ignore_result is None else message.ignore_result
+
+
+def _redact(url: str | None) -> str | None:
+    """``url`` without its password, for logs."""
+    if not url or "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

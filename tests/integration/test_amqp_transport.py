@@ -1,0 +1,588 @@
+"""The AMQP transport against a real RabbitMQ, and a real Celery client on the other side.
+
+Flow control is checked against the broker itself: ``queue_depth`` reports the messages
+still *ready* in the queue, so any message prefetched beyond the free slots shows up as one
+missing there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import aio_pika
+import pytest
+from celery import Celery
+
+from protocol import DEFAULT_LIMITS, WireMessage, decode_task
+from runtime.amqp import AmqpTransport
+from runtime.capacity import Slots
+from runtime.errors import BrokerConnectionError
+from runtime.transport import Delivery, QueueSpec
+
+pytestmark = [pytest.mark.integration]
+
+#: How long the broker gets to push messages it should not push.
+SETTLE = 0.5
+
+
+class Receiver:
+    """Consumes like the worker: take a slot per delivery, before awaiting anything.
+
+    With ``auto=True`` each delivery is acked and its slot given back at once.
+    """
+
+    def __init__(
+        self, transport: AmqpTransport, queues: Sequence[str], slots: Slots, *, auto: bool = False
+    ) -> None:
+        self.transport, self.slots, self.auto = transport, slots, auto
+        self.received: asyncio.Queue[Delivery] = asyncio.Queue()
+        self.count = 0
+        self.task = asyncio.create_task(self._run(list(queues)))
+
+    async def _run(self, queues: list[str]) -> None:
+        async for delivery in self.transport.consume(queues, self.slots):
+            self.slots.take()
+            self.count += 1
+            if self.auto:
+                await self.transport.ack(delivery)
+                self.slots.give_back()
+            self.received.put_nowait(delivery)
+
+    async def get(self, timeout: float = 10) -> Delivery:
+        async with asyncio.timeout(timeout):
+            return await self.received.get()
+
+    async def nothing_more(self) -> None:
+        await asyncio.sleep(SETTLE)
+        assert self.received.empty(), "received beyond the free slots"
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+@pytest.fixture
+async def queue(unique_name: str, amqp_url: str) -> AsyncIterator[str]:
+    """A queue name for this test; the queue, its ``.dead`` queue and exchange are deleted after."""
+    yield unique_name
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in (unique_name, f"{unique_name}.dead"):
+            await channel.queue_delete(name)
+        await channel.exchange_delete(unique_name)
+
+
+@pytest.fixture
+async def connect(amqp_url: str) -> AsyncIterator[Any]:
+    """Connects transports (to ``amqp_url`` plus a query string) and closes them after."""
+    opened: list[AmqpTransport] = []
+
+    async def make(query: str = "") -> AmqpTransport:
+        client = AmqpTransport(amqp_url + query)
+        await client.connect()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        await client.aclose()
+
+
+@pytest.fixture
+async def transport(connect: Any) -> AmqpTransport:
+    return await connect()
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[list[Receiver]]:
+    """Receivers to stop at the end, whatever the test's outcome."""
+    started: list[Receiver] = []
+    yield started
+    for receiver in started:
+        await receiver.stop()
+
+
+def _message(body: bytes = b'{"n": 1}', **headers: Any) -> WireMessage:
+    return WireMessage(body, "application/json", "utf-8", headers)
+
+
+async def _fill(transport: AmqpTransport, queue: str, count: int) -> None:
+    for n in range(count):
+        await transport.publish(_message(b'{"n": %d}' % n), routing_key=queue)
+
+
+async def _ready(transport: AmqpTransport, queue: str) -> int:
+    return (await transport.queue_depth(queue))[0]
+
+
+async def _until(predicate: Any, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_publish_consume_ack_round_trips_the_wire_message(
+    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    sent = WireMessage(
+        body=b'[[2, 3], {}, {"callbacks": null}]',
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={
+            "task": "tasks.add",
+            "id": "6d1b9c7e",
+            "eta": None,
+            "retries": 0,
+            "timelimit": [None, 30],
+            "stamps": {"k": ["a", 1]},
+            "ignore_result": False,
+        },
+        properties={
+            "correlation_id": "6d1b9c7e",
+            "reply_to": "c2f7-reply",
+            "delivery_mode": 2,
+            "priority": 3,
+            "expiration": "1001",  # aio-pika's float seconds turn this into 1000 if truncated
+        },
+    )
+    await transport.publish(sent, routing_key=queue)
+
+    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+    got = await receiver.get()
+
+    assert got.message.body == sent.body
+    assert got.message.content_type == "application/json"
+    assert got.message.content_encoding == "utf-8"
+    assert dict(got.message.headers) == sent.headers
+    assert dict(got.message.properties) == sent.properties
+    assert (got.queue, got.exchange, got.routing_key, got.redelivered) == (queue, "", queue, False)
+    await transport.ack(got)
+    receiver.slots.give_back()
+    await receiver.stop()
+    assert await transport.queue_depth(queue) == (0, 0)
+
+
+@pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "acks-late"])
+async def test_prefetch_never_exceeds_free_slots(
+    transport: AmqpTransport, queue: str, receivers: list[Receiver], acks_late: bool
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    await _fill(transport, queue, 10)
+    slots = Slots(2)
+    receivers.append(receiver := Receiver(transport, [queue], slots))
+
+    first, second = await receiver.get(), await receiver.get()
+    if not acks_late:  # acked at task start; the tasks keep running in their slots
+        await transport.ack(first)
+        await transport.ack(second)
+    await receiver.nothing_more()
+    assert await _ready(transport, queue) == 8
+
+    if acks_late:
+        await transport.ack(first)  # the task is over: ack, then the slot is given back
+        await receiver.nothing_more()
+        assert await _ready(transport, queue) == 8
+    slots.give_back()
+    third = await receiver.get()
+    await receiver.nothing_more()
+    assert await _ready(transport, queue) == 7
+    assert third.message.body == b'{"n": 2}'
+
+
+async def test_concurrency_one_pauses_and_resumes(
+    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    await _fill(transport, queue, 3)
+    slots = Slots(1)
+    receivers.append(receiver := Receiver(transport, [queue], slots))
+
+    first = await receiver.get()
+    await transport.ack(first)  # early ack: no slot free and nothing unsettled, so pause
+    await receiver.nothing_more()
+    assert await transport.queue_depth(queue) == (2, 0)  # the consumer was cancelled
+
+    slots.give_back()
+    second = await receiver.get()
+    await receiver.nothing_more()
+    assert await transport.queue_depth(queue) == (1, 1)
+    assert second.message.body == b'{"n": 1}'
+
+
+async def test_a_busy_consumer_gets_nothing_while_an_idle_one_takes_all(
+    connect: Any, transport: AmqpTransport, queue: str, receivers: list[Receiver]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    busy_slots = Slots(1)
+    receivers.append(busy := Receiver(transport, [queue], busy_slots))
+    await _fill(transport, queue, 1)
+    long_task = await busy.get()
+    await transport.ack(long_task)  # early ack, the slot stays taken
+
+    receivers.append(idle := Receiver(await connect(), [queue], Slots(1), auto=True))
+    await _until(lambda: _consumers_are(transport, queue, 1))
+    await _fill(transport, queue, 5)
+
+    got = [(await idle.get()).message.body for _ in range(5)]
+    assert got == [b'{"n": %d}' % n for n in range(5)]
+    await busy.nothing_more()
+    assert busy.count == 1
+    assert await _ready(transport, queue) == 0
+
+
+async def _consumers_are(transport: AmqpTransport, queue: str, count: int) -> bool:
+    return (await transport.queue_depth(queue))[1] == count
+
+
+async def test_reject_requeue_comes_back_and_reject_drops(
+    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    await _fill(transport, queue, 1)
+    slots = Slots(1)
+    receivers.append(receiver := Receiver(transport, [queue], slots))
+
+    first = await receiver.get()
+    await transport.reject(first, requeue=True)
+    slots.give_back()
+    again = await receiver.get()
+    assert again.redelivered
+    assert again.message.body == first.message.body
+
+    await transport.reject(again, requeue=False)
+    slots.give_back()
+    await receiver.nothing_more()
+    assert await _ready(transport, queue) == 0
+
+
+async def test_dead_letter_moves_the_message_with_the_reason(
+    amqp_url: str, transport: AmqpTransport, queue: str, receivers: list[Receiver]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    sent = WireMessage(
+        b'{"n": 7}',
+        "application/json",
+        "utf-8",
+        {"task": "tasks.nope", "id": "42"},
+        {"correlation_id": "42", "expiration": "60000"},
+    )
+    await transport.publish(sent, routing_key=queue)
+    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+
+    await transport.dead_letter(await receiver.get(), "unknown task 'tasks.nope'")
+
+    assert await transport.queue_depth(queue) == (0, 0)  # gone; paused, the slot is taken
+    assert await _ready(transport, f"{queue}.dead") == 1
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        dead = await (await channel.get_queue(f"{queue}.dead")).get(no_ack=True)
+    assert dead.body == b'{"n": 7}'
+    assert dead.content_type == "application/json"
+    assert dead.correlation_id == "42"
+    assert dead.expiration is None  # a dead letter does not expire
+    assert dead.headers == {
+        "task": "tasks.nope",
+        "id": "42",
+        "x-celeriac-reason": "unknown task 'tasks.nope'",
+        "x-celeriac-queue": queue,
+    }
+
+
+async def test_dead_letter_that_cannot_be_published_requeues(
+    transport: AmqpTransport, queue: str, receivers: list[Receiver], amqp_url: str
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        await (await connection.channel()).queue_delete(f"{queue}.dead")  # unroutable now
+    await _fill(transport, queue, 1)
+    slots = Slots(1)
+    receivers.append(receiver := Receiver(transport, [queue], slots))
+
+    with pytest.raises(BrokerConnectionError, match=r"\.dead"):
+        await transport.dead_letter(await receiver.get(), "boom")
+    slots.give_back()
+
+    assert (await receiver.get()).redelivered
+
+
+@pytest.fixture
+def celery_apps(amqp_url: str) -> Iterator[Any]:
+    """Makes Celery clients for ``amqp_url`` and closes their connections at the end."""
+    apps: list[Celery] = []
+
+    def make(**settings: Any) -> Celery:
+        app = Celery("client", broker=amqp_url, set_as_current=False)
+        app.conf.update(settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+CELERY_SETTINGS = [
+    pytest.param({}, {}, id="classic"),
+    pytest.param({"task_queue_max_priority": 10}, {"max_priority": 10}, id="priority"),
+    pytest.param({"task_create_missing_queue_type": "quorum"}, {"quorum": True}, id="quorum"),
+]
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(("settings", "spec"), CELERY_SETTINGS)
+async def test_celery_publishes_to_a_queue_we_declared(
+    transport: AmqpTransport, queue: str, celery_apps: Any, settings: Any, spec: Any
+) -> None:
+    await transport.declare([QueueSpec(queue, **spec)])
+    client = celery_apps(**settings)
+
+    await asyncio.to_thread(client.send_task, "tasks.add", (2, 3), queue=queue)
+
+    await _until(lambda: _has_ready(transport, queue))
+
+
+async def _has_ready(transport: AmqpTransport, queue: str) -> bool:
+    return await _ready(transport, queue) == 1
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(("settings", "spec"), CELERY_SETTINGS)
+async def test_we_declare_a_queue_celery_declared(
+    transport: AmqpTransport, queue: str, celery_apps: Any, settings: Any, spec: Any
+) -> None:
+    client = celery_apps(**settings)
+    await asyncio.to_thread(client.send_task, "tasks.add", (2, 3), queue=queue)
+
+    await transport.declare([QueueSpec(queue, **spec)])  # no 406 PRECONDITION_FAILED
+
+    assert await _ready(transport, queue) == 1
+
+
+@pytest.mark.interop
+async def test_celery_task_message_decodes(
+    transport: AmqpTransport, queue: str, celery_apps: Any, receivers: list[Receiver]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    client = celery_apps()
+    result = await asyncio.to_thread(
+        client.send_task, "tasks.add", (2, 3), {"scale": None}, queue=queue, countdown=None
+    )
+    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+
+    delivery = await receiver.get()
+    task = decode_task(delivery.message)
+
+    assert (task.id, task.task, task.args, dict(task.kwargs)) == (
+        result.id,
+        "tasks.add",
+        (2, 3),
+        {"scale": None},
+    )
+    assert task.eta is None  # a void header in the AMQP table
+    assert delivery.message.headers["eta"] is None
+    assert delivery.routing_key == queue
+    await transport.ack(delivery)
+
+
+async def test_aclose_returns_unsettled_deliveries(
+    connect: Any, queue: str, receivers: list[Receiver]
+) -> None:
+    first = await connect()
+    await first.declare([QueueSpec(queue)])
+    await _fill(first, queue, 1)
+    receiver = Receiver(first, [queue], Slots(1))
+    original = await receiver.get()  # never acked
+    await first.aclose()
+    await receiver.task  # the iteration ends with the transport
+
+    receivers.append(again := Receiver(await connect(), [queue], Slots(1)))
+    redelivered = await again.get()
+    assert redelivered.redelivered
+    assert redelivered.message.body == original.message.body
+
+
+async def test_ending_the_iteration_requeues_only_what_was_not_handed_out(
+    transport: AmqpTransport, queue: str
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    await _fill(transport, queue, 3)
+    slots = Slots(2)
+    deliveries = transport.consume([queue], slots)
+    assert isinstance(deliveries, AsyncGenerator)
+    first = await anext(deliveries)
+    slots.take()
+    await asyncio.sleep(SETTLE)  # the second slot is free: one more waits in our buffer
+    assert await transport.queue_depth(queue) == (1, 1)
+
+    await deliveries.aclose()  # a warm shutdown: stop consuming, let running tasks finish
+
+    assert await transport.queue_depth(queue) == (2, 0)
+    await transport.ack(first)  # a running task still settles its message
+    slots.give_back()
+    assert await transport.queue_depth(queue) == (2, 0)
+
+
+async def test_settling_after_the_channel_was_lost_is_a_no_op(
+    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    await _fill(transport, queue, 1)
+    slots = Slots(1)
+    receivers.append(receiver := Receiver(transport, [queue], slots))
+    lost = await receiver.get()
+
+    await lost.handle.channel.close()  # as a dropped connection would; aio-pika reopens it
+    await transport.ack(lost)  # its delivery tag means nothing on the new channel
+    slots.give_back()
+
+    again = await receiver.get()
+    assert again.redelivered
+    assert again.message.body == lost.message.body
+    await transport.ack(again)
+    slots.give_back()
+    await _until(lambda: _consumers_are(transport, queue, 1))  # consuming on the new channel
+    assert await _ready(transport, queue) == 0
+
+
+async def test_connect_to_a_closed_port_fails_fast() -> None:
+    transport = AmqpTransport("amqp://guest:secret@127.0.0.1:1//")
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError) as caught:
+        await transport.connect()
+    assert time.monotonic() - started < 5
+    message = str(caught.value)
+    assert "127.0.0.1:1" in message
+    assert "\n" not in message
+    assert "secret" not in message
+
+
+async def test_queue_depth_counts_ready_messages_and_consumers(
+    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    assert await transport.queue_depth(queue) == (0, 0)
+    await _fill(transport, queue, 3)
+    assert await transport.queue_depth(queue) == (3, 0)
+
+    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+    await receiver.get()
+    assert await transport.queue_depth(queue) == (2, 1)
+    await receiver.stop()
+    assert await transport.queue_depth(queue) == (2, 0)  # the unsettled one is still ours
+
+    with pytest.raises(BrokerConnectionError, match="NOT_FOUND"):
+        await transport.queue_depth(f"{queue}-missing")
+    assert await transport.queue_depth(queue) == (2, 0)
+
+
+async def test_quorum_queues_are_refused_by_consume(transport: AmqpTransport, queue: str) -> None:
+    await transport.declare([QueueSpec(queue, quorum=True)])
+    with pytest.raises(NotImplementedError, match="quorum"):
+        await anext(aiter(transport.consume([queue], Slots(1))))
+
+
+async def test_declaring_differently_is_a_broker_error(
+    transport: AmqpTransport, queue: str
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    with pytest.raises(BrokerConnectionError, match="PRECONDITION_FAILED"):
+        await transport.declare([QueueSpec(queue, max_priority=5)])
+    await transport.declare([QueueSpec(queue)])  # the transport still works
+
+
+class Probed(AmqpTransport):
+    """Checks, as each delivery arrives, that what waits unhanded fits the free slots."""
+
+    worst = 0
+
+    async def _on_message(self, queue: str, delivered: Any) -> None:
+        await super()._on_message(queue, delivered)
+        if self._buffer is not None and self._capacity is not None:
+            self.worst = max(self.worst, self._buffer.qsize() - self._capacity.free)
+
+
+async def test_flow_control_holds_under_load(amqp_url: str, queue: str) -> None:
+    """Mixed early and late acks, tasks of uneven length: never a delivery beyond the slots."""
+    transport = Probed(amqp_url)
+    await transport.connect()
+    await transport.declare([QueueSpec(queue)])
+    await _fill(transport, queue, 60)
+    slots = Slots(3)
+    done = asyncio.Event()
+    finished = 0
+
+    async def run(delivery: Delivery, n: int) -> None:
+        nonlocal finished
+        late = n % 2 == 0
+        if not late:
+            await transport.ack(delivery)
+        await asyncio.sleep((n % 5) * 0.01)
+        if late:
+            await transport.ack(delivery)
+        slots.give_back()
+        finished += 1
+        if finished == 60:
+            done.set()
+
+    async def work() -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        async for delivery in transport.consume([queue], slots):
+            slots.take()
+            task = asyncio.create_task(run(delivery, len(tasks)))
+            tasks.add(task)
+
+    consuming = asyncio.create_task(work())
+    try:
+        async with asyncio.timeout(30):
+            await done.wait()
+        assert transport.worst <= 0
+        assert await _ready(transport, queue) == 0
+    finally:
+        consuming.cancel()
+        await asyncio.gather(consuming, return_exceptions=True)
+        await transport.aclose()
+
+
+async def test_an_unreadable_message_is_dead_lettered_not_handed_out(
+    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    too_many = {f"h{n}": n for n in range(DEFAULT_LIMITS.max_headers + 1)}
+    await transport.publish(_message(b'"unreadable"', **too_many), routing_key=queue)
+    await _fill(transport, queue, 1)
+    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+
+    assert (await receiver.get()).message.body == b'{"n": 0}'  # the readable one
+    assert receiver.count == 1
+    assert await _ready(transport, f"{queue}.dead") == 1
+    assert await _ready(transport, queue) == 0
+
+
+async def test_consuming_resumes_after_the_connection_drops(
+    connect: Any, queue: str, receivers: list[Receiver]
+) -> None:
+    transport = await connect("?reconnect_interval=0.2")
+    await transport.declare([QueueSpec(queue)])
+    await _fill(transport, queue, 3)
+    slots = Slots(2)
+    receivers.append(receiver := Receiver(transport, [queue], slots))
+    lost, running = await receiver.get(), await receiver.get()
+
+    assert transport._connection is not None
+    assert transport._connection.transport is not None
+    await transport._connection.transport.connection.close()  # the socket goes away
+    await transport.ack(lost)  # a no-op: the broker has it back
+    slots.give_back()
+
+    again = await receiver.get()  # on the reopened channel, QoS set before consuming
+    assert again.redelivered
+    assert again.message.body in {lost.message.body, running.message.body}
+    await receiver.nothing_more()  # `running` still holds its slot
+    assert await transport.queue_depth(queue) == (2, 1)

@@ -1,0 +1,70 @@
+"""The app the interop tests run with ``celeriac worker -A tests.interop.app:app``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from runtime import App, SoftTimeLimitExceeded
+
+app = App("interop")
+
+
+class PaymentDeclined(Exception):
+    """A task's own exception type."""
+
+
+@app.task(name="interop.add")
+async def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="interop.echo")
+async def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="interop.size")
+def size(blob: str) -> int:
+    return len(blob)
+
+
+@app.task(name="interop.decline")
+async def decline(reason: str) -> None:
+    raise PaymentDeclined(reason, 402)
+
+
+@app.task(name="interop.slow", track_started=True)
+async def slow(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+@app.task(name="interop.sync_slow", acks_late=True)
+def sync_slow(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+@app.task(name="interop.cleanup_on_soft_limit")
+async def cleanup_on_soft_limit() -> str:
+    try:
+        await asyncio.sleep(60)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "not limited"
+
+
+@app.task(name="interop.ignores_limits")
+async def ignores_limits() -> str:
+    try:
+        await asyncio.sleep(60)
+    except SoftTimeLimitExceeded:
+        await asyncio.sleep(60)
+    return "not limited"
+
+
+@app.task(name="interop.whoami", bind=True)
+async def whoami(self: Any) -> dict[str, Any]:
+    return {"id": self.request.id, "hostname": self.request.hostname}

@@ -1,0 +1,191 @@
+"""A stock Celery 5.7 client drives ``celeriac worker`` over RabbitMQ, results in Redis."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from billiard.exceptions import TimeLimitExceeded
+from celery import Celery
+from celery.exceptions import NotRegistered
+from kombu import Connection
+
+from .app import PaymentDeclined
+from .conftest import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.interop]
+
+StartWorker = Callable[..., WorkerProcess]
+
+NESTED = {"list": [1, 2.5, None, True], "map": {"ünïcode": "☃ żółć"}, "empty": {}}
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_values_round_trip(
+    serializer: str, start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    start_worker(unique_name)
+
+    def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        result = celery_client.send_task(
+            name, args=args, kwargs=kwargs, queue=unique_name, serializer=serializer
+        )
+        return result.get(timeout=15)
+
+    assert call("interop.add", 2, 3) == 5
+    assert call("interop.echo", "a", None, NESTED, k="v") == {
+        "args": ["a", None, NESTED],
+        "kwargs": {"k": "v"},
+    }
+    assert call("interop.size", "x" * 1_000_000) == 1_000_000  # a 1 MB payload, in a thread
+    assert call("interop.echo") == {"args": [], "kwargs": {}}
+
+
+def test_failure_arrives_as_the_tasks_exception(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    start_worker(unique_name)
+    result = celery_client.send_task("interop.decline", args=("card expired",), queue=unique_name)
+
+    with pytest.raises(PaymentDeclined) as caught:
+        result.get(timeout=15)
+
+    assert caught.value.args == ("card expired", 402)
+    assert result.state == "FAILURE"
+    assert "PaymentDeclined" in result.traceback
+
+
+def test_started_is_visible_while_a_slow_task_runs(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    start_worker(unique_name)
+    result = celery_client.send_task("interop.slow", args=(1.5,), queue=unique_name)
+
+    deadline = time.monotonic() + 10
+    while result.state != "STARTED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert result.state == "STARTED"
+    assert result.info["hostname"].startswith("celeriac@")
+    assert result.get(timeout=15) == "slept"
+
+
+def test_request_carries_id_and_hostname(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    start_worker(unique_name)
+    result = celery_client.send_task("interop.whoami", queue=unique_name)
+
+    assert result.get(timeout=15)["id"] == result.id
+
+
+def test_queue_time_limits(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    """The queue's cap (soft 0.5 s, hard 1 s here) applies to tasks sent without limits."""
+    start_worker(unique_name, env={"CELERIAC_QUEUE_LIMITS": f"{unique_name}=0.5/1"})
+
+    soft = celery_client.send_task("interop.cleanup_on_soft_limit", queue=unique_name)
+    hard = celery_client.send_task("interop.ignores_limits", queue=unique_name)
+
+    assert soft.get(timeout=15) == "cleaned up"
+    with pytest.raises(TimeLimitExceeded) as caught:
+        hard.get(timeout=15)
+    assert caught.value.args == (1.0,)
+    assert hard.traceback is None
+
+
+def test_message_limits_below_the_queue_cap(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    start_worker(unique_name)  # an unnamed queue: no cap
+    result = celery_client.send_task(
+        "interop.ignores_limits", queue=unique_name, time_limit=1, soft_time_limit=0.5
+    )
+
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=15)
+
+
+def _dead_letters(amqp_url: str, queue: str) -> list[Any]:
+    """Everything in ``<queue>.dead``, raw (py-amqp messages: ``.body``, ``.headers``)."""
+    found = []
+    with Connection(amqp_url) as conn:
+        channel = conn.default_channel
+        while (message := channel.basic_get(queue=f"{queue}.dead", no_ack=True)) is not None:
+            found.append(message)
+    return found
+
+
+def test_bad_input_is_dead_lettered_with_its_reason(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str, amqp_url: str
+) -> None:
+    worker = start_worker(unique_name)
+    with Connection(amqp_url) as conn:
+        producer = conn.Producer()
+        producer.publish(
+            b"{not json", routing_key=unique_name, content_type="application/json",
+            content_encoding="utf-8", headers={"task": "interop.add", "id": "bad-1"},
+        )  # fmt: skip
+        producer.publish(
+            b"!!python/object:os.system", routing_key=unique_name,
+            content_type="application/x-yaml", content_encoding="utf-8",
+            headers={"task": "interop.add", "id": "bad-2"},
+        )  # fmt: skip
+    unknown = celery_client.send_task("interop.nope", queue=unique_name)
+
+    with pytest.raises(NotRegistered):
+        unknown.get(timeout=15)
+    assert celery_client.send_task("interop.add", (1, 1), queue=unique_name).get(timeout=15) == 2
+    worker.wait_for("task_unknown")
+    dead = _dead_letters(amqp_url, unique_name)
+
+    reasons = sorted(m.headers["x-celeriac-reason"] for m in dead)
+    assert len(reasons) == 3
+    assert reasons[0].startswith("malformed: body: invalid JSON")
+    assert reasons[1].startswith("malformed: content_type: refused content type")
+    assert reasons[2] == "unknown task 'interop.nope'"
+    assert {bytes(m.body, "utf-8") if isinstance(m.body, str) else m.body for m in dead} >= {
+        b"{not json",
+        b"!!python/object:os.system",
+    }
+    assert all(m.headers["x-celeriac-queue"] == unique_name for m in dead)
+
+
+def _ready_messages(amqp_url: str, queue: str) -> int:
+    with Connection(amqp_url) as conn:
+        return conn.default_channel.queue_declare(queue, passive=True).message_count
+
+
+def test_sigterm_lets_the_running_task_finish_and_leaves_the_queue_alone(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str, amqp_url: str
+) -> None:
+    worker = start_worker(unique_name, concurrency=1)
+    running = celery_client.send_task("interop.slow", args=(1.5,), queue=unique_name)
+    worker.wait_for("task_started", task_id=running.id)
+
+    worker.signal(signal.SIGTERM)
+    waiting = [celery_client.send_task("interop.add", (i, i), queue=unique_name) for i in range(3)]
+
+    assert worker.wait() == 0
+    assert running.get(timeout=5) == "slept"
+    assert _ready_messages(amqp_url, unique_name) == 3
+    assert all(result.state == "PENDING" for result in waiting)
+
+
+def test_sigkill_during_an_acks_late_task_runs_it_again(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    first = start_worker(unique_name, concurrency=1)
+    result = celery_client.send_task("interop.sync_slow", args=(1,), queue=unique_name)
+    first.wait_for("task_started", task_id=result.id)
+
+    first.signal(signal.SIGKILL)
+    first.wait()
+    second = start_worker(unique_name, concurrency=1)
+
+    assert result.get(timeout=20) == "slept"
+    second.wait_for("task_succeeded", task_id=result.id)

@@ -1,0 +1,239 @@
+"""Running tasks under time limits, without a broker: what a task author sees."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from protocol import State, TaskMessage
+from runtime import App, SoftTimeLimitExceeded, TimeLimitExceeded, current_request
+from runtime.execution import Executor
+from runtime.policy import TimeLimits
+from runtime.request import Request
+
+app = App("tests")
+
+
+@app.task(name="t.add")
+async def add(x: int, y: int) -> int:
+    await asyncio.sleep(0)
+    return x + y
+
+
+@app.task(name="t.fail")
+async def fail(message: str) -> None:
+    raise ValueError(message, 42)
+
+
+@app.task(name="t.whoami", bind=True)
+async def whoami(self: Any) -> str:
+    return f"{self.request.id}:{current_request.get().task}"
+
+
+@app.task(name="t.sync_whoami", bind=True)
+def sync_whoami(self: Any, suffix: str) -> str:
+    return (
+        f"{self.request.id}:{threading.current_thread().name.startswith('celeriac-task')}{suffix}"
+    )
+
+
+@app.task(name="t.cleans_up")
+async def cleans_up() -> str:
+    try:
+        await asyncio.sleep(10)
+    except SoftTimeLimitExceeded:
+        async with asyncio.timeout(0.05):  # the task is not left "cancelling"
+            await asyncio.sleep(0.01)
+        return "cleaned up"
+    return "never"
+
+
+@app.task(name="t.sleeps")
+async def sleeps(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "woke"
+
+
+@app.task(name="t.ignores_soft")
+async def ignores_soft() -> str:
+    try:
+        await asyncio.sleep(10)
+    except SoftTimeLimitExceeded:
+        await asyncio.sleep(10)
+    return "never"
+
+
+@app.task(name="t.stubborn")
+async def stubborn() -> str:
+    """Swallows the first cancellation (the hard limit's), ends on the next."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        await asyncio.sleep(10)
+    return "never"
+
+
+@app.task(name="t.spins")
+def spins(seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            pass
+    except SoftTimeLimitExceeded:
+        return "interrupted"
+    return "finished"
+
+
+@app.task(name="t.spins_forever")
+def spins_forever() -> None:
+    while True:
+        pass
+
+
+def _request(name: str, *args: Any, task_id: str = "id-1") -> Request:
+    return Request(TaskMessage(id=task_id, task=name, args=args), hostname="w@test")
+
+
+@pytest.fixture
+async def executor() -> AsyncIterator[Executor]:
+    runner = Executor(threads=2, hard_grace=0.2)
+    yield runner
+    runner.shutdown()
+
+
+NO_LIMITS = TimeLimits()
+
+
+async def test_success(executor: Executor) -> None:
+    outcome = await executor.run(add, _request("t.add", 2, 3), NO_LIMITS)
+
+    assert (outcome.state, outcome.value, outcome.exception) == (State.SUCCESS, 5, None)
+
+
+async def test_failure_carries_exception_and_traceback(executor: Executor) -> None:
+    outcome = await executor.run(fail, _request("t.fail", "declined"), NO_LIMITS)
+
+    assert outcome.state is State.FAILURE
+    assert isinstance(outcome.exception, ValueError)
+    assert outcome.exception.args == ("declined", 42)
+    assert outcome.traceback is not None
+    assert "raise ValueError(message, 42)" in outcome.traceback
+
+
+async def test_bound_tasks_see_their_request(executor: Executor) -> None:
+    coroutine = await executor.run(whoami, _request("t.whoami", task_id="abc"), NO_LIMITS)
+    thread = await executor.run(
+        sync_whoami, _request("t.sync_whoami", "!", task_id="def"), NO_LIMITS
+    )
+
+    assert coroutine.value == "abc:t.whoami"
+    assert thread.value == "def:True!"
+    assert current_request.get() is None  # nothing leaks into the worker's own context
+
+
+async def test_soft_limit_is_catchable_in_a_coroutine(executor: Executor) -> None:
+    outcome = await executor.run(cleans_up, _request("t.cleans_up"), TimeLimits(soft=0.05))
+
+    assert (outcome.state, outcome.value) == (State.SUCCESS, "cleaned up")
+
+
+async def test_uncaught_soft_limit_fails_the_task(executor: Executor) -> None:
+    outcome = await executor.run(sleeps, _request("t.sleeps", 10), TimeLimits(soft=0.05))
+
+    assert outcome.state is State.FAILURE
+    assert isinstance(outcome.exception, SoftTimeLimitExceeded)
+    assert type(outcome.exception).__module__ == "billiard.exceptions"
+
+
+async def test_hard_limit_ends_a_coroutine(executor: Executor) -> None:
+    started = time.monotonic()
+
+    outcome = await executor.run(
+        ignores_soft, _request("t.ignores_soft"), TimeLimits(soft=0.05, hard=0.2)
+    )
+
+    assert outcome.state is State.FAILURE
+    assert isinstance(outcome.exception, TimeLimitExceeded)
+    assert outcome.exception.args == (0.2,)
+    assert outcome.traceback is None
+    assert outcome.timed_out
+    assert time.monotonic() - started < 2
+
+
+async def test_hard_limit_gives_up_on_a_task_that_swallows_cancellation(
+    executor: Executor,
+) -> None:
+    outcome = await executor.run(stubborn, _request("t.stubborn"), TimeLimits(hard=0.1))
+
+    assert outcome.timed_out
+
+
+async def test_fast_task_is_not_touched_by_limits(executor: Executor) -> None:
+    outcome = await executor.run(sleeps, _request("t.sleeps", 0.01), TimeLimits(soft=1, hard=2))
+
+    assert outcome.value == "woke"
+
+
+async def test_soft_limit_interrupts_a_python_loop_in_a_thread(executor: Executor) -> None:
+    outcome = await executor.run(spins, _request("t.spins", 10), TimeLimits(soft=0.1))
+
+    assert outcome.value == "interrupted"
+
+
+async def test_hard_limit_in_a_thread(executor: Executor) -> None:
+    outcome = await executor.run(spins_forever, _request("t.spins_forever"), TimeLimits(hard=0.1))
+
+    assert outcome.timed_out
+    # The thread was interrupted too, so the pool is free for the next task.
+    follow_up = await executor.run(spins, _request("t.spins", 0.01), NO_LIMITS)
+    assert follow_up.value == "finished"
+
+
+async def test_thread_pool_is_bounded() -> None:
+    executor = Executor(threads=1)
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    @app.task(name="t.counted")
+    def counted() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    try:
+        await asyncio.gather(
+            *(executor.run(counted, _request("t.counted"), NO_LIMITS) for _ in range(3))
+        )
+    finally:
+        executor.shutdown()
+
+    assert most == 1
+
+
+async def test_cancelling_the_run_cancels_the_task(executor: Executor) -> None:
+    stopped = asyncio.Event()
+
+    @app.task(name="t.waits")
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            stopped.set()
+
+    run = asyncio.create_task(executor.run(waits, _request("t.waits"), NO_LIMITS))
+    await asyncio.sleep(0.05)
+    run.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await asyncio.wait_for(stopped.wait(), 1)
