@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from protocol import AcceptPolicy, TaskMessage, encode_task
 
@@ -18,6 +20,9 @@ from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
 from .task import Task, TaskOptions
 from .transport import QueueSpec, Transport
+
+if TYPE_CHECKING:
+    from .worker import Worker
 
 __all__ = ["App"]
 
@@ -173,6 +178,41 @@ class App:
             await producer.connect()
             self._producer = producer
         return self._producer
+
+    @asynccontextmanager
+    async def worker(
+        self,
+        queues: Sequence[str] | None = None,
+        *,
+        concurrency: int = 10,
+        hostname: str | None = None,
+        grace: float = 30.0,
+    ) -> AsyncIterator[Worker]:
+        """Run a worker inside the caller's event loop for the ``async with`` block.
+
+        It installs no signal handlers; leaving the block stops it as SIGTERM would (running
+        tasks get ``grace`` seconds). Raises at once if the broker cannot be reached.
+        """
+        from .worker import Worker  # noqa: PLC0415 - the worker module imports this one
+
+        worker = Worker(
+            self,
+            queues=queues or [self.default_queue],
+            concurrency=concurrency,
+            hostname=hostname or f"celeriac@{socket.gethostname()}",
+            grace=grace,
+        )
+        running = asyncio.create_task(worker.run(), name="celeriac-worker")
+        ready = asyncio.create_task(worker.ready.wait())
+        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            ready.cancel()
+            running.result()  # the reason it could not start
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            await running
 
     async def aclose(self) -> None:
         """Close the producer connection and the result backend."""

@@ -89,6 +89,7 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._consuming: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.ready = asyncio.Event()
         self.processed = 0
 
     async def run(self) -> None:
@@ -107,6 +108,7 @@ class Worker:
             if self.backend is None:
                 self.log.warning("no_result_backend", detail="results are not stored")
             self._consuming = asyncio.create_task(self._consume(), name="celeriac-consume")
+            self.ready.set()
             try:
                 await self._consuming
             except asyncio.CancelledError:

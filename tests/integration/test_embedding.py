@@ -1,0 +1,69 @@
+"""celeriac inside an application's own event loop: produce, run and read results."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import pytest
+
+from runtime import App
+from runtime.errors import BrokerConnectionError
+
+pytestmark = [pytest.mark.integration]
+
+
+async def test_worker_in_the_callers_loop(amqp_url: str, redis_url: str, unique_name: str) -> None:
+    app = App("embedded", broker=amqp_url, result_backend=redis_url, default_queue=unique_name)
+
+    @app.task(name="embedded.mul")
+    async def mul(x: int, y: int) -> int:
+        await asyncio.sleep(0)
+        return x * y
+
+    @app.task(name="embedded.fail")
+    def fail() -> None:
+        raise LookupError("nothing here")
+
+    handlers_before = signal.getsignal(signal.SIGTERM)
+    try:
+        async with app.worker(queues=[unique_name], concurrency=4) as worker:
+            assert signal.getsignal(signal.SIGTERM) is handlers_before
+            results = [await mul.delay(i, 3) for i in range(10)]
+            values = [await r.get(timeout=10) for r in results]
+            failed = await fail.apply_async()
+            with pytest.raises(LookupError, match="nothing here"):
+                await failed.get(timeout=10)
+        assert worker.processed == 11
+    finally:
+        await app.aclose()
+
+    assert values == [i * 3 for i in range(10)]
+
+
+async def test_worker_that_cannot_reach_the_broker_raises_at_once(unique_name: str) -> None:
+    app = App("embedded", broker="amqp://guest:guest@127.0.0.1:1//")
+
+    with pytest.raises(BrokerConnectionError, match=r"127\.0\.0\.1:1"):
+        async with app.worker(queues=[unique_name]):
+            pytest.fail("the block must not run")
+
+
+async def test_celeriac_producer_feeds_a_result_a_celery_client_reads(
+    amqp_url: str, redis_url: str, unique_name: str
+) -> None:
+    """celeriac's own send_task produces what celeriac's worker runs; state goes PENDING→SUCCESS."""
+    app = App("embedded", broker=amqp_url, result_backend=redis_url)
+
+    @app.task(name="embedded.echo", queue=unique_name)
+    async def echo(value: Any) -> Any:
+        return value
+
+    try:
+        async with app.worker(queues=[unique_name], concurrency=1):
+            handle = await echo.apply_async(({"nested": [1, "ü"]},))
+            assert await handle.get(timeout=10) == {"nested": [1, "ü"]}
+            assert await handle.ready()
+    finally:
+        await app.aclose()
