@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,33 +30,39 @@ class WorkerProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.records: list[dict[str, Any]] = []
         self.lines: list[str] = []
+        self._arrived = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.lines.append(line)
-            try:
-                self.events.put(json.loads(line))
-            except ValueError:
-                continue
+            with self._arrived:
+                self.lines.append(line)
+                try:
+                    self.records.append(json.loads(line))
+                except ValueError:
+                    continue
+                self._arrived.notify_all()
 
     def wait_for(self, event: str, timeout: float = 15, **fields: Any) -> dict[str, Any]:
-        """The next log record ``event`` (with ``fields``), or fail with the log so far."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                record = self.events.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                break
-            if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
-                return record
-        raise AssertionError(
-            f"no {event!r} {fields} within {timeout}s; log:\n{''.join(self.lines)}"
-        )
+        """A log record ``event`` with ``fields``, logged so far or within ``timeout``."""
+
+        def found() -> dict[str, Any] | None:
+            for record in self.records:
+                wanted = all(record.get(k) == v for k, v in fields.items())
+                if record.get("event") == event and wanted:
+                    return record
+            return None
+
+        with self._arrived:
+            record = self._arrived.wait_for(found, timeout=timeout)
+        if record is None:
+            log = "".join(self.lines)
+            raise AssertionError(f"no {event!r} {fields} within {timeout}s; log:\n{log}")
+        return record
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the worker."""

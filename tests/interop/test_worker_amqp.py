@@ -189,3 +189,30 @@ def test_sigkill_during_an_acks_late_task_runs_it_again(
 
     assert result.get(timeout=20) == "slept"
     second.wait_for("task_succeeded", task_id=result.id)
+
+
+def test_short_tasks_are_never_stuck_behind_a_long_one(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str, amqp_url: str
+) -> None:
+    """Worker A is busy with two long tasks; every short task sent next runs on idle worker B.
+
+    A worker with Celery's default prefetch would also hold short messages it cannot start,
+    and they would wait out the long tasks; here A holds nothing beyond its free slots.
+    """
+    busy = start_worker(unique_name, concurrency=2)
+    long_task = celery_client.send_task("interop.slow", args=(6,), queue=unique_name)
+    long_late = celery_client.send_task("interop.sync_slow", args=(6,), queue=unique_name)
+    busy.wait_for("task_started", task_id=long_task.id)
+    busy.wait_for("task_started", task_id=long_late.id)
+    start_worker(unique_name, concurrency=2)
+
+    started = time.monotonic()
+    short = [celery_client.send_task("interop.add", (i, 1), queue=unique_name) for i in range(20)]
+
+    assert [r.get(timeout=4) for r in short] == [i + 1 for i in range(20)]
+    assert time.monotonic() - started < 4  # well before the long tasks end
+    assert long_task.state == "STARTED"
+    assert not long_late.ready()
+    assert _ready_messages(amqp_url, unique_name) == 0
+    assert long_task.get(timeout=15) == "slept"
+    assert long_late.get(timeout=15) == "slept"
