@@ -42,6 +42,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
 
 from .errors import BrokerConnectionError, translate_amqp_errors
+from .reconnect import BackoffConnection
 from .transport import Capacity, Delivery, QueueSpec
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpTransport", "ConnectionFactory"]
@@ -66,7 +67,7 @@ class AmqpTransport:
     def __init__(self, url: str, *, connection_factory: ConnectionFactory | None = None) -> None:
         self._url = url
         self._factory = connection_factory or partial(
-            aio_pika.connect_robust, timeout=CONNECT_TIMEOUT
+            aio_pika.connect_robust, timeout=CONNECT_TIMEOUT, connection_class=BackoffConnection
         )
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
@@ -87,7 +88,8 @@ class AmqpTransport:
     async def connect(self) -> None:
         """Connect, failing fast with :class:`BrokerConnectionError` naming ``host:port``.
 
-        Once connected, aio-pika reconnects by itself (every 5 s) and reopens the channels.
+        Once connected, aio-pika reconnects by itself, with exponential backoff and jitter
+        (:mod:`runtime.reconnect`), and reopens the channels.
         """
         split = urlsplit(self._url)
         port = split.port or (5671 if split.scheme == "amqps" else 5672)

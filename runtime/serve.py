@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -126,10 +127,18 @@ def serve(options: WorkerOptions) -> int:
         policy = policy.with_toml(options.queue_limits_file.read_text())
     app.queue_policy = policy.with_env(options.queue_limits)
     with asyncio.Runner(loop_factory=_loop_factory(options.loop)) as runner:
-        return runner.run(_run(app, options))
+        status, forced = runner.run(_run(app, options))
+    if forced:
+        # A second signal means now: do not wait at exit for task threads blocked in C code
+        # (the interpreter joins pool threads). Unsettled messages are already back with the
+        # broker, since the connection is closed.
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
-async def _run(app: App, options: WorkerOptions) -> int:
+async def _run(app: App, options: WorkerOptions) -> tuple[int, bool]:
+    """Run the worker; return its exit status and whether a second signal forced the exit."""
     log = structlog.get_logger("celeriac.worker")
     worker = Worker(
         app,
@@ -156,7 +165,7 @@ async def _run(app: App, options: WorkerOptions) -> int:
         await worker.run()
     except BrokerConnectionError as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
-        return 1
+        return 1, False
     finally:
         await app.aclose()
-    return 0
+    return 0, signals_seen > 1

@@ -87,13 +87,16 @@ def start_worker(amqp_url: str, redis_url: str) -> Iterator[Callable[..., Worker
     started: list[WorkerProcess] = []
 
     def start(
-        *queues: str, concurrency: int = 2, env: dict[str, str] | None = None
+        *queues: str,
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        broker: str | None = None,
     ) -> WorkerProcess:
         args = [
             "-A", "tests.interop.app:app",
             "-Q", ",".join(queues),
             "-c", str(concurrency),
-            "--broker", amqp_url,
+            "--broker", broker or amqp_url,
             "--result-backend", redis_url,
             "--log-format", "json",
             "--grace", "10",

@@ -13,6 +13,8 @@ from celery import Celery
 from celery.exceptions import NotRegistered
 from kombu import Connection
 
+from tests.proxy import TcpProxy
+
 from .app import PaymentDeclined
 from .conftest import WorkerProcess
 
@@ -216,3 +218,75 @@ def test_short_tasks_are_never_stuck_behind_a_long_one(
     assert _ready_messages(amqp_url, unique_name) == 0
     assert long_task.get(timeout=15) == "slept"
     assert long_late.get(timeout=15) == "slept"
+
+
+def test_broker_connection_loss(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str, amqp_url: str
+) -> None:
+    """The connection drops mid-task: running tasks finish and their results are stored; the
+    acks_late message, whose channel died, is redelivered (never acked on the new channel);
+    the worker reconnects and goes on consuming."""
+    proxy = TcpProxy(amqp_url)
+    try:
+        worker = start_worker(unique_name, broker=proxy.url)
+        early = celery_client.send_task("interop.slow", args=(2,), queue=unique_name)
+        late = celery_client.send_task("interop.sync_slow", args=(2,), queue=unique_name)
+        worker.wait_for("task_started", task_id=early.id)
+        worker.wait_for("task_started", task_id=late.id)
+
+        proxy.drop()
+
+        assert early.get(timeout=15) == "slept"
+        assert late.get(timeout=20) == "slept"
+        after = celery_client.send_task("interop.add", (20, 22), queue=unique_name)
+        assert after.get(timeout=20) == 42
+        assert worker.proc.poll() is None
+        runs_of_late = [r for r in worker.records if r.get("event") == "task_started"
+                        and r.get("task_id") == late.id]  # fmt: skip
+        assert len(runs_of_late) == 2  # redelivered after the lost channel, run again
+    finally:
+        proxy.close()
+
+
+def test_second_signal_ends_at_once_and_acks_late_messages_come_back(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str, amqp_url: str
+) -> None:
+    worker = start_worker(unique_name, concurrency=2)
+    early = celery_client.send_task("interop.slow", args=(60,), queue=unique_name)
+    late = celery_client.send_task("interop.sync_slow", args=(60,), queue=unique_name)
+    worker.wait_for("task_started", task_id=early.id)
+    worker.wait_for("task_started", task_id=late.id)
+
+    worker.signal(signal.SIGTERM)
+    worker.wait_for("worker_stopping")
+    worker.signal(signal.SIGTERM)
+
+    assert worker.wait(timeout=10) == 0
+    # The early-acked message is gone; the acks_late one is back in the queue.
+    deadline = time.monotonic() + 10
+    while _ready_messages(amqp_url, unique_name) != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _ready_messages(amqp_url, unique_name) == 1
+
+
+def test_oversize_message_is_dead_lettered(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str, amqp_url: str
+) -> None:
+    """Over the 16 MiB body limit: refused before decoding, dead-lettered, worker goes on."""
+    start_worker(unique_name)
+    with Connection(amqp_url) as conn:
+        conn.Producer().publish(
+            b"x" * (16 * 1024 * 1024 + 1), routing_key=unique_name,
+            content_type="application/json", content_encoding="utf-8",
+            headers={"task": "interop.add", "id": "huge-1"},
+        )  # fmt: skip
+
+    assert celery_client.send_task("interop.add", (2, 2), queue=unique_name).get(timeout=20) == 4
+    deadline = time.monotonic() + 10
+    dead: list[Any] = []
+    while not dead and time.monotonic() < deadline:
+        dead = _dead_letters(amqp_url, unique_name)
+        time.sleep(0.1)
+    assert len(dead) == 1
+    assert "size" in dead[0].headers["x-celeriac-reason"]
+    assert len(dead[0].body) == 16 * 1024 * 1024 + 1
