@@ -17,7 +17,11 @@ transport.consume(...): slots.take()`` does. Settling a delivery while its slot 
 taken costs a ``basic.qos`` round trip; giving the slot back first (acks_late) costs none.
 
 Quorum queues refuse global QoS (RabbitMQ closes the whole connection, 540 NOT_IMPLEMENTED),
-so :meth:`AmqpTransport.consume` refuses queues declared with ``quorum=True``.
+and a per-consumer prefetch cannot follow the free slots (RabbitMQ applies a new one only to
+consumers created after it, and bounds each consumer, not their sum). So queues declared with
+``quorum=True`` are consumed by *fetching*: ``basic.get``, one message per free slot, round
+robin over the queues, polling an empty broker every 5 ms at first and 100 ms at most. Nothing
+is ever prefetched; the price is that latency of an idle worker.
 
 After a lost connection aio-pika reconnects and reopens the channels. Deliveries of the old
 channel are back in their queue and their delivery tags mean nothing on the new channel, so
@@ -38,6 +42,7 @@ import aio_pika
 import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq import spec as amqp_spec
 
 from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
 
@@ -59,6 +64,10 @@ _BROKER_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidS
 _PROPERTIES = ("correlation_id", "reply_to", "delivery_mode", "priority", "expiration")
 _Message = aio_pika.IncomingMessage
 _Buffered = tuple[str, _Message, dict[str, Any]] | None
+_CLASSIC = QueueSpec("")
+# How long an idle fetching consumer waits between polls: short at first, then backing off.
+_FETCH_IDLE_MIN = 0.005
+_FETCH_IDLE_MAX = 0.1
 
 
 class AmqpTransport:
@@ -131,14 +140,11 @@ class AmqpTransport:
         """
         if self._buffer is not None:
             raise RuntimeError("this transport is already consuming")
-        declared = self._declared
-        if quorum := [name for name in queues if name in declared and declared[name].quorum]:
-            raise NotImplementedError(f"quorum queues refuse the global QoS we need: {quorum}")
-        if self._consumer is None:
-            with translate_amqp_errors("open a channel"):
-                self._consumer = await self._require().channel(publisher_confirms=False)
-            self._consumer.reopen_callbacks.add(lambda _channel: self._wake.set())
-        channel = self._consumer
+        channel = await self._consuming_channel()
+        if any(self._declared.get(name, _CLASSIC).quorum for name in queues):
+            async for delivery in self._fetch(channel, list(queues), capacity):
+                yield delivery
+            return
         self._capacity, self._queues = capacity, list(queues)
         buffer = self._buffer = asyncio.Queue()
         unsubscribe = capacity.on_change(self._wake.set)
@@ -150,27 +156,12 @@ class AmqpTransport:
                 queue, message, properties = item
                 if _lost(message):
                     continue  # its channel died: the broker redelivers it
-                try:
-                    wire = from_amqp(
-                        message.body,
-                        content_type=message.content_type,
-                        content_encoding=message.content_encoding,
-                        headers=message.headers,
-                        properties=properties,
-                    )
-                except CeleriacError as exc:
-                    await self._drop_unreadable(queue, message, properties, exc)
+                handed = await self._delivery(queue, message, properties)
+                if handed is None:
                     continue
                 await capacity.wait_free()
                 self._unsettled.add(message)
-                yield Delivery(
-                    message=wire,
-                    queue=queue,
-                    exchange=message.exchange or "",
-                    routing_key=message.routing_key or "",
-                    redelivered=bool(message.redelivered),
-                    handle=message,
-                )
+                yield handed
         finally:
             self._buffer = None
             unsubscribe()
@@ -182,6 +173,66 @@ class AmqpTransport:
                     while not buffer.empty():
                         if (left := buffer.get_nowait()) is not None:
                             await left[1].reject(requeue=True)
+
+    async def _consuming_channel(self) -> AbstractRobustChannel:
+        if self._consumer is None:
+            with translate_amqp_errors("open a channel"):
+                self._consumer = await self._require().channel(publisher_confirms=False)
+            self._consumer.reopen_callbacks.add(lambda _channel: self._wake.set())
+        return self._consumer
+
+    async def _delivery(
+        self, queue: str, message: _Message, properties: dict[str, Any]
+    ) -> Delivery | None:
+        """The delivery for ``message``; ``None`` if it was unreadable (and dead-lettered)."""
+        try:
+            wire = from_amqp(
+                message.body,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                headers=message.headers,
+                properties=properties,
+            )
+        except CeleriacError as exc:
+            await self._drop_unreadable(queue, message, properties, exc)
+            return None
+        return Delivery(
+            message=wire,
+            queue=queue,
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            redelivered=bool(message.redelivered),
+            handle=message,
+        )
+
+    async def _fetch(
+        self, channel: AbstractRobustChannel, queues: list[str], capacity: Capacity
+    ) -> AsyncIterator[Delivery]:
+        """Yield deliveries got with ``basic.get``, only ever into a free slot."""
+        idle, turn = _FETCH_IDLE_MIN, 0
+        while not self._closing:
+            await capacity.wait_free()
+            fetched = None
+            with translate_amqp_errors(f"fetch from {', '.join(queues)}"):
+                raw = await channel.get_underlay_channel()
+                for offset in range(len(queues)):
+                    name = queues[(turn + offset) % len(queues)]
+                    got = await raw.basic_get(name, no_ack=False)
+                    if isinstance(got.delivery, amqp_spec.Basic.GetOk):
+                        fetched, turn = (name, got), (turn + offset + 1) % len(queues)
+                        break
+            if fetched is None:
+                await asyncio.sleep(idle)
+                idle = min(idle * 2, _FETCH_IDLE_MAX)
+                continue
+            idle = _FETCH_IDLE_MIN
+            name, got = fetched
+            header = got.header.properties
+            delivery = await self._delivery(
+                name, _Message(got), {prop: getattr(header, prop) for prop in _PROPERTIES}
+            )
+            if delivery is not None:
+                yield delivery
 
     async def ack(self, delivery: Delivery) -> None:
         """Acknowledge: the broker forgets the message. Does nothing if its channel is gone."""

@@ -52,6 +52,7 @@ class App:
         result_expires: float | None = DEFAULT_RESULT_EXPIRES,
         result_extended: bool = False,
         task_queue_max_priority: int | None = None,
+        task_default_queue_type: str = "classic",
     ) -> None:
         self.main = main
         self.broker_url = broker or DEFAULT_BROKER
@@ -64,6 +65,11 @@ class App:
         self.result_expires = result_expires
         self.result_extended = result_extended
         self.task_queue_max_priority = task_queue_max_priority
+        if task_default_queue_type not in ("classic", "quorum"):
+            raise ValueError(
+                f"queue type must be classic or quorum, not {task_default_queue_type!r}"
+            )
+        self.task_default_queue_type = task_default_queue_type
         self.tasks: dict[str, Task[Any, Any]] = {}
         # A stable reply address per app, as Celery's clients send (only rpc:// reads it).
         self.oid = str(uuid.uuid4())
@@ -98,8 +104,12 @@ class App:
         return register(fn) if fn is not None else register
 
     def queue_spec(self, name: str) -> QueueSpec:
-        """How ``name`` is declared (Celery's defaults plus this app's max priority)."""
-        return QueueSpec(name, max_priority=self.task_queue_max_priority)
+        """How ``name`` is declared: Celery's defaults, this app's max priority and queue type."""
+        return QueueSpec(
+            name,
+            max_priority=self.task_queue_max_priority,
+            quorum=self.task_default_queue_type == "quorum",
+        )
 
     @property
     def backend(self) -> RedisResultBackend | None:

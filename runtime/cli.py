@@ -110,6 +110,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         loop=args.loop,
         queue_limits=serve.first_env(environ, "CELERIAC_QUEUE_LIMITS"),
         queue_limits_file=Path(limits_file) if limits_file else None,
+        queue_type=args.queue_type or serve.first_env(environ, "CELERIAC_QUEUE_TYPE"),
     )
     if not options.app_path:
         print("celeriac: worker needs -A module:app (or CELERIAC_APP)", file=sys.stderr)
@@ -154,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=30.0, help="seconds running tasks get on SIGTERM"
     )
     worker.add_argument("--queue-limits-file", help="TOML file of [queues.<name>] soft/hard limits")
+    worker.add_argument(
+        "--queue-type",
+        choices=["classic", "quorum"],
+        help="how queues are declared (Celery's task_default_queue_type; CELERIAC_QUEUE_TYPE)",
+    )
     worker.set_defaults(run=_cmd_worker)
     return parser
 

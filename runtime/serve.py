@@ -45,6 +45,7 @@ class WorkerOptions:
     loop: str
     queue_limits: str | None
     queue_limits_file: Path | None
+    queue_type: str | None = None
 
 
 def first_env(environ: Mapping[str, str], *names: str) -> str | None:
@@ -122,6 +123,8 @@ def serve(options: WorkerOptions) -> int:
         app.broker_url = options.broker
     if options.result_backend:
         app.result_backend_url = options.result_backend
+    if options.queue_type:
+        app.task_default_queue_type = options.queue_type
     policy = app.queue_policy
     if options.queue_limits_file is not None:
         policy = policy.with_toml(options.queue_limits_file.read_text())

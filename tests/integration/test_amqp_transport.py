@@ -482,10 +482,46 @@ async def test_queue_depth_counts_ready_messages_and_consumers(
     assert await transport.queue_depth(queue) == (2, 0)
 
 
-async def test_quorum_queues_are_refused_by_consume(transport: AmqpTransport, queue: str) -> None:
-    await transport.declare([QueueSpec(queue, quorum=True)])
-    with pytest.raises(NotImplementedError, match="quorum"):
-        await anext(aiter(transport.consume([queue], Slots(1))))
+@pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "acks-late"])
+async def test_quorum_queues_are_fetched_one_per_free_slot(
+    transport: AmqpTransport, queue: str, receivers: list[Receiver], acks_late: bool
+) -> None:
+    """Quorum queues refuse global QoS: they are read with basic.get, never beyond the slots."""
+    other = f"{queue}-b"
+    await transport.declare([QueueSpec(queue, quorum=True), QueueSpec(other, quorum=True)])
+    await _fill(transport, queue, 5)
+    await _fill(transport, other, 5)
+    slots = Slots(2)
+    receivers.append(receiver := Receiver(transport, [queue, other], slots))
+
+    first, second = await receiver.get(), await receiver.get()
+    if not acks_late:
+        await transport.ack(first)
+        await transport.ack(second)
+    await receiver.nothing_more()
+    assert await _ready(transport, queue) + await _ready(transport, other) == 8
+    assert {first.queue, second.queue} == {queue, other}  # round robin over the queues
+
+    slots.give_back()
+    if acks_late:
+        await transport.ack(first)
+    third = await receiver.get()
+    await receiver.nothing_more()
+    assert await _ready(transport, queue) + await _ready(transport, other) == 7
+    await transport.ack(third)
+    if acks_late:
+        await transport.ack(second)
+    await _delete_queues(transport, other)
+
+
+async def _delete_queues(transport: AmqpTransport, *names: str) -> None:
+    connection = await aio_pika.connect(transport._url)
+    async with connection:
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)
+            await channel.queue_delete(f"{name}.dead")
+            await channel.exchange_delete(name)
 
 
 async def test_declaring_differently_is_a_broker_error(

@@ -290,3 +290,17 @@ def test_oversize_message_is_dead_lettered(
     assert len(dead) == 1
     assert "size" in dead[0].headers["x-celeriac-reason"]
     assert len(dead[0].body) == 16 * 1024 * 1024 + 1
+
+
+def test_quorum_queues(
+    start_worker: StartWorker, amqp_url: str, redis_url: str, unique_name: str
+) -> None:
+    """A Celery client set up for quorum queues, and ``--queue-type quorum`` on the worker."""
+    client = Celery("quorum-client", broker=amqp_url, backend=redis_url, set_as_current=False)
+    client.conf.task_create_missing_queue_type = "quorum"
+    try:
+        start_worker(unique_name, env={"CELERIAC_QUEUE_TYPE": "quorum"})
+        results = [client.send_task("interop.add", (i, i), queue=unique_name) for i in range(5)]
+        assert [r.get(timeout=15) for r in results] == [0, 2, 4, 6, 8]
+    finally:
+        client.backend.client.close()
