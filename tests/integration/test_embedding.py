@@ -7,6 +7,7 @@ import signal
 from typing import Any
 
 import pytest
+from celery import Celery
 
 from runtime import App
 from runtime.errors import BrokerConnectionError
@@ -66,4 +67,28 @@ async def test_celeriac_producer_feeds_a_result_a_celery_client_reads(
             assert await handle.get(timeout=10) == {"nested": [1, "ü"]}
             assert await handle.ready()
     finally:
+        await app.aclose()
+
+
+async def test_extended_results_are_read_by_a_celery_client(
+    amqp_url: str, redis_url: str, unique_name: str
+) -> None:
+    app = App("embedded", broker=amqp_url, result_backend=redis_url, result_extended=True)
+
+    @app.task(name="embedded.sum", queue=unique_name)
+    def total(*numbers: int) -> int:
+        return sum(numbers)
+
+    client = Celery("reader", broker="memory://", backend=redis_url, set_as_current=False)
+    client.conf.result_extended = True
+    try:
+        async with app.worker(queues=[unique_name], concurrency=1, hostname="w1@test"):
+            handle = await total.apply_async((1, 2, 3))
+            assert await handle.get(timeout=10) == 6
+        result = client.AsyncResult(handle.id)
+        assert (result.name, result.args, result.kwargs) == ("embedded.sum", [1, 2, 3], {})
+        assert (result.worker, result.queue, result.retries) == ("w1@test", unique_name, 0)
+        assert result.date_done is not None
+    finally:
+        client.backend.client.close()
         await app.aclose()

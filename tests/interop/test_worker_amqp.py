@@ -304,3 +304,13 @@ def test_quorum_queues(
         assert [r.get(timeout=15) for r in results] == [0, 2, 4, 6, 8]
     finally:
         client.backend.client.close()
+
+
+def test_arguments_that_do_not_fit_fail_before_running(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    start_worker(unique_name)
+    result = celery_client.send_task("interop.add", args=(1,), queue=unique_name)
+
+    with pytest.raises(TypeError, match="missing a required argument: 'y'"):
+        result.get(timeout=15)
