@@ -213,14 +213,20 @@ class AmqpTransport:
         while not self._closing:
             await capacity.wait_free()
             fetched = None
-            with translate_amqp_errors(f"fetch from {', '.join(queues)}"):
-                raw = await channel.get_underlay_channel()
-                for offset in range(len(queues)):
-                    name = queues[(turn + offset) % len(queues)]
-                    got = await raw.basic_get(name, no_ack=False)
-                    if isinstance(got.delivery, amqp_spec.Basic.GetOk):
-                        fetched, turn = (name, got), (turn + offset + 1) % len(queues)
-                        break
+            try:
+                with translate_amqp_errors(f"fetch from {', '.join(queues)}"):
+                    raw = await channel.get_underlay_channel()
+                    for offset in range(len(queues)):
+                        name = queues[(turn + offset) % len(queues)]
+                        got = await raw.basic_get(name, no_ack=False)
+                        if isinstance(got.delivery, amqp_spec.Basic.GetOk):
+                            fetched, turn = (name, got), (turn + offset + 1) % len(queues)
+                            break
+            except BrokerConnectionError as exc:
+                # The connection or channel is being restored: wait, as the push path does.
+                log.warning("AMQP fetch will retry: %s", exc)
+                await asyncio.sleep(1)
+                continue
             if fetched is None:
                 await asyncio.sleep(idle)
                 idle = min(idle * 2, _FETCH_IDLE_MAX)

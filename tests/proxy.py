@@ -43,6 +43,10 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
                 self._sockets |= {client, upstream}
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
@@ -51,9 +55,12 @@ class TcpProxy:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 sink.sendall(data)
+        with self._lock:
+            self._sockets -= {source, sink}
         for end in (source, sink):
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
+            end.close()
 
     def drop(self) -> None:
         """Reset every connection open through the proxy (new ones are still accepted)."""
@@ -66,5 +73,7 @@ class TcpProxy:
 
     def close(self) -> None:
         """Stop accepting and drop everything."""
+        with self._lock:
+            self._closed = True
         self._listener.close()
         self.drop()

@@ -220,15 +220,22 @@ def test_short_tasks_are_never_stuck_behind_a_long_one(
     assert long_late.get(timeout=15) == "slept"
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_broker_connection_loss(
-    start_worker: StartWorker, celery_client: Celery, unique_name: str, amqp_url: str
+    queue_type: str,
+    start_worker: StartWorker,
+    celery_client: Celery,
+    unique_name: str,
+    amqp_url: str,
 ) -> None:
     """The connection drops mid-task: running tasks finish and their results are stored; the
     acks_late message, whose channel died, is redelivered (never acked on the new channel);
-    the worker reconnects and goes on consuming."""
+    the worker reconnects and goes on consuming (pushed or fetched)."""
+    celery_client.conf.task_create_missing_queue_type = queue_type
     proxy = TcpProxy(amqp_url)
     try:
-        worker = start_worker(unique_name, broker=proxy.url)
+        env = {"CELERIAC_QUEUE_TYPE": queue_type}
+        worker = start_worker(unique_name, broker=proxy.url, env=env)
         early = celery_client.send_task("interop.slow", args=(2,), queue=unique_name)
         late = celery_client.send_task("interop.sync_slow", args=(2,), queue=unique_name)
         worker.wait_for("task_started", task_id=early.id)
