@@ -169,7 +169,7 @@ class App:
             parent_id=parent.id if parent else None,
             reply_to=self.oid,
             priority=priority,
-            ignore_result=bool(ignore_result),
+            ignore_result=ignore_result,
             origin=f"gen{os.getpid()}@{socket.gethostname()}",
             headers=headers or {},
         )

@@ -7,7 +7,7 @@ as Celery's own class by a Celery client, exactly as if a Celery worker had stor
 
 from __future__ import annotations
 
-__all__ = ["NotRegistered", "SoftTimeLimitExceeded", "TimeLimitExceeded"]
+__all__ = ["NotRegistered", "SoftTimeLimitExceeded", "TaskCancelled", "TimeLimitExceeded"]
 
 
 class SoftTimeLimitExceeded(Exception):
@@ -20,6 +20,14 @@ class TimeLimitExceeded(Exception):
     """Recorded when a task's hard time limit passes; its argument is the limit in seconds."""
 
     __module__ = "billiard.exceptions"
+
+
+class TaskCancelled(Exception):
+    """Recorded when a task ended by cancellation rather than by returning or raising.
+
+    ``asyncio.CancelledError`` is a ``BaseException``; stored as such, a client would rebuild
+    something it cannot catch as a task failure.
+    """
 
 
 class NotRegistered(KeyError):

@@ -38,7 +38,7 @@ from typing import Any
 
 from protocol import State
 
-from .exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from .exceptions import SoftTimeLimitExceeded, TaskCancelled, TimeLimitExceeded
 from .policy import TimeLimits
 from .request import Request, current_request
 from .task import Task
@@ -92,7 +92,7 @@ class _SoftLimitGuard:
         error: BaseException | None = None
         while True:
             try:
-                yielded = self._coro.throw(error) if error else self._coro.send(send)
+                yielded = self._coro.throw(error) if error is not None else self._coro.send(send)
             except StopIteration as stop:
                 return stop.value
             send, error = None, None
@@ -151,7 +151,11 @@ class Executor:
         self.hard_grace = hard_grace
 
     async def run(self, task: Task[Any, Any], request: Request, limits: TimeLimits) -> Outcome:
-        """Run ``task`` for ``request`` under ``limits``; never raises for the task's errors."""
+        """Run ``task`` for ``request`` under ``limits``.
+
+        Whatever the task does, this returns an :class:`Outcome`; it raises only
+        ``CancelledError``, when the worker itself is cancelling the run.
+        """
         args: tuple[Any, ...] = (task, *request.args) if task.options.bind else request.args
         kwargs = dict(request.kwargs)
         context = copy_context()
@@ -159,8 +163,14 @@ class Executor:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         timers: list[asyncio.TimerHandle] = []
-        if task.is_coroutine:
-            guard = _SoftLimitGuard(task.fn(*args, **kwargs))
+        try:
+            # Calling a coroutine function can raise (arguments that do not bind with
+            # typing=False): that is the task failing, not the worker.
+            coroutine = task.fn(*args, **kwargs) if task.is_coroutine else None
+        except Exception as error:
+            return Outcome.failed(error)
+        if coroutine is not None:
+            guard = _SoftLimitGuard(coroutine)
             coroutine_task = loop.create_task(
                 _drive(guard), name=f"{task.name}[{request.id}]", context=context
             )
@@ -173,7 +183,13 @@ class Executor:
             runner = loop.run_in_executor(self._pool, call)
             if limits.soft is not None:
                 timers.append(loop.call_later(limits.soft, call.interrupt, SoftTimeLimitExceeded))
-            stop = lambda: call.interrupt(TimeLimitExceeded)  # noqa: E731
+
+            def stop() -> None:
+                call.interrupt(TimeLimitExceeded)
+                runner.cancel()  # a call still queued for a pool thread never starts
+
+        # Whatever happens to the run, its future's outcome is read (no "never retrieved").
+        runner.add_done_callback(_observe)
         try:
             done, _ = await asyncio.wait({runner}, timeout=limits.hard)
             if not done:
@@ -191,10 +207,11 @@ class Executor:
             for timer in timers:
                 timer.cancel()
         if runner.cancelled():
-            return Outcome.failed(asyncio.CancelledError(), runtime=time.monotonic() - started)
-        exc = runner.exception()
-        if exc is not None:
-            return Outcome.failed(exc, runtime=time.monotonic() - started)
+            cancelled = TaskCancelled("the task was cancelled before it finished")
+            return Outcome.failed(cancelled, runtime=time.monotonic() - started)
+        raised = runner.exception()
+        if raised is not None:
+            return Outcome.failed(raised, runtime=time.monotonic() - started)
         return Outcome(State.SUCCESS, value=runner.result(), runtime=time.monotonic() - started)
 
     def shutdown(self) -> None:
@@ -204,3 +221,8 @@ class Executor:
 
 async def _drive(guard: _SoftLimitGuard) -> Any:
     return await guard
+
+
+def _observe(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -48,13 +48,27 @@ class TimeLimits:
             raise ValueError(f"soft limit {self.soft} is after hard limit {self.hard}")
 
     @classmethod
+    def lenient(cls, soft: float | None, hard: float | None) -> TimeLimits:
+        """Limits as Celery reads them: a value <= 0 is no limit, and a soft limit at or after
+        the hard one would never fire, so it is dropped. Never raises."""
+        soft = soft if soft is not None and soft > 0 else None
+        hard = hard if hard is not None and hard > 0 else None
+        if soft is not None and hard is not None and soft >= hard:
+            soft = None
+        return cls(soft=soft, hard=hard)
+
+    @classmethod
     def capped_at(cls, hard: float) -> TimeLimits:
         """A hard cap with the soft limit ``min(hard / 10, 60)`` seconds before it."""
         return cls(soft=hard - min(hard / 10, _MAX_GRACE), hard=hard)
 
     def within(self, cap: TimeLimits) -> TimeLimits:
-        """The stricter of these limits and ``cap``, each limit taken separately."""
-        return TimeLimits(soft=_smaller(self.soft, cap.soft), hard=_smaller(self.hard, cap.hard))
+        """The stricter of these limits and ``cap``, each limit taken separately.
+
+        A task's hard limit of 60 s on a queue whose soft cap is 840 s runs with no soft limit:
+        the soft cap comes after the task is already gone.
+        """
+        return TimeLimits.lenient(_smaller(self.soft, cap.soft), _smaller(self.hard, cap.hard))
 
 
 UNLIMITED = TimeLimits()

@@ -130,18 +130,11 @@ def serve(options: WorkerOptions) -> int:
         policy = policy.with_toml(options.queue_limits_file.read_text())
     app.queue_policy = policy.with_env(options.queue_limits)
     with asyncio.Runner(loop_factory=_loop_factory(options.loop)) as runner:
-        status, forced = runner.run(_run(app, options))
-    if forced:
-        # A second signal means now: do not wait at exit for task threads blocked in C code
-        # (the interpreter joins pool threads). Unsettled messages are already back with the
-        # broker, since the connection is closed.
-        sys.stderr.flush()
-        os._exit(status)
-    return status
+        return runner.run(_run(app, options))
 
 
-async def _run(app: App, options: WorkerOptions) -> tuple[int, bool]:
-    """Run the worker; return its exit status and whether a second signal forced the exit."""
+async def _run(app: App, options: WorkerOptions) -> int:
+    """Run the worker until it stops; return the process exit status."""
     log = structlog.get_logger("celeriac.worker")
     worker = Worker(
         app,
@@ -168,7 +161,15 @@ async def _run(app: App, options: WorkerOptions) -> tuple[int, bool]:
         await worker.run()
     except BrokerConnectionError as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
-        return 1, False
+        return 1
     finally:
         await app.aclose()
-    return 0, signals_seen > 1
+    if signals_seen > 1 or worker.unfinished:
+        # Leave now: tasks that ignore cancellation, and threads blocked in C code, would
+        # otherwise hold the exit (the loop's shutdown awaits every task; the interpreter
+        # joins pool threads). Their messages are back with the broker: the connection is
+        # closed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0

@@ -28,6 +28,8 @@ class TaskOptions:
     acks_late: bool = False
     reject_on_worker_lost: bool = False
     acks_on_failure_or_timeout: bool = True
+    acks_on_failure: bool | None = None
+    acks_on_timeout: bool | None = None
     ignore_result: bool = False
     store_errors_even_if_ignored: bool = False
     track_started: bool = False
@@ -43,6 +45,12 @@ class TaskOptions:
     retry_backoff_max: float = 600
     retry_jitter: bool = True
     rate_limit: str | None = None
+
+    def __post_init__(self) -> None:
+        # Celery 5.7 split acks_on_failure_or_timeout in two; each defaults to the old one.
+        for name in ("acks_on_failure", "acks_on_timeout"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.acks_on_failure_or_timeout)
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> TaskOptions:
@@ -105,6 +113,8 @@ class Task(Generic[P, R]):
     ) -> AsyncResult:
         """Send the task (options as :meth:`App.send_task`); return a handle on its result."""
         options.setdefault("queue", self.options.queue)
+        options.setdefault("ignore_result", self.options.ignore_result)
+        options.setdefault("serializer", self.options.serializer)
         options.setdefault("priority", self.options.priority)
         options.setdefault("time_limit", self.options.time_limit)
         options.setdefault("soft_time_limit", self.options.soft_time_limit)

@@ -10,6 +10,7 @@ tasks finish within ``grace`` seconds (what they have not started goes back to t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -43,10 +44,13 @@ from .transport import Delivery, Transport
 __all__ = ["Worker"]
 
 
-class _Slot:
-    """The slot one delivery holds, given back exactly once."""
+class _Handling:
+    """One delivery being handled: the slot it holds (given back once) and whether it is
+    settled, so that an unexpected error can still settle it."""
 
-    def __init__(self, slots: Slots) -> None:
+    def __init__(self, delivery: Delivery, slots: Slots) -> None:
+        self.delivery = delivery
+        self.settled = False
         self._slots = slots
         self._held = True
 
@@ -89,6 +93,7 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._consuming: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._waiting_eta: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
         self.processed = 0
 
@@ -107,18 +112,24 @@ class Worker:
             )
             if self.backend is None:
                 self.log.warning("no_result_backend", detail="results are not stored")
-            self._consuming = asyncio.create_task(self._consume(), name="celeriac-consume")
             self.ready.set()
-            try:
-                await self._consuming
-            except asyncio.CancelledError:
-                if not self._stopped.is_set():
-                    raise
+            if not self._stopped.is_set():  # a stop during start-up means: do not start
+                self._consuming = asyncio.create_task(self._consume(), name="celeriac-consume")
+                try:
+                    await self._consuming
+                except asyncio.CancelledError:
+                    if not self._stopped.is_set():
+                        raise
             await self._drain()
         finally:
             await self.transport.aclose()
             self._executor.shutdown()
             self.log.info("worker_stopped", processed=self.processed)
+
+    @property
+    def unfinished(self) -> int:
+        """Handlers still alive after :meth:`run` returned (they ignored cancellation)."""
+        return sum(not handler.done() for handler in self._running)
 
     def stop(self) -> None:
         """Stop consuming; running tasks get ``grace`` seconds to finish (warm shutdown)."""
@@ -127,6 +138,9 @@ class Worker:
             self.log.info("worker_stopping", running=len(self._running), grace=self.grace)
             if self._consuming is not None:
                 self._consuming.cancel()
+            # Tasks still waiting for their ETA have not started: their messages go back.
+            for waiting in self._waiting_eta:
+                waiting.cancel()
 
     def terminate(self) -> None:
         """End at once: running tasks are cancelled and unsettled messages redelivered."""
@@ -144,26 +158,51 @@ class Worker:
 
     async def _drain(self) -> None:
         if self._running:
-            _, late = await asyncio.wait(set(self._running), timeout=self.grace or None)
+            _, late = await asyncio.wait(set(self._running), timeout=self.grace)
             for running in late:
                 running.cancel()
             if late:
                 await asyncio.wait(late, timeout=1)
 
     async def _handle(self, delivery: Delivery) -> None:
-        slot = _Slot(self.slots)
+        handling = _Handling(delivery, self.slots)
         try:
-            await self._process(delivery, slot)
+            await self._process(handling)
+        except Exception as exc:  # a bug or a broker error here must not lose the message
+            self.log.exception("delivery_failed", queue=delivery.queue, error=repr(exc))
+            await self._settle_after_error(handling, exc)
         finally:
-            slot.release()
+            handling.release()
             self.processed += 1
 
-    async def _process(self, delivery: Delivery, slot: _Slot) -> None:
+    async def _settle_after_error(self, handling: _Handling, exc: Exception) -> None:
+        if handling.settled:
+            return
+        try:
+            await self._dead_letter(handling, f"worker error: {exc!r}")
+        except Exception:
+            with contextlib.suppress(Exception):  # last resort: give it back to the broker
+                await self.transport.reject(handling.delivery, requeue=True)
+
+    async def _ack(self, handling: _Handling) -> None:
+        handling.settled = True
+        await self.transport.ack(handling.delivery)
+
+    async def _reject(self, handling: _Handling, *, requeue: bool) -> None:
+        handling.settled = True
+        await self.transport.reject(handling.delivery, requeue=requeue)
+
+    async def _dead_letter(self, handling: _Handling, reason: str) -> None:
+        await self.transport.dead_letter(handling.delivery, reason)
+        handling.settled = True
+
+    async def _process(self, handling: _Handling) -> None:
+        delivery = handling.delivery
         try:
             message = decode_task(delivery.message, accept=self.app.accept)
         except MalformedMessage as exc:
             self.log.error("message_malformed", queue=delivery.queue, reason=str(exc))
-            await self.transport.dead_letter(delivery, f"malformed: {exc}")
+            await self._dead_letter(handling, f"malformed: {exc}")
             return
         log = self.log.bind(task_id=message.id, task=message.task, queue=delivery.queue)
         task = self.app.tasks.get(message.task)
@@ -175,31 +214,54 @@ class Worker:
                 State.FAILURE,
                 ExceptionInfo.from_exception(NotRegistered(message.task)),
             )
-            await self.transport.dead_letter(delivery, f"unknown task {message.task!r}")
+            await self._dead_letter(handling, f"unknown task {message.task!r}")
             return
         try:
             task.bind_arguments(message.args, dict(message.kwargs))
         except TypeError as exc:
             log.error("task_arguments_invalid", error=str(exc))
-            await self.transport.ack(delivery)
+            await self._ack(handling)
             await self._record(task, message, delivery, Outcome.failed(exc))
             return
-        await self._run(task, message, delivery, slot, log)
+        if message.eta is not None:
+            await self._wait_for_eta(message.eta)
+        if message.expires is not None and message.expires <= datetime.now(UTC):
+            log.info("task_expired", expires=message.expires.isoformat())
+            expired = ExceptionInfo("TaskRevokedError", ("expired",), "celery.exceptions")
+            await self._store(message, delivery, State.REVOKED, expired)
+            await self._ack(handling)
+            return
+        await self._run(task, message, handling, log)
+
+    async def _wait_for_eta(self, eta: datetime) -> None:
+        """Hold the delivery, unacknowledged, until it is due (a delay store comes later).
+
+        :meth:`stop` cancels the wait, so the message goes back to the broker unstarted.
+        """
+        delay = (eta - datetime.now(UTC)).total_seconds()
+        if delay <= 0:
+            return
+        current = asyncio.current_task()
+        assert current is not None
+        self._waiting_eta.add(current)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._waiting_eta.discard(current)
 
     async def _run(
-        self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery, slot: _Slot, log: Any
+        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any
     ) -> None:
+        delivery = handling.delivery
         acks_late = task.options.acks_late
         if not acks_late:
-            await self.transport.ack(delivery)
-        if message.eta is not None:  # held in its slot until due; a delay store comes later
-            await asyncio.sleep(max((message.eta - datetime.now(UTC)).total_seconds(), 0))
+            await self._ack(handling)
         ignore = _ignores_result(task, message)
         if task.options.track_started and not ignore and self.backend is not None:
             await self._store(
                 message, delivery, State.STARTED, {"pid": os.getpid(), "hostname": self.hostname}
             )
-        requested = TimeLimits(
+        requested = TimeLimits.lenient(
             soft=_seconds(message.soft_time_limit) or _seconds(task.options.soft_time_limit),
             hard=_seconds(message.time_limit) or _seconds(task.options.time_limit),
         )
@@ -225,11 +287,22 @@ class Worker:
         await self._record(task, message, delivery, outcome)
         if acks_late:
             # The task is over: free the slot first, so settling needs no prefetch change.
-            slot.release()
-            if outcome.state is State.FAILURE and not task.options.acks_on_failure_or_timeout:
-                await self.transport.reject(delivery, requeue=outcome.timed_out)
-            else:
-                await self.transport.ack(delivery)
+            handling.release()
+            await self._settle_late(task, handling, outcome)
+
+    async def _settle_late(
+        self, task: Task[Any, Any], handling: _Handling, outcome: Outcome
+    ) -> None:
+        """Ack or reject an ``acks_late`` message as Celery 5.7 does after the task ended."""
+        options = task.options
+        if outcome.state is State.SUCCESS:
+            await self._ack(handling)
+        elif outcome.timed_out and not options.acks_on_timeout:
+            await self._reject(handling, requeue=True)
+        elif not outcome.timed_out and not options.acks_on_failure:
+            await self._reject(handling, requeue=False)
+        else:
+            await self._ack(handling)
 
     async def _record(
         self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery, outcome: Outcome

@@ -11,6 +11,7 @@ from celery import Celery
 
 from runtime import App
 from runtime.errors import BrokerConnectionError
+from runtime.worker import Worker
 
 pytestmark = [pytest.mark.integration]
 
@@ -92,3 +93,14 @@ async def test_extended_results_are_read_by_a_celery_client(
     finally:
         client.backend.client.close()
         await app.aclose()
+
+
+async def test_a_stop_during_start_up_is_honoured(amqp_url: str, unique_name: str) -> None:
+    app = App("embedded", broker=amqp_url)
+    worker = Worker(app, queues=[unique_name], concurrency=1, hostname="w@test")
+    worker.stop()  # e.g. SIGTERM while still connecting
+
+    await asyncio.wait_for(worker.run(), timeout=10)
+
+    assert worker.ready.is_set()
+    assert worker.processed == 0

@@ -68,3 +68,18 @@ async def ignores_limits() -> str:
 @app.task(name="interop.whoami", bind=True)
 async def whoami(self: Any) -> dict[str, Any]:
     return {"id": self.request.id, "hostname": self.request.hostname}
+
+
+@app.task(name="interop.unkillable")
+async def unkillable() -> None:
+    """Swallows every cancellation: only leaving the process ends it."""
+    while True:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            continue
+
+
+@app.task(name="interop.quiet", ignore_result=True)
+async def quiet() -> str:
+    return "not stored"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from billiard.exceptions import TimeLimitExceeded
 from celery import Celery
-from celery.exceptions import NotRegistered
+from celery.exceptions import NotRegistered, TaskRevokedError
 from kombu import Connection
 
 from tests.proxy import TcpProxy
@@ -321,3 +321,56 @@ def test_arguments_that_do_not_fit_fail_before_running(
 
     with pytest.raises(TypeError, match="missing a required argument: 'y'"):
         result.get(timeout=15)
+
+
+def test_a_task_that_ignores_cancellation_cannot_hold_the_exit(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    worker = start_worker(unique_name)
+    stuck = celery_client.send_task("interop.unkillable", queue=unique_name)
+    worker.wait_for("task_started", task_id=stuck.id)
+
+    worker.signal(signal.SIGTERM)
+    worker.wait_for("worker_stopping")
+    worker.signal(signal.SIGTERM)
+
+    assert worker.wait(timeout=10) == 0
+
+
+def test_a_warm_stop_gives_back_a_task_waiting_for_its_eta(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str, amqp_url: str
+) -> None:
+    worker = start_worker(unique_name)
+    later = celery_client.send_task("interop.add", (1, 1), queue=unique_name, countdown=60)
+    deadline = time.monotonic() + 10
+    while _ready_messages(amqp_url, unique_name) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the worker holds it
+
+    worker.signal(signal.SIGTERM)
+
+    assert worker.wait(timeout=10) == 0  # not after the 60 s countdown
+    assert _ready_messages(amqp_url, unique_name) == 1
+    assert later.state == "PENDING"
+
+
+def test_a_message_that_expired_while_waiting_is_revoked(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    start_worker(unique_name)
+    result = celery_client.send_task(
+        "interop.add", (1, 1), queue=unique_name, countdown=1.5, expires=0.5
+    )
+
+    with pytest.raises(TaskRevokedError, match="expired"):
+        result.get(timeout=15)
+    assert result.state == "REVOKED"
+
+
+def test_a_task_that_ignores_its_result_stores_nothing(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    worker = start_worker(unique_name)
+    result = celery_client.send_task("interop.quiet", queue=unique_name)
+    worker.wait_for("task_succeeded", task_id=result.id)
+
+    assert result.state == "PENDING"

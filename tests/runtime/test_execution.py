@@ -12,6 +12,7 @@ import pytest
 
 from protocol import State, TaskMessage
 from runtime import App, SoftTimeLimitExceeded, TimeLimitExceeded, current_request
+from runtime.exceptions import TaskCancelled
 from runtime.execution import Executor
 from runtime.policy import TimeLimits
 from runtime.request import Request
@@ -237,3 +238,50 @@ async def test_cancelling_the_run_cancels_the_task(executor: Executor) -> None:
     with pytest.raises(asyncio.CancelledError):
         await run
     await asyncio.wait_for(stopped.wait(), 1)
+
+
+async def test_calling_a_coroutine_function_wrongly_is_a_task_failure(executor: Executor) -> None:
+    @app.task(name="t.untyped", typing=False)
+    async def untyped(x: int) -> int:
+        return x
+
+    outcome = await executor.run(untyped, _request("t.untyped", 1, 2, 3), NO_LIMITS)
+
+    assert outcome.state is State.FAILURE
+    assert isinstance(outcome.exception, TypeError)
+
+
+async def test_a_task_that_cancels_itself_is_recorded_as_an_exception(executor: Executor) -> None:
+    @app.task(name="t.cancels")
+    async def cancels() -> None:
+        raise asyncio.CancelledError
+
+    outcome = await executor.run(cancels, _request("t.cancels"), NO_LIMITS)
+
+    assert isinstance(outcome.exception, TaskCancelled)
+
+
+async def test_a_call_still_queued_at_its_hard_limit_never_runs() -> None:
+    """A pool thread held by a task blocked in C: the next call times out unstarted, and
+    is dropped, not run later with its failure already recorded."""
+    executor = Executor(threads=1, hard_grace=0.05)
+    ran = threading.Event()
+
+    @app.task(name="t.blocks")
+    def blocks() -> None:
+        time.sleep(0.6)
+
+    @app.task(name="t.marks")
+    def marks() -> None:
+        ran.set()
+
+    try:
+        first = await executor.run(blocks, _request("t.blocks"), TimeLimits(hard=0.1))
+        second = await executor.run(marks, _request("t.marks"), TimeLimits(hard=0.1))
+        await asyncio.sleep(1)
+    finally:
+        executor.shutdown()
+
+    assert first.timed_out
+    assert second.timed_out
+    assert not ran.is_set()

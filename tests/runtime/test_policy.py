@@ -99,3 +99,23 @@ def test_toml_override() -> None:
 def test_bad_toml_says_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         QueuePolicy().with_toml(text)
+
+
+def test_a_task_limit_below_the_queue_soft_cap_drops_the_soft_limit() -> None:
+    """A 60 s hard limit on `standard` (soft cap 840 s): the soft cap could never fire."""
+    assert DEFAULT_POLICY.effective("standard", TimeLimits(hard=60)) == TimeLimits(hard=60)
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "expected"),
+    [
+        (30, 20, TimeLimits(hard=20)),  # Celery clients may send soft > hard
+        (0, 10, TimeLimits(hard=10)),
+        (-1, -1, TimeLimits()),
+        (5, None, TimeLimits(soft=5)),
+    ],
+)
+def test_lenient_limits_from_messages(
+    soft: float | None, hard: float | None, expected: TimeLimits
+) -> None:
+    assert TimeLimits.lenient(soft, hard) == expected
