@@ -265,11 +265,11 @@ async def test_a_call_still_queued_at_its_hard_limit_never_runs() -> None:
     """A pool thread held by a task blocked in C: the next call times out unstarted, and
     is dropped, not run later with its failure already recorded."""
     executor = Executor(threads=1, hard_grace=0.05)
-    ran = threading.Event()
+    ran, release = threading.Event(), threading.Event()
 
     @app.task(name="t.blocks")
     def blocks() -> None:
-        time.sleep(0.6)
+        release.wait(10)  # blocked in C until the test lets go
 
     @app.task(name="t.marks")
     def marks() -> None:
@@ -278,8 +278,10 @@ async def test_a_call_still_queued_at_its_hard_limit_never_runs() -> None:
     try:
         first = await executor.run(blocks, _request("t.blocks"), TimeLimits(hard=0.1))
         second = await executor.run(marks, _request("t.marks"), TimeLimits(hard=0.1))
-        await asyncio.sleep(1)
+        release.set()
+        await asyncio.sleep(0.3)  # the pool thread is free again: a queued call would run now
     finally:
+        release.set()
         executor.shutdown()
 
     assert first.timed_out
