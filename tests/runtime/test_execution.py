@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -265,11 +266,12 @@ async def test_a_call_still_queued_at_its_hard_limit_never_runs() -> None:
     """A pool thread held by a task blocked in C: the next call times out unstarted, and
     is dropped, not run later with its failure already recorded."""
     executor = Executor(threads=1, hard_grace=0.05)
-    ran, release = threading.Event(), threading.Event()
+    ran = threading.Event()
+    gate_out, gate_in = os.pipe()
 
     @app.task(name="t.blocks")
     def blocks() -> None:
-        release.wait(10)  # blocked in C until the test lets go
+        os.read(gate_out, 1)  # blocked in a system call until the test writes
 
     @app.task(name="t.marks")
     def marks() -> None:
@@ -278,11 +280,12 @@ async def test_a_call_still_queued_at_its_hard_limit_never_runs() -> None:
     try:
         first = await executor.run(blocks, _request("t.blocks"), TimeLimits(hard=0.1))
         second = await executor.run(marks, _request("t.marks"), TimeLimits(hard=0.1))
-        release.set()
+        os.write(gate_in, b"x")
         await asyncio.sleep(0.3)  # the pool thread is free again: a queued call would run now
     finally:
-        release.set()
         executor.shutdown()
+        os.close(gate_in)
+        os.close(gate_out)
 
     assert first.timed_out
     assert second.timed_out
