@@ -16,6 +16,13 @@ Soft limit: ``SoftTimeLimitExceeded`` is raised inside the task, where it can be
 Hard limit: the task is cancelled (coroutine) or sent ``TimeLimitExceeded`` (thread), the
 worker waits ``hard_grace`` seconds at most, and records ``TimeLimitExceeded(hard)`` either way.
 
+Where the soft limit lands in a coroutine, it is raised at the outermost ``await`` of the
+task's own coroutine chain. Two consequences on Python 3.11: inside ``asyncio.wait_for`` the
+inner awaitable is not cancelled (3.11's ``wait_for`` only reacts to ``CancelledError``), so
+it may go on running after the task handles the soft limit; and a child ``asyncio.Task`` the
+task awaits directly is cancelled outright, so a task that catches the soft limit cannot
+resume awaiting it.
+
 What cannot be interrupted today: a coroutine that never yields to the loop blocks the loop,
 so no timer fires until it does; a thread blocked inside C code (a socket read, ``time.sleep``)
 sees the exception only when it returns to Python. After the hard limit such a thread keeps its

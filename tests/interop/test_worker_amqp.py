@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -81,7 +82,10 @@ def test_request_carries_id_and_hostname(
     start_worker(unique_name)
     result = celery_client.send_task("interop.whoami", queue=unique_name)
 
-    assert result.get(timeout=15)["id"] == result.id
+    assert result.get(timeout=15) == {
+        "id": result.id,
+        "hostname": f"celeriac@{socket.gethostname()}",
+    }
 
 
 def test_queue_time_limits(

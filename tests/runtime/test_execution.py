@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -263,29 +262,32 @@ async def test_a_task_that_cancels_itself_is_recorded_as_an_exception(executor: 
 
 
 async def test_a_call_still_queued_at_its_hard_limit_never_runs() -> None:
-    """A pool thread held by a task blocked in C: the next call times out unstarted, and
-    is dropped, not run later with its failure already recorded."""
+    """A pool thread held by a task that will not stop: the next call times out unstarted,
+    and is dropped, not run later with its failure already recorded."""
     executor = Executor(threads=1, hard_grace=0.05)
-    ran = threading.Event()
-    gate_out, gate_in = os.pipe()
+    ran, gate = threading.Event(), threading.Event()
 
-    @app.task(name="t.blocks")
-    def blocks() -> None:
-        os.read(gate_out, 1)  # blocked in a system call until the test writes
+    @app.task(name="t.holds_its_thread")
+    def holds_its_thread() -> None:
+        while not gate.is_set():
+            try:
+                while not gate.is_set():
+                    pass
+            except TimeLimitExceeded:
+                continue  # it refuses to stop, like a call stuck in C code
 
     @app.task(name="t.marks")
     def marks() -> None:
         ran.set()
 
     try:
-        first = await executor.run(blocks, _request("t.blocks"), TimeLimits(hard=0.1))
+        first = await executor.run(holds_its_thread, _request("t.h"), TimeLimits(hard=0.1))
         second = await executor.run(marks, _request("t.marks"), TimeLimits(hard=0.1))
-        os.write(gate_in, b"x")
+        gate.set()
         await asyncio.sleep(0.3)  # the pool thread is free again: a queued call would run now
     finally:
+        gate.set()
         executor.shutdown()
-        os.close(gate_in)
-        os.close(gate_out)
 
     assert first.timed_out
     assert second.timed_out
