@@ -378,3 +378,22 @@ def test_a_task_that_ignores_its_result_stores_nothing(
     worker.wait_for("task_succeeded", task_id=result.id)
 
     assert result.state == "PENDING"
+
+
+def test_an_idle_fetching_worker_survives_a_lost_connection(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str, amqp_url: str
+) -> None:
+    """Quorum mode polls with basic.get while idle: a drop mid-poll is retried, not fatal."""
+    celery_client.conf.task_create_missing_queue_type = "quorum"
+    proxy = TcpProxy(amqp_url)
+    try:
+        worker = start_worker(unique_name, broker=proxy.url, env={"CELERIAC_QUEUE_TYPE": "quorum"})
+        time.sleep(0.3)  # idle: polling
+        proxy.drop()
+
+        result = celery_client.send_task("interop.add", (5, 6), queue=unique_name)
+
+        assert result.get(timeout=20) == 11
+        assert worker.proc.poll() is None
+    finally:
+        proxy.close()
