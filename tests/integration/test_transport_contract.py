@@ -1,0 +1,173 @@
+"""One contract for every transport: the same tests over ``memory://`` and RabbitMQ.
+
+(Redis and SQS join when their transports land.) Each test speaks only the
+:class:`runtime.transport.Transport` interface, as the worker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aio_pika
+import pytest
+
+from protocol import WireMessage
+from runtime.amqp import AmqpTransport
+from runtime.capacity import Slots
+from runtime.memory import MemoryBroker, MemoryTransport
+from runtime.transport import Delivery, QueueSpec, Transport
+
+pytestmark = [pytest.mark.integration]
+
+Factory = Callable[[], Awaitable[Transport]]
+
+
+@pytest.fixture(params=["memory", "amqp"])
+async def make(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[Factory]:
+    """Opens connected transports on one broker (all close at the end)."""
+    opened: list[Transport] = []
+    broker = MemoryBroker()
+    amqp_url = request.getfixturevalue("amqp_url") if request.param == "amqp" else ""
+
+    async def factory() -> Transport:
+        transport: Transport = (
+            MemoryTransport(broker=broker) if request.param == "memory" else AmqpTransport(amqp_url)
+        )
+        await transport.connect()
+        await transport.declare([QueueSpec(unique_name)])
+        opened.append(transport)
+        return transport
+
+    yield factory
+    for transport in opened:
+        await transport.aclose()
+    if request.param == "amqp":
+        async with await aio_pika.connect(amqp_url) as connection:
+            channel = await connection.channel()
+            for name in (unique_name, f"{unique_name}.dead"):
+                await channel.queue_delete(name)
+            await channel.exchange_delete(unique_name)
+
+
+class Consumer:
+    """Consumes like the worker: takes a slot for every delivery before awaiting anything."""
+
+    def __init__(self, transport: Transport, queue: str, slots: Slots) -> None:
+        self.slots = slots
+        self.received: asyncio.Queue[Delivery] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run(transport, queue))
+
+    async def _run(self, transport: Transport, queue: str) -> None:
+        async for delivery in transport.consume([queue], self.slots):
+            self.slots.take()
+            self.received.put_nowait(delivery)
+
+    async def get(self) -> Delivery:
+        return await asyncio.wait_for(self.received.get(), 10)
+
+    async def nothing_more(self) -> None:
+        await asyncio.sleep(0.4)
+        assert self.received.empty(), "received beyond the free slots"
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def _message(n: int) -> WireMessage:
+    return WireMessage(
+        b'{"n": %d}' % n,
+        "application/json",
+        "utf-8",
+        {"n": n, "none": None, "list": [1, "a"]},
+        {"correlation_id": f"id-{n}", "reply_to": "r", "priority": 0, "delivery_mode": 2},
+    )
+
+
+async def _ready(transport: Transport, queue: str) -> int:
+    return (await transport.queue_depth(queue))[0]
+
+
+async def test_publish_consume_ack(make: Factory, unique_name: str) -> None:
+    transport = await make()
+    await transport.publish(_message(1), routing_key=unique_name)
+    consumer = Consumer(transport, unique_name, Slots(1))
+
+    delivery = await consumer.get()
+    await transport.ack(delivery)
+
+    assert delivery.message.body == _message(1).body
+    assert delivery.message.headers == _message(1).headers
+    assert delivery.message.properties["correlation_id"] == "id-1"
+    assert (delivery.queue, delivery.redelivered) == (unique_name, False)
+    consumer.slots.give_back()  # an idle consumer is counted (a saturated one may pause)
+    async with asyncio.timeout(5):
+        while await transport.queue_depth(unique_name) != (0, 1):
+            await asyncio.sleep(0.02)
+    await consumer.stop()
+
+
+async def test_never_more_than_the_free_slots(make: Factory, unique_name: str) -> None:
+    transport = await make()
+    for n in range(5):
+        await transport.publish(_message(n), routing_key=unique_name)
+    slots = Slots(2)
+    consumer = Consumer(transport, unique_name, slots)
+
+    first = await consumer.get()
+    await consumer.get()
+    await transport.ack(first)  # early ack: the task goes on running in its slot
+    await consumer.nothing_more()
+    assert await _ready(transport, unique_name) == 3
+
+    slots.give_back()
+    await consumer.get()
+    await consumer.nothing_more()
+    assert await _ready(transport, unique_name) == 2
+    await consumer.stop()
+
+
+async def test_reject_requeues_or_drops(make: Factory, unique_name: str) -> None:
+    transport = await make()
+    await transport.publish(_message(1), routing_key=unique_name)
+    slots = Slots(1)
+    consumer = Consumer(transport, unique_name, slots)
+
+    await transport.reject(await consumer.get(), requeue=True)
+    slots.give_back()
+    again = await consumer.get()
+    await transport.reject(again, requeue=False)
+    slots.give_back()
+    await consumer.nothing_more()
+
+    assert again.redelivered
+    assert await _ready(transport, unique_name) == 0
+    await consumer.stop()
+
+
+async def test_dead_letter_moves_it_with_the_reason(make: Factory, unique_name: str) -> None:
+    transport = await make()
+    await transport.publish(_message(1), routing_key=unique_name)
+    consumer = Consumer(transport, unique_name, Slots(1))
+
+    await transport.dead_letter(await consumer.get(), "unknown task 'x'")
+    await consumer.stop()
+
+    assert await _ready(transport, unique_name) == 0
+    assert await _ready(transport, f"{unique_name}.dead") == 1
+
+
+async def test_close_gives_unsettled_deliveries_back(make: Factory, unique_name: str) -> None:
+    first = await make()
+    await first.publish(_message(1), routing_key=unique_name)
+    consumer = Consumer(first, unique_name, Slots(1))
+    await consumer.get()
+    await consumer.stop()
+    await first.aclose()
+
+    second = await make()
+    again = await Consumer(second, unique_name, Slots(1)).get()
+
+    assert again.redelivered
+    assert again.message.body == _message(1).body
