@@ -78,6 +78,7 @@ def from_amqp(
         content_encoding=content_encoding,
         headers=checked,
         properties=kept,
+        headers_checked_with=limits,
     )
 
 
@@ -169,6 +170,7 @@ def decode_envelope(data: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> En
             ),
             headers=headers,
             properties=properties,
+            headers_checked_with=limits,
         ),
         delivery_tag=delivery_tag,
         exchange=_fields.text(delivery_info.get("exchange") or "", "delivery_info.exchange"),

@@ -53,8 +53,11 @@ def decode_task(
     limits: Limits = DEFAULT_LIMITS,
 ) -> TaskMessage:
     """Decode and check one task message; raise :class:`MalformedMessage` if it is not one."""
-    headers = _fields.mapping(message.headers, "headers")
-    limits.check_headers(headers)
+    if message.headers_checked_with is limits:  # checked and copied by the envelope decoder
+        headers = message.headers
+    else:
+        headers = _fields.mapping(message.headers, "headers")
+        limits.check_headers(headers)
     properties = _fields.mapping(message.properties, "properties")
     body = message.body
     compression = headers.get("compression")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _fields
+from .limits import Limits
 
 __all__ = ["WireMessage"]
 
@@ -29,3 +30,6 @@ class WireMessage:
     content_encoding: str | None
     headers: Mapping[str, Any] = field(default_factory=_fields.empty_mapping)
     properties: Mapping[str, Any] = field(default_factory=_fields.empty_mapping)
+    #: The limits the envelope decoder already checked ``headers`` against (a read-only
+    #: copy), so that :func:`~protocol.decode_task` does not walk them a second time.
+    headers_checked_with: Limits | None = field(default=None, compare=False, repr=False)
