@@ -1,1 +1,5 @@
-"""Throughput and latency benchmarks against Celery's own worker (``python -m benchmarks``)."""
+"""Throughput benchmarks against Celery's own worker.
+
+Today: ``python -m benchmarks.quick_noop --tasks 10000``, a no-op drain comparison on
+RabbitMQ. The full suite (``python -m benchmarks``) is issue 6.
+"""
