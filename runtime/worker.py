@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from protocol import (
+    READY_STATES,
     EncodeError,
     ExceptionInfo,
     ExtendedInfo,
@@ -59,11 +60,6 @@ class _Handling:
         if self._held:
             self._held = False
             self._slots.give_back()
-
-
-def _seconds(value: float | None) -> float | None:
-    """A time limit, with 0 read as "none" as Celery reads a falsy limit."""
-    return value or None
 
 
 class Worker:
@@ -261,9 +257,10 @@ class Worker:
             await self._store(
                 message, delivery, State.STARTED, {"pid": os.getpid(), "hostname": self.hostname}
             )
+        # The message's limits, else the task's; 0 means none, as Celery reads it.
         requested = TimeLimits.lenient(
-            soft=_seconds(message.soft_time_limit) or _seconds(task.options.soft_time_limit),
-            hard=_seconds(message.time_limit) or _seconds(task.options.time_limit),
+            soft=message.soft_time_limit or task.options.soft_time_limit,
+            hard=message.time_limit or task.options.time_limit,
         )
         limits = self.app.queue_policy.effective(delivery.queue, requested)
         request = Request(
@@ -349,7 +346,7 @@ class Worker:
             status=status,
             result=result,
             traceback=traceback,
-            date_done=datetime.now(UTC) if status in (State.SUCCESS, State.FAILURE) else None,
+            date_done=datetime.now(UTC) if status in READY_STATES else None,
             group_id=message.group_id,
             parent_id=message.parent_id,
             extended=extended,
