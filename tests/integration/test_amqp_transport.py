@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import aio_pika
@@ -21,47 +21,12 @@ from runtime.amqp import AmqpTransport
 from runtime.capacity import Slots
 from runtime.errors import BrokerConnectionError
 from runtime.transport import Delivery, QueueSpec
+from tests.consumer import SlotConsumer
 
 pytestmark = [pytest.mark.integration]
 
 #: How long the broker gets to push messages it should not push.
 SETTLE = 0.5
-
-
-class Receiver:
-    """Consumes like the worker: take a slot per delivery, before awaiting anything.
-
-    With ``auto=True`` each delivery is acked and its slot given back at once.
-    """
-
-    def __init__(
-        self, transport: AmqpTransport, queues: Sequence[str], slots: Slots, *, auto: bool = False
-    ) -> None:
-        self.transport, self.slots, self.auto = transport, slots, auto
-        self.received: asyncio.Queue[Delivery] = asyncio.Queue()
-        self.count = 0
-        self.task = asyncio.create_task(self._run(list(queues)))
-
-    async def _run(self, queues: list[str]) -> None:
-        async for delivery in self.transport.consume(queues, self.slots):
-            self.slots.take()
-            self.count += 1
-            if self.auto:
-                await self.transport.ack(delivery)
-                self.slots.give_back()
-            self.received.put_nowait(delivery)
-
-    async def get(self, timeout: float = 10) -> Delivery:
-        async with asyncio.timeout(timeout):
-            return await self.received.get()
-
-    async def nothing_more(self) -> None:
-        await asyncio.sleep(SETTLE)
-        assert self.received.empty(), "received beyond the free slots"
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
 
 
 @pytest.fixture
@@ -98,9 +63,9 @@ async def transport(connect: Any) -> AmqpTransport:
 
 
 @pytest.fixture
-async def receivers() -> AsyncIterator[list[Receiver]]:
+async def receivers() -> AsyncIterator[list[SlotConsumer]]:
     """Receivers to stop at the end, whatever the test's outcome."""
-    started: list[Receiver] = []
+    started: list[SlotConsumer] = []
     yield started
     for receiver in started:
         await receiver.stop()
@@ -126,7 +91,7 @@ async def _until(predicate: Any, timeout: float = 10) -> None:
 
 
 async def test_publish_consume_ack_round_trips_the_wire_message(
-    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     sent = WireMessage(
@@ -152,7 +117,7 @@ async def test_publish_consume_ack_round_trips_the_wire_message(
     )
     await transport.publish(sent, routing_key=queue)
 
-    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+    receivers.append(receiver := SlotConsumer(transport, [queue], Slots(1)))
     got = await receiver.get()
 
     assert got.message.body == sent.body
@@ -169,12 +134,12 @@ async def test_publish_consume_ack_round_trips_the_wire_message(
 
 @pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "acks-late"])
 async def test_prefetch_never_exceeds_free_slots(
-    transport: AmqpTransport, queue: str, receivers: list[Receiver], acks_late: bool
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer], acks_late: bool
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     await _fill(transport, queue, 10)
     slots = Slots(2)
-    receivers.append(receiver := Receiver(transport, [queue], slots))
+    receivers.append(receiver := SlotConsumer(transport, [queue], slots))
 
     first, second = await receiver.get(), await receiver.get()
     if not acks_late:  # acked at task start; the tasks keep running in their slots
@@ -195,12 +160,12 @@ async def test_prefetch_never_exceeds_free_slots(
 
 
 async def test_concurrency_one_pauses_and_resumes(
-    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     await _fill(transport, queue, 3)
     slots = Slots(1)
-    receivers.append(receiver := Receiver(transport, [queue], slots))
+    receivers.append(receiver := SlotConsumer(transport, [queue], slots))
 
     first = await receiver.get()
     await transport.ack(first)  # early ack: no slot free and nothing unsettled, so pause
@@ -215,16 +180,16 @@ async def test_concurrency_one_pauses_and_resumes(
 
 
 async def test_a_busy_consumer_gets_nothing_while_an_idle_one_takes_all(
-    connect: Any, transport: AmqpTransport, queue: str, receivers: list[Receiver]
+    connect: Any, transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     busy_slots = Slots(1)
-    receivers.append(busy := Receiver(transport, [queue], busy_slots))
+    receivers.append(busy := SlotConsumer(transport, [queue], busy_slots))
     await _fill(transport, queue, 1)
     long_task = await busy.get()
     await transport.ack(long_task)  # early ack, the slot stays taken
 
-    receivers.append(idle := Receiver(await connect(), [queue], Slots(1), auto=True))
+    receivers.append(idle := SlotConsumer(await connect(), [queue], Slots(1), auto=True))
     await _until(lambda: _consumers_are(transport, queue, 1))
     await _fill(transport, queue, 5)
 
@@ -240,12 +205,12 @@ async def _consumers_are(transport: AmqpTransport, queue: str, count: int) -> bo
 
 
 async def test_reject_requeue_comes_back_and_reject_drops(
-    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     await _fill(transport, queue, 1)
     slots = Slots(1)
-    receivers.append(receiver := Receiver(transport, [queue], slots))
+    receivers.append(receiver := SlotConsumer(transport, [queue], slots))
 
     first = await receiver.get()
     await transport.reject(first, requeue=True)
@@ -261,7 +226,7 @@ async def test_reject_requeue_comes_back_and_reject_drops(
 
 
 async def test_dead_letter_moves_the_message_with_the_reason(
-    amqp_url: str, transport: AmqpTransport, queue: str, receivers: list[Receiver]
+    amqp_url: str, transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     sent = WireMessage(
@@ -272,7 +237,7 @@ async def test_dead_letter_moves_the_message_with_the_reason(
         {"correlation_id": "42", "expiration": "60000"},
     )
     await transport.publish(sent, routing_key=queue)
-    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+    receivers.append(receiver := SlotConsumer(transport, [queue], Slots(1)))
 
     await transport.dead_letter(await receiver.get(), "unknown task 'tasks.nope'")
 
@@ -295,7 +260,7 @@ async def test_dead_letter_moves_the_message_with_the_reason(
 
 
 async def test_dead_letter_that_cannot_be_published_requeues(
-    transport: AmqpTransport, queue: str, receivers: list[Receiver], amqp_url: str
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer], amqp_url: str
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     connection = await aio_pika.connect(amqp_url)
@@ -303,7 +268,7 @@ async def test_dead_letter_that_cannot_be_published_requeues(
         await (await connection.channel()).queue_delete(f"{queue}.dead")  # unroutable now
     await _fill(transport, queue, 1)
     slots = Slots(1)
-    receivers.append(receiver := Receiver(transport, [queue], slots))
+    receivers.append(receiver := SlotConsumer(transport, [queue], slots))
 
     with pytest.raises(BrokerConnectionError, match=r"\.dead"):
         await transport.dead_letter(await receiver.get(), "boom")
@@ -367,14 +332,14 @@ async def test_we_declare_a_queue_celery_declared(
 
 @pytest.mark.interop
 async def test_celery_task_message_decodes(
-    transport: AmqpTransport, queue: str, celery_apps: Any, receivers: list[Receiver]
+    transport: AmqpTransport, queue: str, celery_apps: Any, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     client = celery_apps()
     result = await asyncio.to_thread(
         client.send_task, "tasks.add", (2, 3), {"scale": None}, queue=queue, countdown=None
     )
-    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+    receivers.append(receiver := SlotConsumer(transport, [queue], Slots(1)))
 
     delivery = await receiver.get()
     task = decode_task(delivery.message)
@@ -392,17 +357,17 @@ async def test_celery_task_message_decodes(
 
 
 async def test_aclose_returns_unsettled_deliveries(
-    connect: Any, queue: str, receivers: list[Receiver]
+    connect: Any, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     first = await connect()
     await first.declare([QueueSpec(queue)])
     await _fill(first, queue, 1)
-    receiver = Receiver(first, [queue], Slots(1))
+    receiver = SlotConsumer(first, [queue], Slots(1))
     original = await receiver.get()  # never acked
     await first.aclose()
     await receiver.task  # the iteration ends with the transport
 
-    receivers.append(again := Receiver(await connect(), [queue], Slots(1)))
+    receivers.append(again := SlotConsumer(await connect(), [queue], Slots(1)))
     redelivered = await again.get()
     assert redelivered.redelivered
     assert redelivered.message.body == original.message.body
@@ -430,12 +395,12 @@ async def test_ending_the_iteration_requeues_only_what_was_not_handed_out(
 
 
 async def test_settling_after_the_channel_was_lost_is_a_no_op(
-    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     await _fill(transport, queue, 1)
     slots = Slots(1)
-    receivers.append(receiver := Receiver(transport, [queue], slots))
+    receivers.append(receiver := SlotConsumer(transport, [queue], slots))
     lost = await receiver.get()
 
     await lost.handle.channel.close()  # as a dropped connection would; aio-pika reopens it
@@ -464,14 +429,14 @@ async def test_connect_to_a_closed_port_fails_fast() -> None:
 
 
 async def test_queue_depth_counts_ready_messages_and_consumers(
-    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     assert await transport.queue_depth(queue) == (0, 0)
     await _fill(transport, queue, 3)
     assert await transport.queue_depth(queue) == (3, 0)
 
-    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+    receivers.append(receiver := SlotConsumer(transport, [queue], Slots(1)))
     await receiver.get()
     assert await transport.queue_depth(queue) == (2, 1)
     await receiver.stop()
@@ -484,7 +449,7 @@ async def test_queue_depth_counts_ready_messages_and_consumers(
 
 @pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "acks-late"])
 async def test_quorum_queues_are_fetched_one_per_free_slot(
-    transport: AmqpTransport, queue: str, receivers: list[Receiver], acks_late: bool
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer], acks_late: bool
 ) -> None:
     """Quorum queues refuse global QoS: they are read with basic.get, never beyond the slots."""
     other = f"{queue}-b"
@@ -492,7 +457,7 @@ async def test_quorum_queues_are_fetched_one_per_free_slot(
     await _fill(transport, queue, 5)
     await _fill(transport, other, 5)
     slots = Slots(2)
-    receivers.append(receiver := Receiver(transport, [queue, other], slots))
+    receivers.append(receiver := SlotConsumer(transport, [queue, other], slots))
 
     first, second = await receiver.get(), await receiver.get()
     if not acks_late:
@@ -587,13 +552,13 @@ async def test_flow_control_holds_under_load(amqp_url: str, queue: str) -> None:
 
 
 async def test_an_unreadable_message_is_dead_lettered_not_handed_out(
-    transport: AmqpTransport, queue: str, receivers: list[Receiver]
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     too_many = {f"h{n}": n for n in range(DEFAULT_LIMITS.max_headers + 1)}
     await transport.publish(_message(b'"unreadable"', **too_many), routing_key=queue)
     await _fill(transport, queue, 1)
-    receivers.append(receiver := Receiver(transport, [queue], Slots(1)))
+    receivers.append(receiver := SlotConsumer(transport, [queue], Slots(1)))
 
     assert (await receiver.get()).message.body == b'{"n": 0}'  # the readable one
     assert receiver.count == 1
@@ -602,13 +567,13 @@ async def test_an_unreadable_message_is_dead_lettered_not_handed_out(
 
 
 async def test_consuming_resumes_after_the_connection_drops(
-    connect: Any, queue: str, receivers: list[Receiver]
+    connect: Any, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     transport = await connect("?reconnect_interval=0.2")
     await transport.declare([QueueSpec(queue)])
     await _fill(transport, queue, 3)
     slots = Slots(2)
-    receivers.append(receiver := Receiver(transport, [queue], slots))
+    receivers.append(receiver := SlotConsumer(transport, [queue], slots))
     lost, running = await receiver.get(), await receiver.get()
 
     assert transport._connection is not None

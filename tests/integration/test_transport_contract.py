@@ -16,7 +16,8 @@ from protocol import WireMessage
 from runtime.amqp import AmqpTransport
 from runtime.capacity import Slots
 from runtime.memory import MemoryBroker, MemoryTransport
-from runtime.transport import Delivery, QueueSpec, Transport
+from runtime.transport import QueueSpec, Transport
+from tests.consumer import SlotConsumer
 
 pytestmark = [pytest.mark.integration]
 
@@ -50,31 +51,6 @@ async def make(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterato
             await channel.exchange_delete(unique_name)
 
 
-class Consumer:
-    """Consumes like the worker: takes a slot for every delivery before awaiting anything."""
-
-    def __init__(self, transport: Transport, queue: str, slots: Slots) -> None:
-        self.slots = slots
-        self.received: asyncio.Queue[Delivery] = asyncio.Queue()
-        self.task = asyncio.create_task(self._run(transport, queue))
-
-    async def _run(self, transport: Transport, queue: str) -> None:
-        async for delivery in transport.consume([queue], self.slots):
-            self.slots.take()
-            self.received.put_nowait(delivery)
-
-    async def get(self) -> Delivery:
-        return await asyncio.wait_for(self.received.get(), 10)
-
-    async def nothing_more(self) -> None:
-        await asyncio.sleep(0.4)
-        assert self.received.empty(), "received beyond the free slots"
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
-
 def _message(n: int) -> WireMessage:
     return WireMessage(
         b'{"n": %d}' % n,
@@ -92,7 +68,7 @@ async def _ready(transport: Transport, queue: str) -> int:
 async def test_publish_consume_ack(make: Factory, unique_name: str) -> None:
     transport = await make()
     await transport.publish(_message(1), routing_key=unique_name)
-    consumer = Consumer(transport, unique_name, Slots(1))
+    consumer = SlotConsumer(transport, [unique_name], Slots(1))
 
     delivery = await consumer.get()
     await transport.ack(delivery)
@@ -113,7 +89,7 @@ async def test_never_more_than_the_free_slots(make: Factory, unique_name: str) -
     for n in range(5):
         await transport.publish(_message(n), routing_key=unique_name)
     slots = Slots(2)
-    consumer = Consumer(transport, unique_name, slots)
+    consumer = SlotConsumer(transport, [unique_name], slots)
 
     first = await consumer.get()
     await consumer.get()
@@ -132,7 +108,7 @@ async def test_reject_requeues_or_drops(make: Factory, unique_name: str) -> None
     transport = await make()
     await transport.publish(_message(1), routing_key=unique_name)
     slots = Slots(1)
-    consumer = Consumer(transport, unique_name, slots)
+    consumer = SlotConsumer(transport, [unique_name], slots)
 
     await transport.reject(await consumer.get(), requeue=True)
     slots.give_back()
@@ -149,7 +125,7 @@ async def test_reject_requeues_or_drops(make: Factory, unique_name: str) -> None
 async def test_dead_letter_moves_it_with_the_reason(make: Factory, unique_name: str) -> None:
     transport = await make()
     await transport.publish(_message(1), routing_key=unique_name)
-    consumer = Consumer(transport, unique_name, Slots(1))
+    consumer = SlotConsumer(transport, [unique_name], Slots(1))
 
     await transport.dead_letter(await consumer.get(), "unknown task 'x'")
     await consumer.stop()
@@ -161,13 +137,13 @@ async def test_dead_letter_moves_it_with_the_reason(make: Factory, unique_name: 
 async def test_close_gives_unsettled_deliveries_back(make: Factory, unique_name: str) -> None:
     first = await make()
     await first.publish(_message(1), routing_key=unique_name)
-    consumer = Consumer(first, unique_name, Slots(1))
+    consumer = SlotConsumer(first, [unique_name], Slots(1))
     await consumer.get()
     await consumer.stop()
     await first.aclose()
 
     second = await make()
-    again = await Consumer(second, unique_name, Slots(1)).get()
+    again = await SlotConsumer(second, [unique_name], Slots(1)).get()
 
     assert again.redelivered
     assert again.message.body == _message(1).body

@@ -23,6 +23,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 StartWorker = Callable[..., WorkerProcess]
 
+
+def _eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait until ``condition()`` holds; fail (naming it) if it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {condition}")
+        time.sleep(0.05)
+
+
 NESTED = {"list": [1, 2.5, None, True], "map": {"ünïcode": "☃ żółć"}, "empty": {}}
 
 
@@ -67,11 +77,8 @@ def test_started_is_visible_while_a_slow_task_runs(
     start_worker(unique_name)
     result = celery_client.send_task("interop.slow", args=(1.5,), queue=unique_name)
 
-    deadline = time.monotonic() + 10
-    while result.state != "STARTED" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _eventually(lambda: result.state == "STARTED")
 
-    assert result.state == "STARTED"
     assert result.info["hostname"].startswith("celeriac@")
     assert result.get(timeout=15) == "slept"
 
@@ -274,10 +281,7 @@ def test_second_signal_ends_at_once_and_acks_late_messages_come_back(
 
     assert worker.wait(timeout=10) == 0
     # The early-acked message is gone; the acks_late one is back in the queue.
-    deadline = time.monotonic() + 10
-    while _ready_messages(amqp_url, unique_name) != 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _ready_messages(amqp_url, unique_name) == 1
+    _eventually(lambda: _ready_messages(amqp_url, unique_name) == 1)
 
 
 def test_oversize_message_is_dead_lettered(
@@ -293,11 +297,13 @@ def test_oversize_message_is_dead_lettered(
         )  # fmt: skip
 
     assert celery_client.send_task("interop.add", (2, 2), queue=unique_name).get(timeout=20) == 4
-    deadline = time.monotonic() + 10
     dead: list[Any] = []
-    while not dead and time.monotonic() < deadline:
-        dead = _dead_letters(amqp_url, unique_name)
-        time.sleep(0.1)
+
+    def dead_lettered() -> bool:
+        dead.extend(_dead_letters(amqp_url, unique_name))  # reading a message removes it
+        return bool(dead)
+
+    _eventually(dead_lettered)
     assert len(dead) == 1
     assert "size" in dead[0].headers["x-celeriac-reason"]
     assert len(dead[0].body) == 16 * 1024 * 1024 + 1
@@ -346,9 +352,7 @@ def test_a_warm_stop_gives_back_a_task_waiting_for_its_eta(
 ) -> None:
     worker = start_worker(unique_name)
     later = celery_client.send_task("interop.add", (1, 1), queue=unique_name, countdown=60)
-    deadline = time.monotonic() + 10
-    while _ready_messages(amqp_url, unique_name) and time.monotonic() < deadline:
-        time.sleep(0.05)  # until the worker holds it
+    _eventually(lambda: _ready_messages(amqp_url, unique_name) == 0)  # the worker holds it
 
     worker.signal(signal.SIGTERM)
 

@@ -12,7 +12,8 @@ from protocol import WireMessage
 from runtime import App
 from runtime.capacity import Slots
 from runtime.memory import MemoryTransport
-from runtime.transport import Delivery, QueueSpec
+from runtime.transport import QueueSpec
+from tests.consumer import SlotConsumer
 
 
 def _message(n: int) -> WireMessage:
@@ -27,34 +28,9 @@ async def transport() -> AsyncIterator[MemoryTransport]:
     await opened.aclose()
 
 
-class Receiver:
-    """Consumes as the worker does: a slot is taken for every delivery at once."""
-
-    def __init__(self, transport: MemoryTransport, slots: Slots, queues: list[str]) -> None:
-        self.received: asyncio.Queue[Delivery] = asyncio.Queue()
-        self.slots = slots
-        self.task = asyncio.create_task(self._run(transport, queues))
-
-    async def _run(self, transport: MemoryTransport, queues: list[str]) -> None:
-        async for delivery in transport.consume(queues, self.slots):
-            self.slots.take()
-            self.received.put_nowait(delivery)
-
-    async def get(self) -> Delivery:
-        return await asyncio.wait_for(self.received.get(), 2)
-
-    async def nothing_more(self) -> None:
-        await asyncio.sleep(0.05)
-        assert self.received.empty()
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
-
 async def test_publish_consume_ack(transport: MemoryTransport) -> None:
     await transport.publish(_message(1), routing_key="q")
-    receiver = Receiver(transport, Slots(1), ["q"])
+    receiver = SlotConsumer(transport, ["q"], Slots(1), settle=0.05)
 
     delivery = await receiver.get()
     await transport.ack(delivery)
@@ -70,7 +46,7 @@ async def test_one_message_per_free_slot(transport: MemoryTransport) -> None:
     for n in range(5):
         await transport.publish(_message(n), routing_key="q")
     slots = Slots(2)
-    receiver = Receiver(transport, slots, ["q"])
+    receiver = SlotConsumer(transport, ["q"], slots, settle=0.05)
 
     first, second = await receiver.get(), await receiver.get()
     await transport.ack(first)
@@ -88,7 +64,7 @@ async def test_reject_requeues_at_the_head_or_drops(transport: MemoryTransport) 
     for n in range(2):
         await transport.publish(_message(n), routing_key="q")
     slots = Slots(1)
-    receiver = Receiver(transport, slots, ["q"])
+    receiver = SlotConsumer(transport, ["q"], slots, settle=0.05)
 
     await transport.reject(await receiver.get(), requeue=True)
     slots.give_back()
@@ -104,7 +80,7 @@ async def test_reject_requeues_at_the_head_or_drops(transport: MemoryTransport) 
 
 async def test_dead_letter_keeps_the_message_and_its_reason(transport: MemoryTransport) -> None:
     await transport.publish(_message(7), routing_key="q")
-    receiver = Receiver(transport, Slots(1), ["q"])
+    receiver = SlotConsumer(transport, ["q"], Slots(1), settle=0.05)
 
     await transport.dead_letter(await receiver.get(), "malformed: nope")
 
@@ -117,13 +93,13 @@ async def test_dead_letter_keeps_the_message_and_its_reason(transport: MemoryTra
 
 async def test_close_gives_unsettled_deliveries_back(transport: MemoryTransport) -> None:
     await transport.publish(_message(3), routing_key="q")
-    receiver = Receiver(transport, Slots(1), ["q"])
+    receiver = SlotConsumer(transport, ["q"], Slots(1), settle=0.05)
     await receiver.get()
     await receiver.stop()
 
     await transport.aclose()
     other = MemoryTransport(broker=transport.broker)
-    again = await Receiver(other, Slots(1), ["q"]).get()
+    again = await SlotConsumer(other, ["q"], Slots(1), settle=0.05).get()
 
     assert again.redelivered
     assert again.message.headers["n"] == 3
