@@ -8,10 +8,12 @@ a failure: CI must never go green by skipping everything.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
 
+import aio_pika
 import pytest
 
 from tests import brokers
@@ -46,14 +48,36 @@ def redis_url() -> Iterator[str]:
     yield from _broker_url(brokers.REDIS)
 
 
+#: Every name ``unique_name`` handed out this session, for the clean-up in ``amqp_url``.
+_NAMES: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
     """URL of a RabbitMQ broker (guest/guest, vhost ``/``) shared by the whole
-    session. Isolate tests by queue/exchange name (see ``unique_name``)."""
-    yield from _broker_url(brokers.RABBITMQ)
+    session. Isolate tests by queue/exchange name (see ``unique_name``).
+
+    At the end of the session the queues (``<name>``, ``<name>.dead``) and
+    exchanges named after every ``unique_name`` are deleted: durable test
+    queues left on a long-lived broker slow its every restart.
+    """
+    for url in _broker_url(brokers.RABBITMQ):
+        yield url
+        asyncio.run(_delete_amqp_names(url, _NAMES))
+
+
+async def _delete_amqp_names(url: str, names: list[str]) -> None:
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        for name in names:
+            for queue in (name, f"{name}.dead"):
+                await channel.queue_delete(queue)  # deleting a missing queue is fine
+            await channel.exchange_delete(name)
 
 
 @pytest.fixture
 def unique_name() -> str:
     """A short name unique to this test, for queues, exchanges and keys."""
-    return f"t-{uuid.uuid4().hex[:12]}"
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    _NAMES.append(name)
+    return name
