@@ -1,12 +1,15 @@
-"""One contract for every transport: the same tests over ``memory://`` and RabbitMQ.
+"""One contract for every transport: the same tests over each broker.
 
-(Redis and SQS join when their transports land.) Each test speaks only the
-:class:`runtime.transport.Transport` interface, as the worker does.
+Each test speaks only the :class:`runtime.transport.Transport` interface, as the worker does.
+A broker joins the contract with one entry in ``_OPENERS``: an async context manager that
+yields a function opening a new transport on that broker, and removes what the test left
+behind when it exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
@@ -22,33 +25,54 @@ from tests.consumer import SlotConsumer
 pytestmark = [pytest.mark.integration]
 
 Factory = Callable[[], Awaitable[Transport]]
+Opener = Callable[[pytest.FixtureRequest, str], contextlib.AbstractAsyncContextManager[Factory]]
 
 
-@pytest.fixture(params=["memory", "amqp"])
-async def make(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[Factory]:
-    """Opens connected transports on one broker (all close at the end)."""
-    opened: list[Transport] = []
+@contextlib.asynccontextmanager
+async def _memory(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Factory]:
     broker = MemoryBroker()
-    amqp_url = request.getfixturevalue("amqp_url") if request.param == "amqp" else ""
 
     async def factory() -> Transport:
-        transport: Transport = (
-            MemoryTransport(broker=broker) if request.param == "memory" else AmqpTransport(amqp_url)
-        )
-        await transport.connect()
-        await transport.declare([QueueSpec(unique_name)])
-        opened.append(transport)
-        return transport
+        return MemoryTransport(broker=broker)
 
     yield factory
-    for transport in opened:
-        await transport.aclose()
-    if request.param == "amqp":
-        async with await aio_pika.connect(amqp_url) as connection:
-            channel = await connection.channel()
-            for name in (unique_name, f"{unique_name}.dead"):
-                await channel.queue_delete(name)
-            await channel.exchange_delete(unique_name)
+
+
+@contextlib.asynccontextmanager
+async def _amqp(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Factory]:
+    url = request.getfixturevalue("amqp_url")
+
+    async def factory() -> Transport:
+        return AmqpTransport(url)
+
+    yield factory
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        for name in (queue, f"{queue}.dead"):
+            await channel.queue_delete(name)
+        await channel.exchange_delete(queue)
+
+
+_OPENERS: dict[str, Opener] = {"memory": _memory, "amqp": _amqp}
+
+
+@pytest.fixture(params=sorted(_OPENERS))
+async def make(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[Factory]:
+    """Opens connected transports on one broker, queue ``unique_name`` declared; all close
+    at the end."""
+    opened: list[Transport] = []
+    async with _OPENERS[request.param](request, unique_name) as new_transport:
+
+        async def factory() -> Transport:
+            transport = await new_transport()
+            await transport.connect()
+            await transport.declare([QueueSpec(unique_name)])
+            opened.append(transport)
+            return transport
+
+        yield factory
+        for transport in opened:
+            await transport.aclose()
 
 
 def _message(n: int) -> WireMessage:
