@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -35,7 +35,9 @@ class App:
 
     ``broker`` and ``result_backend`` are URLs (``amqp://``, ``redis://``); with no broker the
     local RabbitMQ is used, as Celery does; with no result backend results are not stored.
-    Nothing connects until something is sent or a worker starts.
+    ``broker_transport_options`` is Celery's setting of that name (``visibility_timeout``,
+    ``global_keyprefix``, ...; see :mod:`runtime.brokers`). Nothing connects until something
+    is sent or a worker starts.
     """
 
     def __init__(
@@ -53,9 +55,11 @@ class App:
         result_extended: bool = False,
         task_queue_max_priority: int | None = None,
         task_default_queue_type: str = "classic",
+        broker_transport_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.main = main
         self.broker_url = broker or DEFAULT_BROKER
+        self.broker_transport_options: dict[str, Any] = dict(broker_transport_options or {})
         self.result_backend_url = result_backend
         self.queue_policy = queue_policy
         self.default_queue = default_queue
@@ -184,7 +188,7 @@ class App:
 
     async def _producer_transport(self) -> Transport:
         if self._producer is None:
-            producer = transport_for_url(self.broker_url)
+            producer = transport_for_url(self.broker_url, self.broker_transport_options)
             await producer.connect()
             self._producer = producer
         return self._producer

@@ -1,19 +1,33 @@
-"""Broker URL to transport: ``amqp://``, ``amqps://`` and ``memory://`` today."""
+"""Broker URL to transport: ``amqp://``, ``amqps://`` and ``memory://`` today.
+
+Transport options are Celery's ``broker_transport_options`` (``visibility_timeout``,
+``global_keyprefix``, ...): what each transport reads is in its own module. As kombu does,
+options given in the URL's query string (``redis://host/0?visibility_timeout=60``) are read
+too, and win over the mapping.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from .transport import Transport
 
-__all__ = ["DEFAULT_BROKER", "transport_for_url"]
+__all__ = ["DEFAULT_BROKER", "transport_for_url", "transport_options"]
 
 #: Celery's default broker: RabbitMQ on this machine as guest.
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
 
-def transport_for_url(url: str) -> Transport:
-    """A transport for ``url``; ``ValueError`` naming the scheme if none handles it."""
+def transport_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``options`` updated with the URL's query string (values stay strings there)."""
+    return {**(options or {}), **dict(parse_qsl(urlsplit(url).query))}
+
+
+def transport_for_url(url: str, options: Mapping[str, Any] | None = None) -> Transport:
+    """A transport for ``url`` with transport ``options``; ``ValueError`` naming the scheme
+    if none handles it."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from .memory import MemoryTransport  # noqa: PLC0415 - imported only when used

@@ -79,6 +79,19 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str | None) -> float | None:
+    """A positive number of seconds from a flag or variable; ``ValueError`` otherwise."""
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"visibility timeout must be a positive number of seconds, not {text!r}")
+    return seconds
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     environ = os.environ
     queues = args.queues or serve.first_env(environ, "WORKER_QUEUES", "CELERIAC_QUEUES") or "celery"
@@ -96,6 +109,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     serve.configure_logging(
         args.loglevel, args.log_format or ("console" if sys.stderr.isatty() else "json")
     )
+    try:
+        visibility_timeout = _seconds(
+            args.visibility_timeout or serve.first_env(environ, "CELERIAC_VISIBILITY_TIMEOUT")
+        )
+    except ValueError as exc:
+        print(f"celeriac: {exc}", file=sys.stderr)
+        return 2
     limits_file = args.queue_limits_file or serve.first_env(environ, "CELERIAC_QUEUE_LIMITS_FILE")
     options = serve.WorkerOptions(
         app_path=args.app or serve.first_env(environ, "CELERIAC_APP") or "",
@@ -111,6 +131,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         queue_limits=serve.first_env(environ, "CELERIAC_QUEUE_LIMITS"),
         queue_limits_file=Path(limits_file) if limits_file else None,
         queue_type=args.queue_type or serve.first_env(environ, "CELERIAC_QUEUE_TYPE"),
+        visibility_timeout=visibility_timeout,
     )
     if not options.app_path:
         print("celeriac: worker needs -A module:app (or CELERIAC_APP)", file=sys.stderr)
@@ -159,6 +180,11 @@ def _parser() -> argparse.ArgumentParser:
         "--queue-type",
         choices=["classic", "quorum"],
         help="how queues are declared (Celery's task_default_queue_type; CELERIAC_QUEUE_TYPE)",
+    )
+    worker.add_argument(
+        "--visibility-timeout",
+        help="seconds before an unacknowledged Redis/SQS message is given to another worker "
+        "(transport option visibility_timeout; CELERIAC_VISIBILITY_TIMEOUT)",
     )
     worker.set_defaults(run=_cmd_worker)
     return parser

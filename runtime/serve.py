@@ -46,6 +46,7 @@ class WorkerOptions:
     queue_limits: str | None
     queue_limits_file: Path | None
     queue_type: str | None = None
+    visibility_timeout: float | None = None
 
 
 def first_env(environ: Mapping[str, str], *names: str) -> str | None:
@@ -125,6 +126,8 @@ def serve(options: WorkerOptions) -> int:
         app.result_backend_url = options.result_backend
     if options.queue_type:
         app.task_default_queue_type = options.queue_type
+    if options.visibility_timeout is not None:
+        app.broker_transport_options["visibility_timeout"] = options.visibility_timeout
     policy = app.queue_policy
     if options.queue_limits_file is not None:
         policy = policy.with_toml(options.queue_limits_file.read_text())

@@ -94,8 +94,9 @@ class Transport(Protocol):
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Publish a message (to the default exchange: ``routing_key`` is the queue name)."""
 
-    async def queue_depth(self, queue: str) -> tuple[int, int]:
-        """``(messages ready, consumers)`` of ``queue``."""
+    async def queue_depth(self, queue: str) -> tuple[int, int | None]:
+        """``(messages ready, consumers)`` of ``queue``; consumers is ``None`` where the
+        broker cannot tell (SQS)."""
 
     async def aclose(self) -> None:
         """Stop consuming and close; unsettled deliveries go back to the broker."""

@@ -81,7 +81,9 @@ class Worker:
         self.queues = list(queues)
         self.hostname = hostname
         self.slots = Slots(concurrency)
-        self.transport = transport or transport_for_url(app.broker_url)
+        self.transport = transport or transport_for_url(
+            app.broker_url, app.broker_transport_options
+        )
         self.backend = backend if backend is not None else app.backend
         self.grace = grace
         self.log = logger or structlog.get_logger("celeriac.worker")

@@ -86,3 +86,17 @@ def test_worker_with_a_wrong_app_path_says_so(app: str, message: str) -> None:
 
     assert done.returncode == 2
     assert message in done.stderr.decode()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf", "nan"])
+def test_worker_refuses_a_visibility_timeout_that_is_not_a_positive_number(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "worker", "-A", "examples.tasks:app",
+         "--visibility-timeout", value],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"celeriac: visibility timeout must be a positive number of seconds, not {value!r}"
+    )
