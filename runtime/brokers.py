@@ -1,4 +1,5 @@
-"""Broker URL to transport: ``amqp://``, ``amqps://`` and ``memory://`` today.
+"""Broker URL to transport: ``amqp://``, ``amqps://``, ``redis://``, ``rediss://``,
+``memory://``.
 
 Transport options are Celery's ``broker_transport_options`` (``visibility_timeout``,
 ``global_keyprefix``, ...): what each transport reads is in its own module. As kombu does,
@@ -37,6 +38,11 @@ def transport_for_url(url: str, options: Mapping[str, Any] | None = None) -> Tra
         from .amqp import AmqpTransport  # noqa: PLC0415 - imported only when used
 
         return AmqpTransport(url.replace("pyamqp://", "amqp://", 1))
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis_transport import RedisTransport  # noqa: PLC0415 - imported only when used
+
+        return RedisTransport(url, options)
     raise ValueError(
-        f"no transport for {scheme or url!r} URLs (supported: amqp://, amqps://, memory://)"
+        f"no transport for {scheme or url!r} URLs "
+        "(supported: amqp://, amqps://, redis://, rediss://, unix://, memory://)"
     )

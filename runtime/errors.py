@@ -34,12 +34,16 @@ class BrokerConnectionError(CeleriacError, ConnectionError):
 
 
 @contextmanager
-def translate_redis_errors(action: str) -> Iterator[None]:
-    """Re-raise redis-py's exceptions as :class:`BackendError`, naming what was attempted."""
+def translate_redis_errors(
+    action: str, *, error: type[CeleriacError] = BackendError, what: str = "result backend"
+) -> Iterator[None]:
+    """Re-raise redis-py's exceptions as ``error`` (:class:`BackendError` by default, the
+    broker's :class:`BrokerConnectionError` for the Redis transport), naming ``what`` failed
+    and the ``action`` attempted."""
     try:
         yield
     except redis.exceptions.RedisError as exc:
-        raise BackendError(f"result backend: cannot {action}: {exc}") from exc
+        raise error(f"{what}: cannot {action}: {exc}") from exc
 
 
 @contextmanager

@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
 import pytest
+import redis.asyncio
 
 from protocol import WireMessage
 from runtime.amqp import AmqpTransport
 from runtime.capacity import Slots
 from runtime.memory import MemoryBroker, MemoryTransport
+from runtime.redis_transport import RedisTransport
 from runtime.transport import QueueSpec, Transport
 from tests.consumer import SlotConsumer
 
@@ -53,7 +55,24 @@ async def _amqp(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Fac
         await channel.exchange_delete(queue)
 
 
-_OPENERS: dict[str, Opener] = {"memory": _memory, "amqp": _amqp}
+@contextlib.asynccontextmanager
+async def _redis(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Factory]:
+    url = request.getfixturevalue("redis_url")
+    # Every key under a prefix of the test's own: the shared unacked hash included.
+    options = {"global_keyprefix": f"{queue}:"}
+
+    async def factory() -> Transport:
+        return RedisTransport(url, options)
+
+    yield factory
+    client = redis.asyncio.Redis.from_url(url)
+    async with client:
+        keys = [key async for key in client.scan_iter(match=f"{queue}:*")]
+        if keys:
+            await client.delete(*keys)
+
+
+_OPENERS: dict[str, Opener] = {"memory": _memory, "amqp": _amqp, "redis": _redis}
 
 
 @pytest.fixture(params=sorted(_OPENERS))

@@ -1,0 +1,588 @@
+"""The Redis transport: kombu's queues and ack emulation, without the gaps kombu leaves.
+
+Everything a Celery client or worker on the same Redis reads or writes is laid out as kombu
+lays it out (:mod:`protocol.kombu_redis`): queue lists per priority step (LPUSH to publish,
+RPOP to consume), the ``_kombu.binding.*`` sets, and for every delivery an ``unacked`` hash
+entry ``[payload, exchange, routing_key]`` indexed by time in ``unacked_index``. What differs
+is how celeriac uses them:
+
+* **No pop without a record.** kombu pops a message with BRPOP and records it as unacked in a
+  second step; a worker killed in between loses it. Here one Lua script pops and records
+  (``lua/redis_claim.lua``), and hands out at most as many messages as there are free slots.
+* **Claims are renewed.** Whoever sweeps ``unacked_index`` (a Celery worker too) puts back
+  deliveries older than ``visibility_timeout``; kombu's own long tasks are run twice that way.
+  While a delivery is unsettled this transport moves its index score forward every
+  ``min(visibility_timeout / 4, 10)`` seconds, so only a dead worker's deliveries go stale.
+* **Settling checks ownership.** An ack, reject or dead-letter first deletes the ``unacked``
+  entry and acts only if it was still there (``lua/redis_settle.lua``), so a message restored
+  by a sweeper is never pushed a second time. A settlement that fails because Redis is away is
+  kept and retried; meanwhile the claim is still renewed, so nothing runs twice.
+* **Stale deliveries come back.** Every ``min(visibility_timeout / 2, 60)`` seconds, under
+  kombu's ``unacked_mutex``, deliveries whose claim lapsed (their worker died) are pushed back
+  to the consuming end of their queue with kombu's redelivered flags (:meth:`restore_visible`).
+
+Waiting: Redis cannot block on "some list is non-empty" without popping, so an idle consumer
+waits with ``BLMOVE list list RIGHT RIGHT`` (which leaves the list as it is) on one of its
+queues, in turn, for at most 0.1 s, then tries all of them again. A message on the watched
+queue is seen at once; on another, within 0.1 s.
+
+Transport options (Celery's ``broker_transport_options``, or the URL's query string):
+``visibility_timeout`` (seconds, default 3600 as kombu), ``global_keyprefix``,
+``priority_steps``, ``sep``, ``unacked_key``, ``unacked_index_key``, ``unacked_mutex_key``,
+``unacked_mutex_expire``. Other query parameters go to redis-py (``ssl_cert_reqs``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio
+import redis.exceptions
+
+from protocol import CeleriacError, WireMessage, decode_envelope, encode_envelope
+from protocol.kombu_redis import (
+    DEFAULT_PRIORITY_STEPS,
+    SEP,
+    RedisLayout,
+    dead_letter_payload,
+    parse_binding_member,
+    parse_unacked,
+    payload_priority,
+    redelivered_payload,
+)
+
+from .brokers import transport_options
+from .errors import BrokerConnectionError, translate_redis_errors
+from .transport import Capacity, Delivery, QueueSpec
+
+__all__ = ["OPTION_NAMES", "RedisOptions", "RedisTransport"]
+
+log = logging.getLogger(__name__)
+
+#: The transport options this transport reads; the rest of a URL's query goes to redis-py.
+OPTION_NAMES = frozenset({
+    "visibility_timeout", "global_keyprefix", "priority_steps", "sep", "unacked_key",
+    "unacked_index_key", "unacked_mutex_key", "unacked_mutex_expire",
+})  # fmt: skip
+
+_CLAIM = (files("runtime") / "lua" / "redis_claim.lua").read_text()
+_SETTLE = (files("runtime") / "lua" / "redis_settle.lua").read_text()
+_RESTORE = (files("runtime") / "lua" / "redis_restore.lua").read_text()
+
+#: Most messages one claim pops: bounds how long the script keeps Redis busy.
+_CLAIM_MAX = 100
+#: Longest an idle consumer blocks on one queue before trying them all again.
+_IDLE_WAIT = 0.1
+#: Stale deliveries examined per page of a sweep.
+_SWEEP_PAGE = 100
+_RETRY_MIN, _RETRY_MAX = 0.5, 10.0
+
+
+def _positive(name: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"transport option {name} must be a positive number, not {value!r}")
+    return seconds
+
+
+def _steps(value: Any) -> tuple[int, ...]:
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        return tuple(int(part) for part in parts)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"transport option priority_steps must be integers, not {value!r}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisOptions:
+    """The transport options this transport reads, checked."""
+
+    visibility_timeout: float = 3600.0
+    unacked_mutex_expire: float = 300.0
+    layout: RedisLayout = field(default_factory=RedisLayout)
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> RedisOptions:
+        """Read them from Celery-style ``broker_transport_options``; ``ValueError`` if bad."""
+        text = {name: str(options[name]) for name in ("global_keyprefix", "sep") if name in options}
+        keys = {
+            name: str(options[name])
+            for name in ("unacked_key", "unacked_index_key", "unacked_mutex_key")
+            if name in options
+        }
+        layout = RedisLayout(
+            global_keyprefix=text.get("global_keyprefix", ""),
+            sep=text.get("sep", SEP),
+            priority_steps=_steps(options.get("priority_steps", DEFAULT_PRIORITY_STEPS)),
+            **keys,
+        )
+        return cls(
+            visibility_timeout=_positive(
+                "visibility_timeout", options.get("visibility_timeout", 3600.0)
+            ),
+            unacked_mutex_expire=_positive(
+                "unacked_mutex_expire", options.get("unacked_mutex_expire", 300.0)
+            ),
+            layout=layout,
+        )
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between claim renewals."""
+        return min(self.visibility_timeout / 4, 10.0)
+
+    @property
+    def sweep_every(self) -> float:
+        """Seconds between sweeps for stale deliveries."""
+        return min(self.visibility_timeout / 2, 60.0)
+
+
+@dataclass(slots=True, eq=False)
+class _Claim:
+    """A delivery this transport recorded as unacked: its tag, queue and payload bytes."""
+
+    tag: str
+    queue: str
+    payload: bytes
+    settled: bool = False
+
+
+@dataclass(slots=True)
+class _Settlement:
+    claim: _Claim
+    keys: list[str]
+    command: str
+    payload: bytes
+
+
+class RedisTransport:
+    """A :class:`~runtime.transport.Transport` for Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        client: redis.asyncio.Redis | None = None,
+    ) -> None:
+        split = urlsplit(url)
+        query = parse_qsl(split.query)
+        self.options = RedisOptions.from_mapping(transport_options(url, options))
+        self.layout = self.options.layout
+        self._url = urlunsplit(split._replace(
+            query=urlencode([(k, v) for k, v in query if k not in OPTION_NAMES])
+        ))  # fmt: skip
+        self._where = f"{split.hostname or 'localhost'}:{split.port or 6379}"
+        self._given_client = client
+        self._client: redis.asyncio.Redis | None = client
+        self._unsettled: dict[str, _Claim] = {}
+        self._pending: list[_Settlement] = []
+        self._consumer_id = uuid.uuid4().hex
+        self._consuming: list[str] = []
+        self._maintainer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect and PING, failing fast with :class:`BrokerConnectionError` naming host:port.
+
+        Afterwards redis-py reconnects by itself on the next command; the consume loop and
+        the maintenance task retry with backoff while Redis is away.
+        """
+        if self._client is None:
+            self._client = redis.asyncio.Redis.from_url(
+                self._url, socket_connect_timeout=10, health_check_interval=30
+            )
+        with self._translate(f"connect to {self._where}"):
+            await self._client.ping()
+        self._claim = self._client.register_script(_CLAIM)
+        self._settle_script = self._client.register_script(_SETTLE)
+        self._restore = self._client.register_script(_RESTORE)
+
+    def _require(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            raise RuntimeError("RedisTransport.connect() has not been called")
+        return self._client
+
+    @staticmethod
+    def _translate(action: str) -> contextlib.AbstractContextManager[None]:
+        return translate_redis_errors(action, error=BrokerConnectionError, what="broker")
+
+    # -- declaring and publishing ------------------------------------------------------------
+
+    async def declare(self, queues: Sequence[QueueSpec]) -> None:
+        """Bind each queue to the exchange of its name as kombu does (``SADD`` the binding).
+
+        The lists themselves exist once something is pushed; ``max_priority`` and ``quorum``
+        mean nothing on Redis (priorities are kombu's steps, always on).
+        """
+        client = self._require()
+        with self._translate(f"declare {', '.join(spec.name for spec in queues)}"):
+            async with client.pipeline(transaction=False) as pipe:
+                for spec in queues:
+                    member = self.layout.binding_member(spec.routing_key, spec.name)
+                    pipe.sadd(self.layout.binding_key(spec.exchange), member)
+                    pipe.sadd(self.layout.permanent_binding_key(spec.exchange), member)
+                await pipe.execute()
+
+    async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
+        """LPUSH kombu's envelope onto each bound queue's list for the message's priority.
+
+        ``exchange=""`` sends to queue ``routing_key``; a named exchange is looked up in its
+        binding set as a direct exchange. A message no queue would get raises
+        :class:`BrokerConnectionError` (kombu drops it with a warning).
+        """
+        client = self._require()
+        payload = encode_envelope(
+            message, exchange=exchange, routing_key=routing_key, delivery_tag=str(uuid.uuid4())
+        )
+        priority = message.properties.get("priority") or 0
+        with self._translate(f"publish to {exchange or routing_key!r}"):
+            queues = await self._lookup(exchange, routing_key)
+            if not queues:
+                raise BrokerConnectionError(
+                    f"broker: no queue is bound to exchange {exchange!r} with routing key "
+                    f"{routing_key!r}; the message was not sent"
+                )
+            for queue in queues:
+                await client.lpush(self.layout.queue_key(queue, int(priority)), payload)
+
+    async def _lookup(self, exchange: str, routing_key: str) -> list[str]:
+        """The queues a message to ``exchange`` with ``routing_key`` goes to (direct routing)."""
+        if not exchange:
+            return [routing_key]
+        members = await self._require().smembers(self.layout.binding_key(exchange))
+        queues = []
+        for member in members:
+            with contextlib.suppress(CeleriacError):
+                key, _pattern, queue = parse_binding_member(member, self.layout.sep)
+                if key == routing_key:
+                    queues.append(queue)
+        return sorted(queues)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    async def consume(self, queues: Sequence[str], capacity: Capacity) -> AsyncIterator[Delivery]:
+        """Yield deliveries from ``queues``, claimed only into free slots, round robin."""
+        if self._consuming:
+            raise RuntimeError("this transport is already consuming")
+        names = list(queues)
+        self._consuming = names
+        keys = [self.layout.unacked, self.layout.unacked_index]
+        keys += [key for name in names for key in self.layout.step_keys(name)]
+        keys += [self.layout.dead_key(name) for name in names]
+        first, watch, retry = 0, 0, _RETRY_MIN
+        batch: list[list[Any]] = []
+        try:
+            with self._translate(f"consume from {', '.join(names)}"):
+                await self._register(names)
+            self._maintainer = asyncio.create_task(self._maintain(), name="celeriac-redis")
+            while not self._closing:
+                await capacity.wait_free()
+                try:
+                    first, batch = await self._claim_into(keys, names, first, capacity.free)
+                    if not batch:
+                        await self._idle(self.layout.key(names[watch]))
+                        watch = (watch + 1) % len(names)
+                        continue
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    log.warning("Redis consume will retry in %.1f s: %s", retry, exc)
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, _RETRY_MAX)
+                    continue
+                except redis.exceptions.RedisError as exc:  # e.g. WRONGTYPE: not a list
+                    raise BrokerConnectionError(
+                        f"broker: cannot consume from {', '.join(names)}: {exc}"
+                    ) from exc
+                retry = _RETRY_MIN
+                while batch:
+                    delivery = await self._delivery(names, batch.pop(0))
+                    if delivery is not None:
+                        yield delivery
+        finally:
+            self._consuming = []
+            await self._give_back_unhanded(names, batch)
+            with contextlib.suppress(redis.exceptions.RedisError):
+                await self._unregister(names)
+
+    async def _claim_into(
+        self, keys: list[str], names: list[str], first: int, free: int
+    ) -> tuple[int, list[list[Any]]]:
+        """Run the claim script; if cancelled meanwhile, put back what it claimed."""
+        args = [time.time(), min(free, _CLAIM_MAX), len(names), len(self.layout.priority_steps)]
+        running = asyncio.ensure_future(self._claim(keys=keys, args=[*args, first, *names]))
+        try:
+            first_next, batch = await asyncio.shield(running)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                _, claimed = await running
+                await self._give_back_unhanded(names, claimed)
+            raise
+        return int(first_next), list(batch)
+
+    async def _idle(self, key: str) -> None:
+        """Wait up to ``_IDLE_WAIT`` for ``key`` to be non-empty, leaving it as it is."""
+        waiting = asyncio.ensure_future(
+            # redis-py types the timeout as int; Redis takes seconds with decimals.
+            self._require().blmove(key, key, _IDLE_WAIT, src="RIGHT", dest="RIGHT")  # type: ignore[arg-type]
+        )
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:  # let the short command finish: the connection stays sane
+            with contextlib.suppress(Exception):
+                await waiting
+            raise
+
+    async def _delivery(self, names: list[str], item: list[Any]) -> Delivery | None:
+        """The delivery for one claimed item; ``None`` if unreadable (and dead-lettered)."""
+        queue, payload = names[int(item[0])], bytes(item[1])
+        if len(item) < 3:  # the script moved it to .dead: not a kombu envelope
+            log.error("moved a message that is not a kombu envelope from %r to %r.dead",
+                      queue, queue)  # fmt: skip
+            return None
+        claim = _Claim(tag=item[2].decode("utf-8", "replace"), queue=queue, payload=payload)
+        self._unsettled[claim.tag] = claim
+        try:
+            envelope = decode_envelope(payload)
+        except CeleriacError as exc:
+            log.error("dead-lettering an unreadable message from %r: %s", queue, exc)
+            dead = dead_letter_payload(payload, f"unreadable: {exc}", queue)
+            await self._settle(claim, "LPUSH", [self.layout.dead_key(queue)], dead)
+            return None
+        return Delivery(
+            message=envelope.message,
+            queue=queue,
+            exchange=envelope.exchange,
+            routing_key=envelope.routing_key,
+            redelivered=envelope.redelivered,
+            handle=claim,
+        )
+
+    async def _give_back_unhanded(self, names: list[str], batch: list[list[Any]]) -> None:
+        """Put claimed but never handed-out messages back at the consuming end, in order."""
+        for item in reversed(batch):
+            if len(item) < 3:
+                continue
+            claim = _Claim(item[2].decode("utf-8", "replace"), names[int(item[0])], bytes(item[1]))
+            priority = _priority(claim.payload)
+            await self._settle(
+                claim, "RPUSH", [self.layout.queue_key(claim.queue, priority)], claim.payload
+            )
+        batch.clear()
+
+    # -- settling ----------------------------------------------------------------------------
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Forget the message (delete its unacked record)."""
+        await self._settle(delivery.handle, "LPUSH", [], b"")
+
+    async def reject(self, delivery: Delivery, *, requeue: bool) -> None:
+        """Drop the message, or requeue it behind the waiting ones (LPUSH, as kombu does)."""
+        claim: _Claim = delivery.handle
+        if not requeue:
+            await self._settle(claim, "LPUSH", [], b"")
+            return
+        payload, priority = _redelivered(claim.payload)
+        await self._settle(claim, "LPUSH", [self.layout.queue_key(claim.queue, priority)], payload)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to the ``<queue>.dead`` list with ``reason`` in its headers."""
+        claim: _Claim = delivery.handle
+        payload = dead_letter_payload(claim.payload, reason, claim.queue)
+        await self._settle(claim, "LPUSH", [self.layout.dead_key(claim.queue)], payload)
+
+    async def _settle(self, claim: _Claim, command: str, keys: list[str], payload: bytes) -> None:
+        """Settle ``claim`` now, or (Redis away) keep it to retry and renew it meanwhile."""
+        if claim.settled:
+            return  # settling twice is harmless, as with the other transports
+        claim.settled = True
+        settlement = _Settlement(claim, keys, command, payload)
+        try:
+            await self._apply(settlement)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("Redis settle of %s will be retried: %s", claim.tag, exc)
+            self._pending.append(settlement)
+
+    async def _apply(self, settlement: _Settlement) -> None:
+        claim = settlement.claim
+        keys = [self.layout.unacked, self.layout.unacked_index, *settlement.keys]
+        owned = await self._settle_script(
+            keys=keys, args=[claim.tag, settlement.command, settlement.payload]
+        )
+        self._unsettled.pop(claim.tag, None)
+        if not owned:
+            log.warning(
+                "delivery %s from %r was restored by another consumer before it was settled "
+                "(its claim lapsed: Redis unreachable for longer than visibility_timeout?)",
+                claim.tag, claim.queue,
+            )  # fmt: skip
+
+    # -- inspection --------------------------------------------------------------------------
+
+    async def queue_depth(self, queue: str) -> tuple[int, int | None]:
+        """``(messages waiting in every priority list, live celeriac consumers)``."""
+        client = self._require()
+        with self._translate(f"inspect queue {queue!r}"):
+            async with client.pipeline(transaction=False) as pipe:
+                for key in self.layout.step_keys(queue):
+                    pipe.llen(key)
+                pipe.zcount(self.layout.consumers_key(queue), time.time(), "+inf")
+                *lengths, consumers = await pipe.execute()
+        return sum(lengths), int(consumers)
+
+    async def _register(self, names: list[str]) -> None:
+        lapse = time.time() + 3 * self.options.renew_every
+        async with self._require().pipeline(transaction=False) as pipe:
+            for name in names:
+                key = self.layout.consumers_key(name)
+                pipe.zadd(key, {self._consumer_id: lapse})
+                pipe.zremrangebyscore(key, "-inf", time.time())
+            await pipe.execute()
+
+    async def _unregister(self, names: list[str]) -> None:
+        async with self._require().pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrem(self.layout.consumers_key(name), self._consumer_id)
+            await pipe.execute()
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Renew claims and registration, retry settlements, sweep for stale deliveries."""
+        next_sweep = 0.0
+        while True:
+            try:
+                await self._renew()
+                while self._pending:
+                    await self._apply(self._pending[0])
+                    self._pending.pop(0)
+                if time.monotonic() >= next_sweep:
+                    restored = await self.restore_visible()
+                    if restored:
+                        log.warning("restored %d stale deliveries (their worker died?)", restored)
+                    next_sweep = time.monotonic() + self.options.sweep_every
+            except redis.exceptions.RedisError as exc:
+                log.warning("Redis upkeep will retry: %s", exc)
+            await asyncio.sleep(self.options.renew_every)
+
+    async def _renew(self) -> None:
+        """Move the index score of every claim we hold to now (``ZADD XX``: never re-adds)."""
+        now = time.time()
+        tags = dict.fromkeys(self._unsettled, now)
+        tags.update({pending.claim.tag: now for pending in self._pending})
+        if tags:
+            await self._require().zadd(self.layout.unacked_index, tags, xx=True)
+        if self._consuming:
+            await self._register(self._consuming)
+
+    async def restore_visible(self) -> int:
+        """Put back every delivery whose claim is older than ``visibility_timeout``.
+
+        kombu's ``restore_visible``: under ``unacked_mutex``, each stale delivery goes back to
+        the consuming end of the queues its exchange and routing key lead to, with kombu's
+        redelivered flags. Returns how many were restored (0 if another consumer holds the
+        mutex).
+        """
+        client = self._require()
+        lock = client.lock(self.layout.unacked_mutex, timeout=self.options.unacked_mutex_expire)
+        if not await lock.acquire(blocking=False):
+            return 0
+        try:
+            ceiling = time.time() - self.options.visibility_timeout
+            restored, skipped = 0, 0
+            while True:
+                # The client does not decode responses: members and values are bytes.
+                tags = cast("list[bytes]", await client.zrange(
+                    self.layout.unacked_index, "-inf", ceiling,
+                    byscore=True, offset=skipped, num=_SWEEP_PAGE,
+                ))  # fmt: skip
+                if not tags:
+                    return restored
+                values = cast("list[bytes | None]", await client.hmget(self.layout.unacked, tags))
+                for tag, value in zip(tags, values, strict=True):
+                    if await self._restore_one(tag, value, ceiling):
+                        restored += 1
+                    elif value is not None:
+                        skipped += 1
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):
+                await lock.release()
+
+    async def _restore_one(self, tag: bytes, value: bytes | None, ceiling: float) -> bool:
+        if value is None:  # an index entry without a record: drop it, as kombu does
+            await self._restore(keys=[self.layout.unacked, self.layout.unacked_index],
+                                args=[tag, ceiling, b"", b""])  # fmt: skip
+            return False
+        try:
+            payload, exchange, routing_key = parse_unacked(value)
+        except CeleriacError as exc:
+            log.error("cannot restore unacked delivery %r: %s", tag, exc)
+            return False
+        queues = await self._lookup(exchange, routing_key) or [routing_key]
+        priority = payload_priority(payload)
+        keys = [self.layout.queue_key(queue, priority) for queue in queues]
+        done = await self._restore(
+            keys=[self.layout.unacked, self.layout.unacked_index, *keys],
+            args=[tag, ceiling, value, redelivered_payload(payload)],
+        )
+        return bool(done)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop; unsettled deliveries go back to the consuming end of their queues, marked
+        redelivered (kombu's restore at shutdown); then close the connection."""
+        self._closing = True
+        if (maintainer := self._maintainer) is not None:
+            self._maintainer = None
+            maintainer.cancel()
+            await asyncio.gather(maintainer, return_exceptions=True)
+        if self._client is None:
+            return
+        with contextlib.suppress(redis.exceptions.RedisError):
+            for pending in list(self._pending):
+                await self._apply(pending)
+            self._pending.clear()
+            for claim in list(self._unsettled.values()):
+                payload, priority = _redelivered(claim.payload)
+                await self._settle(
+                    claim, "RPUSH", [self.layout.queue_key(claim.queue, priority)], payload
+                )
+        if self._given_client is None:
+            await self._client.aclose()
+        self._client = None
+
+
+def _priority(payload: bytes) -> int:
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        return 0
+    return payload_priority(document) if isinstance(document, dict) else 0
+
+
+def _redelivered(payload: bytes) -> tuple[bytes, int]:
+    """``payload`` with kombu's redelivered flags, and its priority."""
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        return payload, 0
+    if not isinstance(document, dict):
+        return payload, 0
+    return redelivered_payload(document), payload_priority(document)
