@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -447,12 +448,16 @@ class RedisTransport:
         return sum(lengths), int(consumers)
 
     async def _register(self, names: list[str]) -> None:
-        lapse = time.time() + 3 * self.options.renew_every
+        """Count this consumer in for the next three renewal periods (the set expires with
+        its last live consumer)."""
+        ttl = 3 * self.options.renew_every
+        now = time.time()
         async with self._require().pipeline(transaction=False) as pipe:
             for name in names:
                 key = self.layout.consumers_key(name)
-                pipe.zadd(key, {self._consumer_id: lapse})
-                pipe.zremrangebyscore(key, "-inf", time.time())
+                pipe.zadd(key, {self._consumer_id: now + ttl})
+                pipe.zremrangebyscore(key, "-inf", now)
+                pipe.expire(key, math.ceil(ttl))
             await pipe.execute()
 
     async def _unregister(self, names: list[str]) -> None:

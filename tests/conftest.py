@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import aio_pika
 import pytest
+import redis.asyncio
 
 from tests import brokers
 
@@ -44,8 +45,18 @@ def _broker_url(broker: brokers.Broker) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """URL of a Redis server shared by the whole session. Isolate data by key
-    (see ``unique_name``); never flush the server."""
-    yield from _broker_url(brokers.REDIS)
+    (see ``unique_name``); never flush the server. Keys named after a ``unique_name``
+    (``t-<hex>...``) are deleted at the end of the session."""
+    for url in _broker_url(brokers.REDIS):
+        yield url
+        asyncio.run(_delete_redis_names(url))
+
+
+async def _delete_redis_names(url: str) -> None:
+    async with redis.asyncio.Redis.from_url(url) as client:
+        keys = [key async for key in client.scan_iter(match="t-*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.delete(*keys[start : start + 1000])
 
 
 #: Every name ``unique_name`` handed out this session, for the clean-up in ``amqp_url``.

@@ -1,4 +1,8 @@
-"""A real ``celeriac worker`` process and a real Celery client, for the interop tests."""
+"""A real ``celeriac worker`` process and a real Celery client, for the interop tests.
+
+Every test runs on each broker (``broker`` is parametrised over RabbitMQ and Redis) unless it
+narrows ``broker`` with ``@pytest.mark.parametrize("broker", ["amqp"], indirect=True)``.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
+from kombu import Connection
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,22 +87,76 @@ class WorkerProcess:
             self.proc.stderr.close()
 
 
+#: The Redis broker's visibility timeout in these tests: short, so that a killed worker's
+#: messages come back within a test, and shorter than the long tasks, so that they prove the
+#: worker renews its claim on what it runs.
+REDIS_VISIBILITY_TIMEOUT = 4
+
+
+@dataclass
+class Broker:
+    """The broker a test runs on: the worker's URL, the Celery client's, and inspection."""
+
+    kind: str
+    url: str
+    client_url: str
+    client_options: dict[str, Any] = field(default_factory=dict)
+
+    def connection(self) -> Connection:
+        """A kombu connection as the Celery client makes it."""
+        return Connection(self.client_url, transport_options=self.client_options)
+
+    def ready(self, queue: str) -> int:
+        """Messages waiting in ``queue``."""
+        with self.connection() as conn:
+            channel = conn.default_channel
+            if self.kind == "redis":
+                return int(channel._size(queue))  # LLEN over kombu's priority lists
+            return int(channel.queue_declare(queue, passive=True).message_count)
+
+    def dead_letters(self, queue: str) -> list[Any]:
+        """Everything in ``<queue>.dead``, taken out (kombu messages: ``.body``, ``.headers``)."""
+        found = []
+        with self.connection() as conn:
+            channel = conn.default_channel
+            while (message := channel.basic_get(queue=f"{queue}.dead", no_ack=True)) is not None:
+                found.append(message)
+        return found
+
+
+@pytest.fixture(params=["amqp", "redis"])
+def broker(request: pytest.FixtureRequest, unique_name: str) -> Broker:
+    """The broker under test. On Redis every key is under a prefix of the test's own (set
+    through the worker URL's query string and the client's transport options alike)."""
+    if request.param == "amqp":
+        url = request.getfixturevalue("amqp_url")
+        return Broker("amqp", url, url)
+    base = request.getfixturevalue("redis_url")
+    prefix = f"{unique_name}:"
+    return Broker(
+        "redis",
+        f"{base}?global_keyprefix={prefix}&visibility_timeout={REDIS_VISIBILITY_TIMEOUT}",
+        base,
+        {"global_keyprefix": prefix},
+    )
+
+
 @pytest.fixture
-def start_worker(amqp_url: str, redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``celeriac worker -A tests.interop.app:app`` on the test brokers."""
+def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``celeriac worker -A tests.interop.app:app`` on the test's broker."""
     started: list[WorkerProcess] = []
 
     def start(
         *queues: str,
         concurrency: int = 2,
         env: dict[str, str] | None = None,
-        broker: str | None = None,
+        broker_url: str | None = None,
     ) -> WorkerProcess:
         args = [
             "-A", "tests.interop.app:app",
             "-Q", ",".join(queues),
             "-c", str(concurrency),
-            "--broker", broker or amqp_url,
+            "--broker", broker_url or broker.url,
             "--result-backend", redis_url,
             "--log-format", "json",
             "--grace", "10",
@@ -112,9 +172,13 @@ def start_worker(amqp_url: str, redis_url: str) -> Iterator[Callable[..., Worker
 
 
 @pytest.fixture
-def celery_client(amqp_url: str, redis_url: str) -> Iterator[Celery]:
+def celery_client(broker: Broker, redis_url: str) -> Iterator[Celery]:
     """A stock Celery 5.7 client on the same broker and result backend."""
-    app = Celery("client", broker=amqp_url, backend=redis_url, set_as_current=False)
-    app.conf.update(accept_content=["json", "msgpack"], result_accept_content=["json", "msgpack"])
+    app = Celery("client", broker=broker.client_url, backend=redis_url, set_as_current=False)
+    app.conf.update(
+        accept_content=["json", "msgpack"],
+        result_accept_content=["json", "msgpack"],
+        broker_transport_options=broker.client_options,
+    )
     yield app
     app.backend.client.close()
