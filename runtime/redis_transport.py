@@ -197,6 +197,7 @@ class RedisTransport:
         self._consuming: list[str] = []
         self._maintainer: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed = asyncio.Event()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -295,7 +296,8 @@ class RedisTransport:
                 await self._register(names)
             self._maintainer = asyncio.create_task(self._maintain(), name="celeriac-redis")
             while not self._closing:
-                await capacity.wait_free()
+                if not await self._wait_free(capacity):
+                    return
                 try:
                     first, batch = await self._claim_into(keys, names, first, capacity.free)
                     if not batch:
@@ -318,9 +320,23 @@ class RedisTransport:
                         yield delivery
         finally:
             self._consuming = []
-            await self._give_back_unhanded(names, batch)
-            with contextlib.suppress(redis.exceptions.RedisError):
-                await self._unregister(names)
+            if self._client is not None:
+                await self._give_back_unhanded(names, batch)
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    await self._unregister(names)
+
+    async def _wait_free(self, capacity: Capacity) -> bool:
+        """Wait for a free slot; ``False`` if the transport closes first."""
+        if capacity.free > 0:
+            return True
+        free = asyncio.ensure_future(capacity.wait_free())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait((free, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            free.cancel()
+            closed.cancel()
+        return not self._closing
 
     async def _claim_into(
         self, keys: list[str], names: list[str], first: int, free: int
@@ -554,6 +570,7 @@ class RedisTransport:
         """Stop; unsettled deliveries go back to the consuming end of their queues, marked
         redelivered (kombu's restore at shutdown); then close the connection."""
         self._closing = True
+        self._closed.set()
         if (maintainer := self._maintainer) is not None:
             self._maintainer = None
             maintainer.cancel()

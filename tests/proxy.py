@@ -22,6 +22,7 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._refusing = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -37,6 +38,9 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._refusing:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self._target)
             except OSError:
@@ -70,6 +74,15 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def refuse(self) -> None:
+        """Drop every connection and refuse new ones until :meth:`allow`: the broker is down."""
+        self._refusing = True
+        self.drop()
+
+    def allow(self) -> None:
+        """Accept connections again: the broker is back."""
+        self._refusing = False
 
     def close(self) -> None:
         """Stop accepting and drop everything."""
