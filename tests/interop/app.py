@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
+
+import redis.asyncio
 
 from runtime import App, SoftTimeLimitExceeded
 
@@ -83,3 +86,16 @@ async def unkillable() -> None:
 @app.task(name="interop.quiet", ignore_result=True)
 async def quiet() -> str:
     return "not stored"
+
+
+_counter: redis.asyncio.Redis | None = None
+
+
+@app.task(name="interop.count", bind=True)
+async def count(self: Any, key: str) -> str:
+    """Count this run of this task id in hash ``key`` (on the result backend's Redis)."""
+    global _counter  # noqa: PLW0603 - one client per worker process
+    if _counter is None:
+        _counter = redis.asyncio.Redis.from_url(os.environ["INTEROP_REDIS_URL"])
+    await _counter.hincrby(key, self.request.id, 1)
+    return "celeriac"

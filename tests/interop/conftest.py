@@ -161,7 +161,8 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
             "--log-format", "json",
             "--grace", "10",
         ]  # fmt: skip
-        worker = WorkerProcess(args, {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+        base = {**os.environ, "PYTHONPATH": str(ROOT), "INTEROP_REDIS_URL": redis_url}
+        worker = WorkerProcess(args, {**base, **(env or {})})
         started.append(worker)
         worker.wait_for("worker_ready")
         return worker

@@ -1,0 +1,162 @@
+"""Redis only: celeriac beside a stock Celery worker on one queue, and workers that die.
+
+What kombu's Redis transport cannot promise and celeriac must: a mixed fleet runs every task
+exactly once; a SIGKILLed worker's messages all come back; a task that outlives the
+visibility timeout is not restored and run a second time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection
+
+from .conftest import REDIS_VISIBILITY_TIMEOUT, ROOT, Broker, WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.interop]
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def counts(redis_url: str, unique_name: str) -> Iterator[Callable[[], dict[str, int]]]:
+    """Runs per task id, as ``interop.count`` records them in hash ``<unique_name>:runs``."""
+    client = redis.Redis.from_url(redis_url)
+
+    def read() -> dict[str, int]:
+        return {
+            key.decode(): int(value) for key, value in client.hgetall(f"{unique_name}:runs").items()
+        }
+
+    yield read
+    client.close()
+
+
+@pytest.fixture
+def celery_worker(redis_url: str, unique_name: str) -> Iterator[subprocess.Popen[str]]:
+    """A stock ``celery worker`` (prefork, 2 processes, prefetch multiplier 1) on the queue,
+    with the default Redis layout (no key prefix); returns once it says it is ready."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "INTEROP_BROKER_URL": redis_url,
+           "INTEROP_REDIS_URL": redis_url}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.interop.celery_worker_app", "worker",
+         "-Q", unique_name, "-c", "2", "-P", "prefork", "-l", "info", "-n", f"{unique_name}@%h",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if " ready." in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert ready.wait(60), "celery worker did not become ready"
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    reader.join(timeout=10)
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_mixed_fleet_runs_every_task_exactly_once(
+    celery_worker: subprocess.Popen[str], start_worker: StartWorker, redis_url: str,
+    unique_name: str, counts: Callable[[], dict[str, int]],
+) -> None:  # fmt: skip
+    """2,000 tasks from a Celery client, one queue, a Celery worker and a celeriac worker."""
+    start_worker(unique_name, broker_url=redis_url)  # the default layout, as Celery's
+    client = Celery("fleet", broker=redis_url, backend=redis_url, set_as_current=False)
+    try:
+        with client.producer_or_acquire() as producer:
+            key = f"{unique_name}:runs"
+            results = [
+                client.send_task("interop.count", (key,), queue=unique_name, producer=producer)
+                for _ in range(2000)
+            ]
+        ran_by = [result.get(timeout=120) for result in results]
+    finally:
+        client.pool.force_close_all()
+        client.backend.client.close()
+
+    runs = counts()
+    assert len(runs) == 2000
+    assert set(runs.values()) == {1}
+    assert set(runs) == {result.id for result in results}
+    assert ran_by.count("celery") > 0
+    assert ran_by.count("celeriac") > 0
+    with Connection(redis_url) as conn:
+        assert conn.default_channel._size(unique_name) == 0
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_sigkilled_worker_loses_none_of_the_messages_it_held(
+    start_worker: StartWorker, celery_client: Celery, broker: Broker, unique_name: str
+) -> None:
+    """Three acks_late tasks running and two countdown tasks held (each in a slot, until
+    issue 7's delay store), all unacknowledged in Redis when the worker is killed; a new
+    worker runs all five."""
+    first = start_worker(unique_name, concurrency=5)
+    running = [celery_client.send_task("interop.sync_slow", (3,), queue=unique_name)
+               for _ in range(3)]  # fmt: skip
+    held = [celery_client.send_task("interop.add", (n, n), queue=unique_name, countdown=4)
+            for n in range(2)]  # fmt: skip
+    for result in running:
+        first.wait_for("task_started", task_id=result.id)
+    client = redis.Redis.from_url(broker.client_url)
+    prefix = broker.client_options["global_keyprefix"]
+    try:
+        deadline = time.monotonic() + 10
+        while client.hlen(f"{prefix}unacked") != 5:
+            assert time.monotonic() < deadline, "the worker never held all five"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+    first.signal(signal.SIGKILL)
+    first.wait()
+    second = start_worker(unique_name, concurrency=3)
+
+    assert [r.get(timeout=30) for r in running] == ["slept"] * 3
+    assert [r.get(timeout=30) for r in held] == [0, 2]
+    for result in running:
+        second.wait_for("task_started", task_id=result.id)
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_task_longer_than_the_visibility_timeout_runs_once(
+    start_worker: StartWorker, celery_client: Celery, broker: Broker, unique_name: str
+) -> None:
+    """Two workers sweep, and so does the test, kombu's way, every 0.5 s: the 3x-longer
+    task's claim is renewed, so nobody restores it."""
+    workers = [start_worker(unique_name, concurrency=1) for _ in range(2)]
+    seconds = 3 * REDIS_VISIBILITY_TIMEOUT
+    result = celery_client.send_task("interop.sync_slow", (seconds,), queue=unique_name)
+    options = {**broker.client_options, "visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
+    with Connection(broker.client_url, transport_options=options) as conn:
+        while not result.ready():
+            conn.default_channel.qos.restore_visible(num=100, interval=1)
+            time.sleep(0.5)
+
+    assert result.get(timeout=1) == "slept"
+    starts = [r for w in workers for r in w.records
+              if r.get("event") == "task_started" and r.get("task_id") == result.id]  # fmt: skip
+    assert len(starts) == 1
+    assert broker.ready(unique_name) == 0
