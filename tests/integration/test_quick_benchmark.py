@@ -11,15 +11,16 @@ from benchmarks import quick_noop
 pytestmark = [pytest.mark.integration]
 
 
+@pytest.mark.parametrize("broker", ["amqp_url", "redis_url"])
 def test_drain_measures_a_celeriac_worker(
-    amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+    broker: str, unique_name: str, request: pytest.FixtureRequest
 ) -> None:
-    monkeypatch.setattr(quick_noop, "BROKER", amqp_url)
+    url = request.getfixturevalue(broker)
     command = [
         sys.executable, "-m", "runtime.cli", "worker", "-A", "examples.tasks:app",
-        "--broker", amqp_url, "--loglevel", "warning", "-c", "2", "-Q", unique_name,
+        "--broker", url, "--loglevel", "warning", "-c", "2", "-Q", unique_name,
     ]  # fmt: skip
 
-    rate = quick_noop.drain(command, unique_name, 50)
+    rate = quick_noop.drain(command, unique_name, 50, url)
 
     assert rate > 0
