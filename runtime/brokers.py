@@ -1,7 +1,9 @@
-"""Broker URL to transport: ``amqp://``, ``amqps://`` and ``memory://`` today.
+"""Broker URL to transport: ``amqp://``, ``amqps://``, ``sqs://`` and ``memory://`` today.
 
-Transport options are Celery's ``broker_transport_options`` (``visibility_timeout``,
-``global_keyprefix``, ...): what each transport reads is in its own module. As kombu does,
+``sqs://`` needs the optional extra ``celeriac[sqs]`` (aiobotocore); the others need nothing
+more. Transport options are Celery's ``broker_transport_options`` (``visibility_timeout``,
+``global_keyprefix``, ``queue_name_prefix``, ...): what each transport reads is in its own
+module (:mod:`runtime.sqs` for SQS). As kombu does,
 options given in the URL's query string (``redis://host/0?visibility_timeout=60``) are read
 too, and win over the mapping.
 """
@@ -37,6 +39,20 @@ def transport_for_url(url: str, options: Mapping[str, Any] | None = None) -> Tra
         from .amqp import AmqpTransport  # noqa: PLC0415 - imported only when used
 
         return AmqpTransport(url.replace("pyamqp://", "amqp://", 1))
+    if scheme == "sqs":
+        return _sqs_transport(url, transport_options(url, options))
     raise ValueError(
-        f"no transport for {scheme or url!r} URLs (supported: amqp://, amqps://, memory://)"
+        f"no transport for {scheme or url!r} URLs (supported: amqp://, amqps://, sqs://, memory://)"
     )
+
+
+def _sqs_transport(url: str, options: Mapping[str, Any]) -> Transport:
+    try:
+        from .sqs import SqsTransport  # noqa: PLC0415 - an optional extra, imported when used
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("aiobotocore", "botocore", "aiohttp"):
+            raise
+        raise ImportError(
+            f"sqs:// brokers need aiobotocore ({exc.name} is missing): pip install 'celeriac[sqs]'"
+        ) from exc
+    return SqsTransport(url, options)
