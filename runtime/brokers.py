@@ -50,7 +50,7 @@ def _sqs_transport(url: str, options: Mapping[str, Any]) -> Transport:
     try:
         from .sqs import SqsTransport  # noqa: PLC0415 - an optional extra, imported when used
     except ModuleNotFoundError as exc:
-        if exc.name not in ("aiobotocore", "botocore", "aiohttp"):
+        if (exc.name or "").split(".")[0] not in ("aiobotocore", "botocore", "aiohttp"):
             raise
         raise ImportError(
             f"sqs:// brokers need aiobotocore ({exc.name} is missing): pip install 'celeriac[sqs]'"
