@@ -229,8 +229,8 @@ class SqsTransport:
         """
         if self._consuming:
             raise RuntimeError("this transport is already consuming")
-        self._consuming = True
         targets = [(queue, await self._queue_url(queue)) for queue in queues]
+        self._consuming = True
         held: list[tuple[_Receipt, MessageTypeDef]] = []
         turn, empty, outage = 0, 0, None
         try:

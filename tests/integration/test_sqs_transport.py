@@ -368,3 +368,26 @@ async def test_close_makes_unsettled_visible_at_once_and_stops_a_long_poll(
     async with asyncio.timeout(5):  # well before the 20 s poll would have ended
         await idle.task
     assert await _counts(observer, "q") == (1, 0)
+
+
+async def test_a_failing_receive_is_logged_and_retried(
+    open_sqs: Open, caplog: pytest.LogCaptureFixture, unique_name: str
+) -> None:
+    transport = await open_sqs(wait_time_seconds=1)
+    await transport.declare([QueueSpec("q")])
+    client = await transport._client_for(None)
+    await client.delete_queue(QueueUrl=await transport._queue_url("q"))
+    consumer = SlotConsumer(transport, ["q"], Slots(1))
+    async with asyncio.timeout(10):
+        while "SQS receive will retry" not in caplog.text:
+            await asyncio.sleep(0.05)
+
+    other = await open_sqs()
+    await other.declare([QueueSpec("q")])  # the queue is back, at the same URL
+    await other.publish(_message(1), routing_key="q")
+    delivery = await consumer.get()
+    await transport.ack(delivery)
+    await consumer.stop()
+
+    assert delivery.message.body == _message(1).body
+    assert f"receive from queue '{unique_name}-q' at 127.0.0.1:" in caplog.text  # where it failed
