@@ -1,8 +1,10 @@
 """Broker URL to transport: ``amqp://``, ``amqps://``, ``redis://``, ``rediss://``,
-``memory://``.
+``unix://``, ``sqs://``, ``memory://``.
 
-Transport options are Celery's ``broker_transport_options`` (``visibility_timeout``,
-``global_keyprefix``, ...): what each transport reads is in its own module. As kombu does,
+``sqs://`` needs the optional extra ``celeriac[sqs]`` (aiobotocore); the others need nothing
+more. Transport options are Celery's ``broker_transport_options`` (``visibility_timeout``,
+``global_keyprefix``, ``queue_name_prefix``, ...): what each transport reads is in its own
+module (:mod:`runtime.sqs` for SQS). As kombu does,
 options given in the URL's query string (``redis://host/0?visibility_timeout=60``) are read
 too, and win over the mapping.
 """
@@ -42,7 +44,21 @@ def transport_for_url(url: str, options: Mapping[str, Any] | None = None) -> Tra
         from .redis_transport import RedisTransport  # noqa: PLC0415 - imported only when used
 
         return RedisTransport(url, options)
+    if scheme == "sqs":
+        return _sqs_transport(url, transport_options(url, options))
     raise ValueError(
         f"no transport for {scheme or url!r} URLs "
-        "(supported: amqp://, amqps://, redis://, rediss://, unix://, memory://)"
+        "(supported: amqp://, amqps://, redis://, rediss://, unix://, sqs://, memory://)"
     )
+
+
+def _sqs_transport(url: str, options: Mapping[str, Any]) -> Transport:
+    try:
+        from .sqs import SqsTransport  # noqa: PLC0415 - an optional extra, imported when used
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("aiobotocore", "botocore", "aiohttp"):
+            raise
+        raise ImportError(
+            f"sqs:// brokers need aiobotocore ({exc.name} is missing): pip install 'celeriac[sqs]'"
+        ) from exc
+    return SqsTransport(url, options)

@@ -21,6 +21,7 @@ __all__ = [
     "BackendError",
     "BrokerConnectionError",
     "translate_amqp_errors",
+    "translate_aws_errors",
     "translate_redis_errors",
 ]
 
@@ -61,6 +62,33 @@ def translate_amqp_errors(action: str) -> Iterator[None]:
     except (
         aiormq.exceptions.AMQPError,
         aiormq.exceptions.ChannelInvalidStateError,
+        OSError,
+    ) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise BrokerConnectionError(f"broker: cannot {action}: {reason}") from exc
+
+
+@contextmanager
+def translate_aws_errors(action: str) -> Iterator[None]:
+    """Re-raise botocore's, aiohttp's and socket errors as :class:`BrokerConnectionError`.
+
+    botocore raises ``ClientError`` for refusals (its message names the operation and the
+    error code, e.g. ``AWS.SimpleQueueService.NonExistentQueue``) and ``BotoCoreError``
+    subclasses for the rest (no endpoint, no credentials); aiohttp's and ``OSError``\\ s come
+    from the connection; ``TimeoutError`` from a read that took too long. botocore is an
+    optional dependency (``celeriac[sqs]``), so it is imported only here.
+    """
+    import aiohttp  # noqa: PLC0415 - only installed with the sqs extra
+    import botocore.exceptions  # noqa: PLC0415 - only installed with the sqs extra
+
+    try:
+        yield
+    except BrokerConnectionError:
+        raise
+    except (
+        botocore.exceptions.BotoCoreError,
+        botocore.exceptions.ClientError,
+        aiohttp.ClientError,
         OSError,
     ) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__

@@ -17,7 +17,7 @@ import aio_pika
 import pytest
 import redis.asyncio
 
-from tests import brokers
+from tests import brokers, sqs_server
 
 
 def _unavailable(broker: brokers.Broker) -> None:
@@ -92,3 +92,16 @@ def unique_name() -> str:
     name = f"t-{uuid.uuid4().hex[:12]}"
     _NAMES.append(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def sqs_url() -> Iterator[str]:
+    """A celeriac ``sqs://`` URL (credentials, region and endpoint included) for a moto
+    server started for the session. Isolate tests by queue name (see ``unique_name``)."""
+    if not sqs_server.moto_available():
+        message = "no SQS server: moto[server] is not installed (pip install -e '.[dev]')"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with sqs_server.moto_server() as endpoint:
+        yield sqs_server.sqs_url_for(endpoint)

@@ -21,8 +21,10 @@ from runtime.amqp import AmqpTransport
 from runtime.capacity import Slots
 from runtime.memory import MemoryBroker, MemoryTransport
 from runtime.redis_transport import RedisTransport
+from runtime.sqs import SqsTransport
 from runtime.transport import QueueSpec, Transport
 from tests.consumer import SlotConsumer
+from tests.sqs_server import delete_sqs_queues
 
 pytestmark = [pytest.mark.integration]
 
@@ -72,7 +74,18 @@ async def _redis(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Fa
             await client.delete(*keys)
 
 
-_OPENERS: dict[str, Opener] = {"memory": _memory, "amqp": _amqp, "redis": _redis}
+@contextlib.asynccontextmanager
+async def _sqs(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Factory]:
+    url = request.getfixturevalue("sqs_url")
+
+    async def factory() -> Transport:
+        return SqsTransport(url)
+
+    yield factory
+    await delete_sqs_queues(url, [queue, f"{queue}.dead"])
+
+
+_OPENERS: dict[str, Opener] = {"memory": _memory, "amqp": _amqp, "redis": _redis, "sqs": _sqs}
 
 
 @pytest.fixture(params=sorted(_OPENERS))
@@ -108,7 +121,9 @@ async def _ready(transport: Transport, queue: str) -> int:
     return (await transport.queue_depth(queue))[0]
 
 
-async def test_publish_consume_ack(make: Factory, unique_name: str) -> None:
+async def test_publish_consume_ack(
+    make: Factory, unique_name: str, request: pytest.FixtureRequest
+) -> None:
     transport = await make()
     await transport.publish(_message(1), routing_key=unique_name)
     consumer = SlotConsumer(transport, [unique_name], Slots(1))
@@ -121,8 +136,10 @@ async def test_publish_consume_ack(make: Factory, unique_name: str) -> None:
     assert delivery.message.properties["correlation_id"] == "id-1"
     assert (delivery.queue, delivery.redelivered) == (unique_name, False)
     consumer.slots.give_back()  # an idle consumer is counted (a saturated one may pause)
+    # SQS cannot count consumers: queue_depth says None there, and only there.
+    consumers = None if request.node.callspec.params["make"] == "sqs" else 1
     async with asyncio.timeout(5):
-        while await transport.queue_depth(unique_name) != (0, 1):
+        while await transport.queue_depth(unique_name) != (0, consumers):
             await asyncio.sleep(0.02)
     await consumer.stop()
 

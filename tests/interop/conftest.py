@@ -1,11 +1,15 @@
 """A real ``celeriac worker`` process and a real Celery client, for the interop tests.
 
-Every test runs on each broker (``broker`` is parametrised over RabbitMQ and Redis) unless it
-narrows ``broker`` with ``@pytest.mark.parametrize("broker", ["amqp"], indirect=True)``.
+Every test runs on RabbitMQ and Redis (``broker`` is parametrised over both) unless it sets
+``broker`` itself: ``@pytest.mark.parametrize("broker", ["amqp"], indirect=True)``. Plain-task
+tests also run on SQS (``@every_broker``): the Celery client publishes through kombu's own SQS
+transport to a local moto server. ``Broker.ready`` and ``Broker.dead_letters`` read through kombu,
+whose SQS consumer needs pycurl, so tests that use them stay on RabbitMQ and Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,10 +20,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from celery import Celery
 from kombu import Connection
+
+from tests.sqs_server import ACCESS_KEY, REGION, SECRET_KEY, delete_sqs_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,16 +131,30 @@ class Broker:
         return found
 
 
+#: Run a test on every broker, SQS included.
+every_broker = pytest.mark.parametrize("broker", ["amqp", "redis", "sqs"], indirect=True)
+
+
 @pytest.fixture(params=["amqp", "redis"])
-def broker(request: pytest.FixtureRequest, unique_name: str) -> Broker:
+def broker(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Broker]:
     """The broker under test. On Redis every key is under a prefix of the test's own (set
-    through the worker URL's query string and the client's transport options alike)."""
+    through the worker URL's query string and the client's transport options alike). On SQS
+    the worker gets celeriac's URL (endpoint and credentials in it) and the client kombu's
+    (``sqs://KEY:SECRET@host:port``); the test's queues are deleted after it."""
     if request.param == "amqp":
         url = request.getfixturevalue("amqp_url")
-        return Broker("amqp", url, url)
+        yield Broker("amqp", url, url)
+        return
+    if request.param == "sqs":
+        url = request.getfixturevalue("sqs_url")
+        endpoint = urlsplit(dict(parse_qsl(urlsplit(url).query))["endpoint_url"])
+        kombu_url = f"sqs://{ACCESS_KEY}:{SECRET_KEY}@{endpoint.hostname}:{endpoint.port}"
+        yield Broker("sqs", url, kombu_url, {"is_secure": False, "region": REGION})
+        asyncio.run(delete_sqs_queues(url, [unique_name, f"{unique_name}.dead"]))
+        return
     base = request.getfixturevalue("redis_url")
     prefix = f"{unique_name}:"
-    return Broker(
+    yield Broker(
         "redis",
         f"{base}?global_keyprefix={prefix}&visibility_timeout={REDIS_VISIBILITY_TIMEOUT}",
         base,

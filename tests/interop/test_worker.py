@@ -17,7 +17,7 @@ from celery.exceptions import NotRegistered, TaskRevokedError
 from tests.proxy import TcpProxy
 
 from .app import PaymentDeclined
-from .conftest import Broker, WorkerProcess
+from .conftest import Broker, WorkerProcess, every_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
@@ -36,11 +36,15 @@ def _eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
 NESTED = {"list": [1, 2.5, None, True], "map": {"ünïcode": "☃ żółć"}, "empty": {}}
 
 
+@every_broker
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])
 def test_values_round_trip(
-    serializer: str, start_worker: StartWorker, celery_client: Celery, unique_name: str
-) -> None:
+    serializer: str, start_worker: StartWorker, celery_client: Celery, unique_name: str,
+    broker: Broker,
+) -> None:  # fmt: skip
     start_worker(unique_name)
+    # SQS refuses a MessageBody of 1 MiB or more, and kombu base64s the body twice there.
+    large = 500_000 if broker.kind == "sqs" else 1_000_000
 
     def call(name: str, *args: Any, **kwargs: Any) -> Any:
         result = celery_client.send_task(
@@ -53,10 +57,11 @@ def test_values_round_trip(
         "args": ["a", None, NESTED],
         "kwargs": {"k": "v"},
     }
-    assert call("interop.size", "x" * 1_000_000) == 1_000_000  # a 1 MB payload, in a thread
+    assert call("interop.size", "x" * large) == large  # a large payload, in a thread
     assert call("interop.echo") == {"args": [], "kwargs": {}}
 
 
+@every_broker
 def test_failure_arrives_as_the_tasks_exception(
     start_worker: StartWorker, celery_client: Celery, unique_name: str
 ) -> None:
@@ -71,6 +76,7 @@ def test_failure_arrives_as_the_tasks_exception(
     assert "PaymentDeclined" in result.traceback
 
 
+@every_broker
 def test_started_is_visible_while_a_slow_task_runs(
     start_worker: StartWorker, celery_client: Celery, unique_name: str
 ) -> None:
@@ -83,6 +89,7 @@ def test_started_is_visible_while_a_slow_task_runs(
     assert result.get(timeout=15) == "slept"
 
 
+@every_broker
 def test_request_carries_id_and_hostname(
     start_worker: StartWorker, celery_client: Celery, unique_name: str
 ) -> None:
@@ -95,6 +102,7 @@ def test_request_carries_id_and_hostname(
     }
 
 
+@every_broker
 def test_queue_time_limits(
     start_worker: StartWorker, celery_client: Celery, unique_name: str
 ) -> None:
@@ -111,6 +119,7 @@ def test_queue_time_limits(
     assert hard.traceback is None
 
 
+@every_broker
 def test_message_limits_below_the_queue_cap(
     start_worker: StartWorker, celery_client: Celery, unique_name: str
 ) -> None:
@@ -317,6 +326,7 @@ def test_quorum_queues(
         client.backend.client.close()
 
 
+@every_broker
 def test_arguments_that_do_not_fit_fail_before_running(
     start_worker: StartWorker, celery_client: Celery, unique_name: str
 ) -> None:
@@ -327,6 +337,7 @@ def test_arguments_that_do_not_fit_fail_before_running(
         result.get(timeout=15)
 
 
+@every_broker
 def test_a_task_that_ignores_cancellation_cannot_hold_the_exit(
     start_worker: StartWorker, celery_client: Celery, unique_name: str
 ) -> None:
@@ -355,6 +366,7 @@ def test_a_warm_stop_gives_back_a_task_waiting_for_its_eta(
     assert later.state == "PENDING"
 
 
+@every_broker
 def test_a_message_that_expired_while_waiting_is_revoked(
     start_worker: StartWorker, celery_client: Celery, unique_name: str
 ) -> None:
@@ -369,6 +381,7 @@ def test_a_message_that_expired_while_waiting_is_revoked(
     assert result.date_done is not None  # REVOKED is a ready state: Celery dates it
 
 
+@every_broker
 def test_a_task_that_ignores_its_result_stores_nothing(
     start_worker: StartWorker, celery_client: Celery, unique_name: str
 ) -> None:
