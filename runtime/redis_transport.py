@@ -155,9 +155,13 @@ class RedisOptions:
 
 @dataclass(slots=True, eq=False)
 class _Claim:
-    """A delivery this transport recorded as unacked: its tag, queue and payload bytes."""
+    """A delivery this transport recorded as unacked: its tag, queue and payload bytes.
 
-    tag: str
+    The tag stays the bytes Redis holds: a publisher's tag need not be UTF-8, and settling
+    must name exactly the field the claim wrote.
+    """
+
+    tag: bytes
     queue: str
     payload: bytes
     settled: bool = False
@@ -191,7 +195,7 @@ class RedisTransport:
         self._where = f"{split.hostname or 'localhost'}:{split.port or 6379}"
         self._given_client = client
         self._client: redis.asyncio.Redis | None = client
-        self._unsettled: dict[str, _Claim] = {}
+        self._unsettled: dict[bytes, _Claim] = {}
         self._pending: list[_Settlement] = []
         self._consumer_id = uuid.uuid4().hex
         self._consuming: list[str] = []
@@ -373,7 +377,7 @@ class RedisTransport:
             log.error("moved a message that is not a kombu envelope from %r to %r.dead",
                       queue, queue)  # fmt: skip
             return None
-        claim = _Claim(tag=item[2].decode("utf-8", "replace"), queue=queue, payload=payload)
+        claim = _Claim(tag=bytes(item[2]), queue=queue, payload=payload)
         self._unsettled[claim.tag] = claim
         try:
             envelope = decode_envelope(payload)
@@ -396,7 +400,7 @@ class RedisTransport:
         for item in reversed(batch):
             if len(item) < 3:
                 continue
-            claim = _Claim(item[2].decode("utf-8", "replace"), names[int(item[0])], bytes(item[1]))
+            claim = _Claim(bytes(item[2]), names[int(item[0])], bytes(item[1]))
             priority = _priority(claim.payload)
             await self._settle(
                 claim, "RPUSH", [self.layout.queue_key(claim.queue, priority)], claim.payload

@@ -133,7 +133,7 @@ async def test_a_celery_message_is_recorded_as_kombu_records_it_until_acked(
     )
     payload, exchange, routing_key = json.loads(value)
     assert (exchange, routing_key) == ("", unique_name)
-    assert payload["properties"]["delivery_tag"] == tag
+    assert payload["properties"]["delivery_tag"].encode() == tag
     assert payload["headers"]["id"] == sent.id
     assert score is not None
     assert before - 1 <= score <= time.time() + 1
@@ -227,7 +227,9 @@ async def test_unreadable_payloads_go_to_the_dead_list_and_never_reach_a_slot(
         "body": "%%% not base64", "headers": {"task": "t"},
         "properties": {"body_encoding": "base64", "delivery_tag": "bad-1"},
     }).encode()  # fmt: skip
-    for payload in (not_json, untagged, bad_body):
+    # Tagged, so claimed and recorded; not UTF-8, so unreadable: it must still be settled.
+    not_utf8 = b'{"body": "e30=", "properties": {"delivery_tag": "tag-\xff"}}'
+    for payload in (not_json, untagged, bad_body, not_utf8):
         await raw.lpush(layout.queue_key(unique_name), payload)
     transport = await open_transport()
     await transport.publish(_message(1), routing_key=unique_name)
@@ -237,16 +239,17 @@ async def test_unreadable_payloads_go_to_the_dead_list_and_never_reach_a_slot(
     dead = await raw.lrange(layout.dead_key(unique_name), 0, -1)
 
     assert delivery.message.headers == {"n": 1}
-    assert len(dead) == 3
+    assert len(dead) == 4
     assert not_json in dead  # byte for byte
     assert untagged in dead
-    (rewritten,) = [json.loads(d) for d in dead if d not in (not_json, untagged)]
+    assert not_utf8 in dead
+    (rewritten,) = [json.loads(d) for d in dead if d not in (not_json, untagged, not_utf8)]
     assert rewritten["headers"]["x-celeriac-reason"].startswith(
         "unreadable: envelope.body: body is not base64"
     )
     assert rewritten["headers"]["x-celeriac-queue"] == unique_name
     assert rewritten["body"] == "%%% not base64"
-    assert await raw.hkeys(layout.unacked) == [delivery.handle.tag.encode()]
+    assert await raw.hkeys(layout.unacked) == [delivery.handle.tag]
     await consumer.stop()
 
 
