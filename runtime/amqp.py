@@ -48,7 +48,7 @@ from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
 
 from .errors import BrokerConnectionError, translate_amqp_errors
 from .reconnect import BackoffConnection
-from .transport import Capacity, Delivery, QueueSpec
+from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpTransport", "ConnectionFactory"]
 
@@ -93,6 +93,7 @@ class AmqpTransport:
         self._wake = asyncio.Event()
         self._regulator: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed = asyncio.Event()  # set with _closing, for waits that must end on close
 
     async def connect(self) -> None:
         """Connect, failing fast with :class:`BrokerConnectionError` naming ``host:port``.
@@ -159,7 +160,8 @@ class AmqpTransport:
                 handed = await self._delivery(queue, message, properties)
                 if handed is None:
                     continue
-                await capacity.wait_free()
+                if not await wait_free_unless_closed(capacity, self._closed):
+                    return  # closing: the connection's close gives the message back
                 self._unsettled.add(message)
                 yield handed
         finally:
@@ -210,8 +212,7 @@ class AmqpTransport:
     ) -> AsyncIterator[Delivery]:
         """Yield deliveries got with ``basic.get``, only ever into a free slot."""
         idle, turn = _FETCH_IDLE_MIN, 0
-        while not self._closing:
-            await capacity.wait_free()
+        while await wait_free_unless_closed(capacity, self._closed):
             fetched = None
             try:
                 with translate_amqp_errors(f"fetch from {', '.join(queues)}"):
@@ -280,6 +281,7 @@ class AmqpTransport:
     async def aclose(self) -> None:
         """Stop consuming and close; unsettled deliveries go back to their queues."""
         self._closing = True
+        self._closed.set()
         if self._buffer is not None:
             self._buffer.put_nowait(None)  # ends an iteration suspended in another task
         await self._stop_regulator()

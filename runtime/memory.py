@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from protocol import WireMessage
 
-from .transport import Capacity, Delivery, QueueSpec
+from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
 
@@ -77,6 +77,7 @@ class MemoryTransport:
         self.broker = broker or broker_for(url)
         self._unsettled: dict[int, _Handle] = {}
         self._tags = itertools.count()
+        self._closed = asyncio.Event()
 
     async def connect(self) -> None:
         """Nothing to connect to."""
@@ -93,12 +94,13 @@ class MemoryTransport:
             self.broker.queue(name).consumers += 1
         turn = 0
         try:
-            while True:
-                await capacity.wait_free()
+            while await wait_free_unless_closed(capacity, self._closed):
                 async with self.broker.arrived:
                     found = self._next(queues, turn)
                     while found is None:
-                        await self.broker.arrived.wait()
+                        await self.broker.arrived.wait()  # aclose() notifies too
+                        if self._closed.is_set():
+                            return
                         found = self._next(queues, turn)
                 name, item, turn = found
                 handle = _Handle(name, item)
@@ -164,7 +166,11 @@ class MemoryTransport:
         return len(found.messages), found.consumers
 
     async def aclose(self) -> None:
-        """Give every unsettled delivery back to its queue, as a closed connection does."""
+        """End any consuming iteration; give every unsettled delivery back to its queue, as a
+        closed connection does."""
+        self._closed.set()
+        async with self.broker.arrived:
+            self.broker.arrived.notify_all()
         for handle in list(self._unsettled.values()):
             handle.settled = True
             await self.broker.put(handle.queue, _Queued(handle.item.message, True), front=True)

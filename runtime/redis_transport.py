@@ -64,7 +64,7 @@ from protocol.kombu_redis import (
 
 from .brokers import transport_options
 from .errors import BrokerConnectionError, translate_redis_errors
-from .transport import Capacity, Delivery, QueueSpec
+from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
 __all__ = ["OPTION_NAMES", "RedisOptions", "RedisTransport"]
 
@@ -199,6 +199,9 @@ class RedisTransport:
         self._pending: list[_Settlement] = []
         self._consumer_id = uuid.uuid4().hex
         self._consuming: list[str] = []
+        # Claimed and not yet handed out, oldest first: (queue, [index, payload, tag]).
+        self._batch: list[tuple[str, list[Any]]] = []
+        self._claiming: asyncio.Future[int] | None = None
         self._maintainer: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
@@ -294,17 +297,16 @@ class RedisTransport:
         keys += [key for name in names for key in self.layout.step_keys(name)]
         keys += [self.layout.dead_key(name) for name in names]
         first, watch, retry = 0, 0, _RETRY_MIN
-        batch: list[list[Any]] = []
         try:
             with self._translate(f"consume from {', '.join(names)}"):
                 await self._register(names)
             self._maintainer = asyncio.create_task(self._maintain(), name="celeriac-redis")
             while not self._closing:
-                if not await self._wait_free(capacity):
+                if not await wait_free_unless_closed(capacity, self._closed):
                     return
                 try:
-                    first, batch = await self._claim_into(keys, names, first, capacity.free)
-                    if not batch:
+                    first = await self._claim_into(keys, names, first, capacity.free)
+                    if not self._batch:
                         await self._idle(self.layout.key(names[watch]))
                         watch = (watch + 1) % len(names)
                         continue
@@ -318,44 +320,32 @@ class RedisTransport:
                         f"broker: cannot consume from {', '.join(names)}: {exc}"
                     ) from exc
                 retry = _RETRY_MIN
-                while batch:
-                    delivery = await self._delivery(names, batch.pop(0))
+                while self._batch and not self._closing:
+                    delivery = await self._delivery(*self._batch.pop(0))
                     if delivery is not None:
                         yield delivery
         finally:
             self._consuming = []
             if self._client is not None:
-                await self._give_back_unhanded(names, batch)
+                await self._give_back_unhanded()
                 with contextlib.suppress(redis.exceptions.RedisError):
                     await self._unregister(names)
 
-    async def _wait_free(self, capacity: Capacity) -> bool:
-        """Wait for a free slot; ``False`` if the transport closes first."""
-        if capacity.free > 0:
-            return True
-        free = asyncio.ensure_future(capacity.wait_free())
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait((free, closed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            free.cancel()
-            closed.cancel()
-        return not self._closing
+    async def _claim_into(self, keys: list[str], names: list[str], first: int, free: int) -> int:
+        """Claim up to ``free`` messages into ``self._batch``; the next queue to try first.
 
-    async def _claim_into(
-        self, keys: list[str], names: list[str], first: int, free: int
-    ) -> tuple[int, list[list[Any]]]:
-        """Run the claim script; if cancelled meanwhile, put back what it claimed."""
+        The script runs in a task of its own that always lands its messages in the batch, even
+        if the consumer is cancelled meanwhile: whoever ends the consumption (its ``finally``,
+        or :meth:`aclose`) gives the batch back.
+        """
+        self._claiming = asyncio.ensure_future(self._claim_batch(keys, names, first, free))
+        return await asyncio.shield(self._claiming)
+
+    async def _claim_batch(self, keys: list[str], names: list[str], first: int, free: int) -> int:
         args = [time.time(), min(free, _CLAIM_MAX), len(names), len(self.layout.priority_steps)]
-        running = asyncio.ensure_future(self._claim(keys=keys, args=[*args, first, *names]))
-        try:
-            first_next, batch = await asyncio.shield(running)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                _, claimed = await running
-                await self._give_back_unhanded(names, claimed)
-            raise
-        return int(first_next), list(batch)
+        first_next, items = await self._claim(keys=keys, args=[*args, first, *names])
+        self._batch.extend((names[int(item[0])], item) for item in items)
+        return int(first_next)
 
     async def _idle(self, key: str) -> None:
         """Wait up to ``_IDLE_WAIT`` for ``key`` to be non-empty, leaving it as it is."""
@@ -370,9 +360,9 @@ class RedisTransport:
                 await waiting
             raise
 
-    async def _delivery(self, names: list[str], item: list[Any]) -> Delivery | None:
+    async def _delivery(self, queue: str, item: list[Any]) -> Delivery | None:
         """The delivery for one claimed item; ``None`` if unreadable (and dead-lettered)."""
-        queue, payload = names[int(item[0])], bytes(item[1])
+        payload = bytes(item[1])
         if len(item) < 3:  # the script moved it to .dead: not a kombu envelope
             log.error("moved a message that is not a kombu envelope from %r to %r.dead",
                       queue, queue)  # fmt: skip
@@ -395,17 +385,21 @@ class RedisTransport:
             handle=claim,
         )
 
-    async def _give_back_unhanded(self, names: list[str], batch: list[list[Any]]) -> None:
-        """Put claimed but never handed-out messages back at the consuming end, in order."""
-        for item in reversed(batch):
+    async def _give_back_unhanded(self) -> None:
+        """Put claimed but never handed-out messages back at the consuming end, in order
+        (after the claim in flight, if any, has landed its messages)."""
+        if (claiming := self._claiming) is not None and not claiming.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await claiming
+        while self._batch:
+            queue, item = self._batch.pop()  # the newest first: the oldest ends up at the head
             if len(item) < 3:
-                continue
-            claim = _Claim(bytes(item[2]), names[int(item[0])], bytes(item[1]))
+                continue  # already moved to .dead by the script
+            claim = _Claim(bytes(item[2]), queue, bytes(item[1]))
             priority = _priority(claim.payload)
             await self._settle(
                 claim, "RPUSH", [self.layout.queue_key(claim.queue, priority)], claim.payload
             )
-        batch.clear()
 
     # -- settling ----------------------------------------------------------------------------
 
@@ -582,6 +576,7 @@ class RedisTransport:
         if self._client is None:
             return
         with contextlib.suppress(redis.exceptions.RedisError):
+            await self._give_back_unhanded()
             for pending in list(self._pending):
                 await self._apply(pending)
             self._pending.clear()

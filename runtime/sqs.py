@@ -60,7 +60,7 @@ from protocol import (
 from .brokers import transport_options
 from .errors import BrokerConnectionError, translate_aws_errors
 from .reconnect import reconnect_delay
-from .transport import Capacity, Delivery, QueueSpec
+from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -196,6 +196,7 @@ class SqsTransport:
         self._heartbeat: asyncio.Task[None] | None = None
         self._consuming = False
         self._closing = False
+        self._closed = asyncio.Event()  # set with _closing: ends a wait for a free slot
 
     async def connect(self) -> None:
         """Create the client and make one call, failing fast with :class:`BrokerConnectionError`
@@ -234,8 +235,7 @@ class SqsTransport:
         held: list[tuple[_Receipt, MessageTypeDef]] = []
         turn, empty, outage = 0, 0, None
         try:
-            while not self._closing:
-                await capacity.wait_free()
+            while await wait_free_unless_closed(capacity, self._closed):
                 queue, url = targets[turn]
                 turn = (turn + 1) % len(targets)
                 wait = self._wait(empty, len(targets))
@@ -392,6 +392,7 @@ class SqsTransport:
         """Stop consuming (a long poll in flight is cancelled), make every unsettled delivery
         visible again at once, and close the clients."""
         self._closing = True
+        self._closed.set()
         if self._waiting is not None:
             self._waiting.cancel()
         if (heartbeat := self._heartbeat) is not None:

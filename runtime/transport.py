@@ -8,13 +8,14 @@ free slots (prefetch 1 per slot).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from protocol import WireMessage
 
-__all__ = ["Capacity", "Delivery", "QueueSpec", "Transport"]
+__all__ = ["Capacity", "Delivery", "QueueSpec", "Transport", "wait_free_unless_closed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +101,23 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Stop consuming and close; unsettled deliveries go back to the broker."""
+
+
+async def wait_free_unless_closed(capacity: Capacity, closed: asyncio.Event) -> bool:
+    """Wait for a free slot: ``True`` once there is one, ``False`` if ``closed`` is set first.
+
+    A consumer whose slots are all taken must still notice ``aclose()``: the worker may close a
+    transport while an iteration waits here, and the iteration must then end.
+    """
+    if closed.is_set():
+        return False
+    if capacity.free > 0:
+        return True
+    free = asyncio.ensure_future(capacity.wait_free())
+    closing = asyncio.ensure_future(closed.wait())
+    try:
+        await asyncio.wait((free, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        free.cancel()
+        closing.cancel()
+    return not closed.is_set()

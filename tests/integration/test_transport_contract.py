@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import aio_pika
 import pytest
@@ -24,32 +25,60 @@ from runtime.redis_transport import RedisTransport
 from runtime.sqs import SqsTransport
 from runtime.transport import QueueSpec, Transport
 from tests.consumer import SlotConsumer
+from tests.proxy import TcpProxy
 from tests.sqs_server import delete_sqs_queues
 
 pytestmark = [pytest.mark.integration]
 
-Factory = Callable[[], Awaitable[Transport]]
-Opener = Callable[[pytest.FixtureRequest, str], contextlib.AbstractAsyncContextManager[Factory]]
+#: Seconds a Redis or SQS delivery stays claimed without renewal: short, so that the crash
+#: test sees a dead consumer's messages come back within a test.
+VISIBILITY = 1
+
+
+class Broker:
+    """Opens transports on one broker for a test; ``crash`` cuts one off as if it died."""
+
+    def __init__(self, open_: Callable[[str | None], Transport], target: str | None) -> None:
+        self._open = open_
+        self._target = target  # the URL a TcpProxy fronts for crashable transports
+        self._proxies: dict[int, TcpProxy] = {}
+        self.opened: list[Transport] = []
+
+    async def new(self, *, crashable: bool = False) -> Transport:
+        """A connected transport with the test's queue declared."""
+        proxy = TcpProxy(self._target) if crashable and self._target else None
+        transport = self._open(proxy.url if proxy else None)
+        if proxy is not None:
+            self._proxies[id(transport)] = proxy
+        await transport.connect()
+        self.opened.append(transport)
+        return transport
+
+    def crash(self, transport: Transport) -> None:
+        """Cut ``transport`` off from the broker for good, as a killed process would be."""
+        self._proxies[id(transport)].refuse()
+
+    async def aclose(self) -> None:
+        """Close every transport and proxy opened."""
+        for transport in self.opened:
+            await transport.aclose()
+        for proxy in self._proxies.values():
+            proxy.close()
+
+
+Opener = Callable[[pytest.FixtureRequest, str], contextlib.AbstractAsyncContextManager[Broker]]
 
 
 @contextlib.asynccontextmanager
-async def _memory(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Factory]:
+async def _memory(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Broker]:
     broker = MemoryBroker()
-
-    async def factory() -> Transport:
-        return MemoryTransport(broker=broker)
-
-    yield factory
+    yield Broker(lambda _url: MemoryTransport(broker=broker), None)
 
 
 @contextlib.asynccontextmanager
-async def _amqp(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Factory]:
+async def _amqp(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Broker]:
     url = request.getfixturevalue("amqp_url")
-
-    async def factory() -> Transport:
-        return AmqpTransport(url)
-
-    yield factory
+    yield Broker(lambda proxied: AmqpTransport(proxied or url), url)
     async with await aio_pika.connect(url) as connection:
         channel = await connection.channel()
         for name in (queue, f"{queue}.dead"):
@@ -58,15 +87,11 @@ async def _amqp(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Fac
 
 
 @contextlib.asynccontextmanager
-async def _redis(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Factory]:
+async def _redis(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Broker]:
     url = request.getfixturevalue("redis_url")
     # Every key under a prefix of the test's own: the shared unacked hash included.
-    options = {"global_keyprefix": f"{queue}:"}
-
-    async def factory() -> Transport:
-        return RedisTransport(url, options)
-
-    yield factory
+    options = {"global_keyprefix": f"{queue}:", "visibility_timeout": VISIBILITY}
+    yield Broker(lambda proxied: RedisTransport(proxied or url, options), url)
     client = redis.asyncio.Redis.from_url(url)
     async with client:
         keys = [key async for key in client.scan_iter(match=f"{queue}:*")]
@@ -75,13 +100,17 @@ async def _redis(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Fa
 
 
 @contextlib.asynccontextmanager
-async def _sqs(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Factory]:
+async def _sqs(request: pytest.FixtureRequest, queue: str) -> AsyncIterator[Broker]:
     url = request.getfixturevalue("sqs_url")
+    endpoint = dict(parse_qsl(urlsplit(url).query))["endpoint_url"]
 
-    async def factory() -> Transport:
-        return SqsTransport(url)
+    def open_(proxied: str | None) -> Transport:
+        # The proxy fronts the SQS endpoint, which the URL's query names (and the query wins
+        # over options).
+        target = url.replace(quote(endpoint, safe=""), quote(proxied, safe="")) if proxied else url
+        return SqsTransport(target, {"visibility_timeout": VISIBILITY})
 
-    yield factory
+    yield Broker(open_, endpoint)
     await delete_sqs_queues(url, [queue, f"{queue}.dead"])
 
 
@@ -89,22 +118,26 @@ _OPENERS: dict[str, Opener] = {"memory": _memory, "amqp": _amqp, "redis": _redis
 
 
 @pytest.fixture(params=sorted(_OPENERS))
-async def make(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[Factory]:
-    """Opens connected transports on one broker, queue ``unique_name`` declared; all close
-    at the end."""
-    opened: list[Transport] = []
-    async with _OPENERS[request.param](request, unique_name) as new_transport:
+async def broker(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[Broker]:
+    """The broker under test; everything opened on it closes at the end."""
+    async with _OPENERS[request.param](request, unique_name) as opened:
+        yield opened
+        await opened.aclose()
 
-        async def factory() -> Transport:
-            transport = await new_transport()
-            await transport.connect()
-            await transport.declare([QueueSpec(unique_name)])
-            opened.append(transport)
-            return transport
 
-        yield factory
-        for transport in opened:
-            await transport.aclose()
+Factory = Callable[[], Awaitable[Transport]]
+
+
+@pytest.fixture
+def make(broker: Broker, unique_name: str) -> Factory:
+    """Opens a connected transport on the broker, queue ``unique_name`` declared."""
+
+    async def factory() -> Transport:
+        transport = await broker.new()
+        await transport.declare([QueueSpec(unique_name)])
+        return transport
+
+    return factory
 
 
 def _message(n: int) -> WireMessage:
@@ -137,7 +170,7 @@ async def test_publish_consume_ack(
     assert (delivery.queue, delivery.redelivered) == (unique_name, False)
     consumer.slots.give_back()  # an idle consumer is counted (a saturated one may pause)
     # SQS cannot count consumers: queue_depth says None there, and only there.
-    consumers = None if request.node.callspec.params["make"] == "sqs" else 1
+    consumers = None if request.node.callspec.params["broker"] == "sqs" else 1
     async with asyncio.timeout(5):
         while await transport.queue_depth(unique_name) != (0, consumers):
             await asyncio.sleep(0.02)
@@ -207,3 +240,44 @@ async def test_close_gives_unsettled_deliveries_back(make: Factory, unique_name:
 
     assert again.redelivered
     assert again.message.body == _message(1).body
+
+
+async def test_close_while_consuming_ends_the_iteration_and_loses_nothing(
+    make: Factory, unique_name: str
+) -> None:
+    """``aclose`` from elsewhere while a consumer waits (a slot free, nothing to get) or is
+    suspended (its slots all taken): the iteration ends and the held message comes back."""
+    busy, idle = await make(), await make()
+    await busy.publish(_message(1), routing_key=unique_name)
+    holding = SlotConsumer(busy, [unique_name], Slots(1))
+    await holding.get()
+    waiting = SlotConsumer(idle, [unique_name], Slots(1))
+    await asyncio.sleep(0.2)  # let it start waiting
+
+    await idle.aclose()
+    await busy.aclose()
+    async with asyncio.timeout(5):
+        await asyncio.gather(waiting.task, holding.task, return_exceptions=True)
+
+    other = await make()
+    again = await SlotConsumer(other, [unique_name], Slots(1)).get()
+    assert again.message.body == _message(1).body
+
+
+@pytest.mark.parametrize("broker", ["amqp", "redis", "sqs"], indirect=True)
+async def test_a_crashed_consumers_message_is_redelivered(broker: Broker, unique_name: str) -> None:
+    """The consumer's connection dies and never comes back (a killed process): its unsettled
+    message goes to another consumer, marked redelivered. RabbitMQ requeues it when the
+    connection drops; Redis and SQS once its claim or visibility lapses. (``memory://``
+    runs in the consumer's own process: there is no connection to cut.)"""
+    doomed = await broker.new(crashable=True)
+    await doomed.declare([QueueSpec(unique_name)])
+    await doomed.publish(_message(1), routing_key=unique_name)
+    held = await SlotConsumer(doomed, [unique_name], Slots(1)).get()
+
+    broker.crash(doomed)
+    survivor = await broker.new()
+    again = await SlotConsumer(survivor, [unique_name], Slots(1)).get(timeout=15)
+
+    assert again.message.body == held.message.body
+    assert again.redelivered

@@ -1,0 +1,41 @@
+"""The celeriac side of the benchmarks: the suite's three tasks, run by ``celeriac worker``.
+
+The same names exist for Celery (``benchmarks/celery_app.py``) and aio-celery
+(``benchmarks/aio_celery_app.py``), so every system runs the same messages. The broker comes
+from the worker's ``--broker``; results go to ``BENCH_RESULT_BACKEND`` when it is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import redis.asyncio
+
+from runtime import App
+
+app = App("bench", result_backend=os.environ.get("BENCH_RESULT_BACKEND") or None)
+_stamps: redis.asyncio.Redis | None = None
+
+
+@app.task(name="noop")
+async def noop() -> None:
+    """Does nothing: the unit of work of the drain scenarios."""
+
+
+@app.task(name="bench.sleep")
+async def sleep(seconds: float) -> None:
+    """Waits ``seconds`` without using the CPU: the unit of the I/O scenario."""
+    await asyncio.sleep(seconds)
+
+
+@app.task(name="bench.stamp")
+async def stamp(sent: float, key: str) -> None:
+    """Records ``"<sent>,<started>"`` in Redis list ``key``: publish-to-start latency."""
+    global _stamps  # noqa: PLW0603 - one client per worker process
+    if _stamps is None:
+        _stamps = redis.asyncio.Redis.from_url(
+            os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+        )
+    await _stamps.rpush(key, f"{sent},{time.time()}")

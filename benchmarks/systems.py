@@ -1,0 +1,80 @@
+"""The rows of every table: which worker, started how, at what concurrency and prefetch.
+
+Each system is a command line started as a subprocess on a queue and broker. Celery's rows
+use ``--prefetch-multiplier=1`` (so a prefork ``-c 2`` worker's QoS is 2, a threads ``-c 100``
+worker's is 100), aio-celery's app sets the same, celeriac's prefetch is always one per slot,
+and the floor is a bare consumer that acks and does nothing else, at the same prefetch.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+__all__ = ["System", "celeriac", "celery", "aio_celery", "floor"]
+
+_CELERY_QUIET = ["--without-heartbeat", "--without-gossip", "--without-mingle"]
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    """One row: a label, the family it belongs to, and how to start it."""
+
+    label: str
+    family: str  # "celeriac", "celery", "aio-celery" or "floor"
+    concurrency: int
+    args: tuple[str, ...]
+    brokers: tuple[str, ...] = ("amqp", "redis")
+
+    @property
+    def runs_tasks(self) -> bool:
+        """Floors only consume: they cannot run the scenarios that need a task's effect."""
+        return self.family != "floor"
+
+    def command(self, broker: str, queue: str) -> list[str]:
+        """The command line that runs this system on ``queue`` of ``broker``."""
+        args = [part.format(broker=broker, queue=queue) for part in self.args]
+        return [sys.executable, *args]
+
+
+def celeriac(concurrency: int, *, processes: int = 1) -> System:
+    """``celeriac worker -c N`` on the benchmark app."""
+    label = f"celeriac -c {concurrency}"
+    extra: tuple[str, ...] = ()
+    if processes > 1:
+        label = f"celeriac --processes {processes} -c {concurrency}"
+        extra = ("--processes", str(processes))
+    return System(
+        label, "celeriac", concurrency,
+        ("-m", "runtime.cli", "worker", "-A", "benchmarks.celeriac_app:app", "--broker",
+         "{broker}", "-Q", "{queue}", "-c", str(concurrency), "--loglevel", "warning",
+         "--log-format", "json", *extra),
+    )  # fmt: skip
+
+
+def celery(pool: str, concurrency: int) -> System:
+    """Celery 5.7's own worker with ``pool`` (prefork, threads), prefetch multiplier 1."""
+    return System(
+        f"celery {pool} -c {concurrency}", "celery", concurrency,
+        ("-m", "celery", "-A", "benchmarks.celery_app", "worker", "-Q", "{queue}", "-P", pool,
+         "-c", str(concurrency), "--prefetch-multiplier=1", "-l", "warning", *_CELERY_QUIET),
+    )  # fmt: skip
+
+
+def aio_celery(concurrency: int) -> System:
+    """aio-celery (RabbitMQ only), prefetch equal to its concurrency."""
+    return System(
+        f"aio-celery -c {concurrency}", "aio-celery", concurrency,
+        ("-m", "aio_celery", "worker", "-Q", "{queue}", "--concurrency", str(concurrency),
+         "benchmarks.aio_celery_app:app"),
+        brokers=("amqp",),
+    )  # fmt: skip
+
+
+def floor(prefetch: int) -> System:
+    """The floor: consume and ack only (aio-pika QoS N; redis-py N BRPOP loops)."""
+    return System(
+        f"floor, prefetch {prefetch}", "floor", prefetch,
+        ("-m", "benchmarks.floor", "--broker", "{broker}", "--queue", "{queue}",
+         "--prefetch", str(prefetch)),
+    )  # fmt: skip
