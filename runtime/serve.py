@@ -113,13 +113,8 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def serve(options: WorkerOptions) -> int:
-    """Run a worker until SIGTERM/SIGINT; return the process exit status.
-
-    The first signal stops consuming and lets running tasks finish within the grace period;
-    a second ends at once.
-    """
-    app = load_app(options.app_path)
+def configure(app: App, options: WorkerOptions) -> None:
+    """Apply what the command line and environment say over the app's own settings."""
     if options.broker:
         app.broker_url = options.broker
     if options.result_backend:
@@ -132,6 +127,16 @@ def serve(options: WorkerOptions) -> int:
     if options.queue_limits_file is not None:
         policy = policy.with_toml(options.queue_limits_file.read_text())
     app.queue_policy = policy.with_env(options.queue_limits)
+
+
+def serve(options: WorkerOptions) -> int:
+    """Run a worker until SIGTERM/SIGINT; return the process exit status.
+
+    The first signal stops consuming and lets running tasks finish within the grace period;
+    a second ends at once.
+    """
+    app = load_app(options.app_path)
+    configure(app, options)
     with asyncio.Runner(loop_factory=_loop_factory(options.loop)) as runner:
         return runner.run(_run(app, options))
 

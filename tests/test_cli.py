@@ -7,10 +7,14 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from runtime import cli, serve
+from runtime.brokers import transport_for_url
+from runtime.redis_transport import RedisTransport
 from tests.protocol.oracle import capture, make_app
 
 
@@ -100,3 +104,36 @@ def test_worker_refuses_a_visibility_timeout_that_is_not_a_positive_number(value
     assert done.stderr.strip() == (
         f"celeriac: visibility timeout must be a positive number of seconds, not {value!r}"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["--visibility-timeout", "7.5"], {}, 7.5),
+        ([], {"CELERIAC_VISIBILITY_TIMEOUT": "9"}, 9.0),
+        (["--visibility-timeout", "7"], {"CELERIAC_VISIBILITY_TIMEOUT": "9"}, 7.0),
+        ([], {}, None),
+    ],
+)
+def test_the_visibility_timeout_reaches_the_redis_transport(
+    argv: list[str], environ: dict[str, str], expected: float | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Flag over environment over the URL's own query; the transport the worker builds reads it."""
+    monkeypatch.delenv("CELERIAC_VISIBILITY_TIMEOUT", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    seen: list[serve.WorkerOptions] = []
+    monkeypatch.setattr(serve, "serve", lambda options: seen.append(options) or 0)
+    monkeypatch.setattr(serve, "configure_logging", lambda *args: None)  # process-wide
+
+    assert cli.main(["worker", "-A", "examples.tasks:app", *argv]) == 0
+
+    (options,) = seen
+    assert options.visibility_timeout == expected
+    app = serve.load_app("examples.tasks:app")
+    app.broker_transport_options.clear()
+    serve.configure(app, replace(options, broker="redis://127.0.0.1:6379/0"))
+    transport = transport_for_url(app.broker_url, app.broker_transport_options)
+    assert isinstance(transport, RedisTransport)
+    assert transport.options.visibility_timeout == (expected or 3600.0)

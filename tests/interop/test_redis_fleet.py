@@ -7,6 +7,7 @@ visibility timeout is not restored and run a second time.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 import redis
 from celery import Celery
 from kombu import Connection
+
+from runtime import App
 
 from .conftest import REDIS_VISIBILITY_TIMEOUT, ROOT, Broker, WorkerProcess
 
@@ -160,3 +163,27 @@ def test_a_task_longer_than_the_visibility_timeout_runs_once(
               if r.get("event") == "task_started" and r.get("task_id") == result.id]  # fmt: skip
     assert len(starts) == 1
     assert broker.ready(unique_name) == 0
+
+
+def test_what_celeriac_publishes_a_celery_worker_runs(
+    celery_worker: subprocess.Popen[str], redis_url: str, unique_name: str,
+    counts: Callable[[], dict[str, int]],
+) -> None:  # fmt: skip
+    """celeriac's producer on Redis, a stock Celery worker consuming: it runs every task."""
+
+    async def send() -> list[str]:
+        app = App("producer", broker=redis_url, result_backend=redis_url)
+        try:
+            handles = [
+                await app.send_task(
+                    "interop.count", args=(f"{unique_name}:runs",), queue=unique_name
+                )
+                for _ in range(20)
+            ]
+            return [await handle.get(timeout=30) for handle in handles]
+        finally:
+            await app.aclose()
+
+    assert asyncio.run(send()) == ["celery"] * 20
+    assert set(counts().values()) == {1}
+    assert len(counts()) == 20
