@@ -195,6 +195,9 @@ def _cmd_load(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a broker URL no transport handles
         print(f"celeriac: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("celeriac: interrupted; no report", file=sys.stderr)
+        return 130
     print(load.render(report))
     if args.json:
         try:

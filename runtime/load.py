@@ -343,11 +343,15 @@ _FINAL = frozenset(s.value for s in READY_STATES) | {"MALFORMED"}
 
 
 def _outcome(data: bytes | str) -> _Outcome:
-    try:
-        meta = decode_result(data.encode() if isinstance(data, str) else data)
-    except MalformedMessage:
-        return _Outcome("MALFORMED", None)
-    return _Outcome(meta.status.value, meta.date_done)
+    """A stored record's state, whichever of Celery's result serializers wrote it."""
+    raw = data.encode() if isinstance(data, str) else data
+    for serializer in ("json", "msgpack"):
+        try:
+            meta = decode_result(raw, serializer=serializer)
+        except MalformedMessage:
+            continue
+        return _Outcome(meta.status.value, meta.date_done)
+    return _Outcome("MALFORMED", None)
 
 
 def _report(

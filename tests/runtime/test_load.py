@@ -1,18 +1,28 @@
-"""The load generator's inputs and statistics, without a broker."""
+"""The load generator without a broker: its inputs, statistics, report and schedule."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
 import pytest
 
+from protocol import ResultMeta, State, encode_result
+from runtime import App
 from runtime.load import (
     LoadPlan,
     LoadReport,
+    _outcome,
     parse_duration,
     parse_rate,
     percentiles,
     redact,
     render,
+    run_load,
 )
+
+DONE = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -131,3 +141,38 @@ def test_render_aligns_a_report_without_results() -> None:
     assert "latency" not in text
     lag = next(line for line in text.splitlines() if line.startswith("schedule lag"))
     assert lag.split() == ["schedule", "lag", "1.0", "ms", "2.0", "ms", "3.0", "ms", "1.50", "s"]
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_records_are_read_whichever_serializer_wrote_them(serializer: str) -> None:
+    meta = ResultMeta(task_id="a", status=State.SUCCESS, result=3, date_done=DONE)
+
+    outcome = _outcome(encode_result(meta, serializer=serializer))
+
+    assert (outcome.state, outcome.date_done) == ("SUCCESS", DONE)
+
+
+def test_a_record_that_is_not_one_is_malformed_and_final() -> None:
+    assert _outcome(b"\xff not a record").state == "MALFORMED"
+
+
+async def test_publishes_waiting_for_a_slot_are_counted_as_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One slot, and each publish holds it longer than the gap to the next: the later ones
+    wait, are counted, and their wait shows as schedule lag."""
+    started: list[str] = []
+
+    async def slow_send(self: App, name: str, **options: Any) -> None:
+        started.append(options["task_id"])
+        await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(App, "send_task", slow_send)
+    plan = LoadPlan(broker="memory://", task="t", rate=100.0, duration=0.1, max_in_flight=1)
+
+    report = await run_load(plan)
+
+    assert (report.sent, len(set(started))) == (10, 10)
+    assert report.behind > 0
+    assert report.schedule_lag is not None
+    assert report.schedule_lag["max"] > 0
