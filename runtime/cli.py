@@ -217,15 +217,18 @@ def _add_load_command(commands: Any) -> None:
         "achieved and, with a result backend, latency percentiles from each message's "
         "intended send time to its date_done.",
     )
-    run.add_argument("--broker", help="broker URL (CELERIAC_BROKER_URL, CELERY_BROKER_URL)")
-    run.add_argument("--task", required=True, help="the task's registered name")
+    run.add_argument(
+        "--broker", metavar="URL", help="broker URL (CELERIAC_BROKER_URL, CELERY_BROKER_URL)"
+    )
+    run.add_argument("--task", required=True, metavar="NAME", help="the task's registered name")
     run.add_argument("--rate", required=True, help="messages per time: 500/s, 30000/m, 10/h")
     run.add_argument("--duration", required=True, help="how long to publish: 60s, 2m, 500ms")
-    run.add_argument("--args", help="positional arguments, a JSON list")
-    run.add_argument("--kwargs", help="keyword arguments, a JSON object")
+    run.add_argument("--args", metavar="JSON", help="positional arguments, a JSON list")
+    run.add_argument("--kwargs", metavar="JSON", help="keyword arguments, a JSON object")
     run.add_argument("--queue", default="celery", help="queue to publish to (default: celery)")
     run.add_argument(
         "--result-backend",
+        metavar="URL",
         help="Redis result backend URL, to measure latency (CELERIAC_RESULT_BACKEND)",
     )
     run.add_argument(
