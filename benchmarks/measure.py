@@ -65,11 +65,10 @@ class TreeSampler:
             return
         rss = 0
         for process in tree:
-            with contextlib.suppress(psutil.Error):
-                with process.oneshot():
-                    rss += process.memory_info().rss
-                    times = process.cpu_times()
-                    self._cpu[process.pid] = times.user + times.system
+            with contextlib.suppress(psutil.Error), process.oneshot():
+                rss += process.memory_info().rss
+                times = process.cpu_times()
+                self._cpu[process.pid] = times.user + times.system
         self._peak = max(self._peak, rss)
 
     def usage(self) -> Usage:

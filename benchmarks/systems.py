@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-__all__ = ["System", "celeriac", "celery", "aio_celery", "floor"]
+__all__ = ["System", "aio_celery", "celeriac", "celery", "floor"]
 
 _CELERY_QUIET = ["--without-heartbeat", "--without-gossip", "--without-mingle"]
 

@@ -4,11 +4,14 @@
 ``celeriac decode`` reads one message from standard input (kombu's Redis JSON envelope, or an
 SQS ``MessageBody``) and prints the task it carries as JSON, or the reason it is malformed:
 the tool for looking at a message a worker refused.
+``celeriac load`` publishes tasks at a steady rate to any deployment and reports the rate and
+latency achieved (see :mod:`runtime.load`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -27,7 +30,9 @@ from protocol import (
     decode_task,
 )
 
-from . import serve
+from . import load, serve
+from .brokers import DEFAULT_BROKER
+from .errors import BackendError, BrokerConnectionError
 
 __all__ = ["main"]
 
@@ -143,6 +148,96 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         return 2
 
 
+def _json_arg(text: str | None, kind: type[list[Any]] | type[dict[str, Any]], flag: str) -> Any:
+    """``text`` parsed as a JSON value of ``kind`` (empty if ``None``); ``ValueError`` otherwise."""
+    if text is None:
+        return kind()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, kind):
+        what = "list" if kind is list else "object"
+        raise ValueError(f"{flag} must be a JSON {what}, not {text!r}")
+    return value
+
+
+def _load_plan(args: argparse.Namespace) -> load.LoadPlan:
+    """The plan the flags and the environment describe; ``ValueError`` for bad input."""
+    environ = os.environ
+    return load.LoadPlan(
+        broker=args.broker
+        or serve.first_env(environ, "CELERIAC_BROKER_URL", "CELERY_BROKER_URL", "BROKER_URL")
+        or DEFAULT_BROKER,
+        task=args.task,
+        rate=load.parse_rate(args.rate),
+        duration=load.parse_duration(args.duration),
+        args=_json_arg(args.args, list, "--args"),
+        kwargs=_json_arg(args.kwargs, dict, "--kwargs"),
+        queue=args.queue,
+        result_backend=args.result_backend
+        or serve.first_env(environ, "CELERIAC_RESULT_BACKEND", "CELERY_RESULT_BACKEND"),
+        result_timeout=load.parse_duration(args.result_timeout),
+    )
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    try:
+        plan = _load_plan(args)
+    except ValueError as exc:
+        print(f"celeriac: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(load.run_load(plan))
+    except (BrokerConnectionError, BackendError) as exc:
+        print(f"celeriac: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a broker URL no transport handles
+        print(f"celeriac: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("celeriac: interrupted; no report", file=sys.stderr)
+        return 130
+    print(load.render(report))
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        except OSError as exc:
+            print(f"celeriac: cannot write the report to {args.json}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _add_load_command(commands: Any) -> None:
+    run = commands.add_parser(
+        "load",
+        help="publish tasks at a steady rate (open loop) and report rate and latency",
+        description="Publish Celery task messages at a steady rate (open loop: each message "
+        "at its scheduled time, however slow earlier ones were) and report the publish rate "
+        "achieved and, with a result backend, latency percentiles from each message's "
+        "intended send time to its date_done.",
+    )
+    run.add_argument(
+        "--broker", metavar="URL", help="broker URL (CELERIAC_BROKER_URL, CELERY_BROKER_URL)"
+    )
+    run.add_argument("--task", required=True, metavar="NAME", help="the task's registered name")
+    run.add_argument("--rate", required=True, help="messages per time: 500/s, 30000/m, 10/h")
+    run.add_argument("--duration", required=True, help="how long to publish: 60s, 2m, 500ms")
+    run.add_argument("--args", metavar="JSON", help="positional arguments, a JSON list")
+    run.add_argument("--kwargs", metavar="JSON", help="keyword arguments, a JSON object")
+    run.add_argument("--queue", default="celery", help="queue to publish to (default: celery)")
+    run.add_argument(
+        "--result-backend",
+        metavar="URL",
+        help="Redis result backend URL, to measure latency (CELERIAC_RESULT_BACKEND)",
+    )
+    run.add_argument(
+        "--result-timeout", default="30s", help="how long to wait for results (default: 30s)"
+    )
+    run.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    run.set_defaults(run=_cmd_load)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="celeriac", description="A pure-asyncio worker that speaks Celery's wire protocol."
@@ -187,6 +282,7 @@ def _parser() -> argparse.ArgumentParser:
         "(transport option visibility_timeout; CELERIAC_VISIBILITY_TIMEOUT)",
     )
     worker.set_defaults(run=_cmd_worker)
+    _add_load_command(commands)
     return parser
 
 

@@ -137,3 +137,52 @@ def test_the_visibility_timeout_reaches_the_redis_transport(
     transport = transport_for_url(app.broker_url, app.broker_transport_options)
     assert isinstance(transport, RedisTransport)
     assert transport.options.visibility_timeout == (expected or 3600.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rate", "fast"], "celeriac: rate must be a positive N/s, N/m, N/h or N"),
+        (["--duration", "0s"], "celeriac: duration must be a positive N, Nms, Ns, Nm or Nh"),
+        (["--result-timeout", "soon"], "celeriac: duration must be"),
+        (["--args", "[1, 2"], "celeriac: --args must be a JSON list, not '[1, 2'"),
+        (["--args", '{"x": 1}'], "celeriac: --args must be a JSON list"),
+        (["--kwargs", "[1]"], "celeriac: --kwargs must be a JSON object, not '[1]'"),
+        (["--broker", "ftp://host"], "celeriac: no transport for 'ftp' URLs"),
+        (["--result-backend", "rpc://"], "celeriac: result backend must be redis://"),
+    ],
+)
+def test_load_refuses_bad_input_in_one_line(flags: list[str], message: str) -> None:
+    base = {"--broker": "memory://", "--task": "t", "--rate": "10/s", "--duration": "1s"}
+    overrides = dict(zip(flags[::2], flags[1::2], strict=True))
+    args = [item for pair in {**base, **overrides}.items() for item in pair]
+
+    done = _celeriac("load", *args)
+
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith(message)
+    assert len(done.stderr.decode().strip().splitlines()) == 1
+    assert done.stdout == b""
+
+
+def test_load_with_an_unreachable_broker_says_so_in_one_line() -> None:
+    done = _celeriac(
+        "load", "--broker", "amqp://guest:guest@127.0.0.1:1//", "--task", "t", "--rate", "5/s",
+        "--duration", "1s",
+    )  # fmt: skip
+
+    assert done.returncode == 1
+    last = done.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("celeriac: broker: cannot connect")
+    assert "127.0.0.1:1" in last
+    assert done.stdout == b""
+
+
+def test_load_with_an_unreachable_result_backend_fails_before_sending() -> None:
+    done = _celeriac(
+        "load", "--broker", "memory://", "--task", "t", "--rate", "5/s", "--duration", "1s",
+        "--result-backend", "redis://127.0.0.1:1/0",
+    )  # fmt: skip
+
+    assert done.returncode == 1
+    assert done.stderr.decode().startswith("celeriac: result backend: cannot connect")
