@@ -80,6 +80,7 @@ class App:
         self._backend: RedisResultBackend | None = None
         self._producer: Transport | None = None
         self._declared: set[str] = set()
+        self._connecting = asyncio.Lock()
 
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
@@ -179,19 +180,28 @@ class App:
         )
         wire = encode_task(message, serializer=serializer or self.task_serializer, now=now)
         target = queue or self.default_queue
-        producer = await self._producer_transport()
-        if target not in self._declared:
-            await producer.declare([self.queue_spec(target)])
-            self._declared.add(target)
+        producer = await self.connect([target])
         await producer.publish(wire, routing_key=target)
         return result.AsyncResult(task_id, self.backend)
 
-    async def _producer_transport(self) -> Transport:
-        if self._producer is None:
-            producer = transport_for_url(self.broker_url, self.broker_transport_options)
-            await producer.connect()
-            self._producer = producer
-        return self._producer
+    async def connect(self, queues: Sequence[str] = ()) -> Transport:
+        """Open the producer connection and declare ``queues``, once each; the producer.
+
+        ``send_task`` does this on first use; call it first to pay for it before timing
+        anything. Safe to call from concurrent tasks: one connection is ever opened.
+        """
+        if self._producer is not None and self._declared.issuperset(queues):
+            return self._producer  # the common case: no lock taken
+        async with self._connecting:
+            if self._producer is None:
+                producer = transport_for_url(self.broker_url, self.broker_transport_options)
+                await producer.connect()
+                self._producer = producer
+            missing = [name for name in queues if name not in self._declared]
+            if missing:
+                await self._producer.declare([self.queue_spec(name) for name in missing])
+                self._declared.update(missing)
+            return self._producer
 
     @asynccontextmanager
     async def worker(

@@ -250,11 +250,8 @@ async def run_load(plan: LoadPlan) -> LoadReport:
 
 async def _connect(app: App, queue: str) -> None:
     """Connect and declare before the clock starts, so that the first messages do not wait
-    for it. It also matters for correctness: ``App`` opens its producer lazily without a lock,
-    so concurrent first sends would each open a connection."""
-    producer = await app._producer_transport()
-    await producer.declare([app.queue_spec(queue)])
-    app._declared.add(queue)
+    for it."""
+    await app.connect([queue])
 
 
 async def _publish(app: App, plan: LoadPlan) -> _Schedule:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from runtime import App
+from runtime import app as app_module
+from runtime.memory import MemoryTransport
 
 
 def test_task_options_use_celerys_names_and_reject_unknown_ones() -> None:
@@ -70,3 +73,32 @@ def test_request_outside_a_task_is_an_error() -> None:
 
     with pytest.raises(RuntimeError, match="no task is running"):
         _ = bound.request
+
+
+async def test_concurrent_first_sends_open_one_producer_and_declare_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    opened: list[MemoryTransport] = []
+    declared: list[list[str]] = []
+
+    def counting(url: str, options: Any = None) -> MemoryTransport:
+        transport = MemoryTransport(url)
+        original = transport.declare
+
+        async def declare(queues: Any) -> None:
+            declared.append([spec.name for spec in queues])
+            await original(queues)
+
+        transport.declare = declare  # type: ignore[method-assign]
+        opened.append(transport)
+        return transport
+
+    monkeypatch.setattr(app_module, "transport_for_url", counting)
+    app = App("t", broker="memory://one-producer")
+
+    await asyncio.gather(*(app.send_task("x", queue="q") for _ in range(20)))
+    await app.aclose()
+
+    assert len(opened) == 1
+    assert declared == [["q"]]
+    assert (await opened[0].queue_depth("q"))[0] == 20
