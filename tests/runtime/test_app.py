@@ -83,13 +83,18 @@ async def test_concurrent_first_sends_open_one_producer_and_declare_once(
 
     def counting(url: str, options: Any = None) -> MemoryTransport:
         transport = MemoryTransport(url)
-        original = transport.declare
+        original, connect = transport.declare, transport.connect
+
+        async def slow_connect() -> None:  # as a network round trip yields to other tasks
+            await asyncio.sleep(0.01)
+            await connect()
 
         async def declare(queues: Any) -> None:
             declared.append([spec.name for spec in queues])
             await original(queues)
 
         transport.declare = declare  # type: ignore[method-assign]
+        transport.connect = slow_connect  # type: ignore[method-assign]
         opened.append(transport)
         return transport
 
