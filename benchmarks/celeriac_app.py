@@ -24,18 +24,26 @@ async def noop() -> None:
     """Does nothing: the unit of work of the drain scenarios."""
 
 
-@app.task(name="bench.sleep")
-async def sleep(seconds: float) -> None:
-    """Waits ``seconds`` without using the CPU: the unit of the I/O scenario."""
-    await asyncio.sleep(seconds)
-
-
-@app.task(name="bench.stamp")
-async def stamp(sent: float, key: str) -> None:
-    """Records ``"<sent>,<started>"`` in Redis list ``key``: publish-to-start latency."""
+def _redis() -> redis.asyncio.Redis:
     global _stamps  # noqa: PLW0603 - one client per worker process
     if _stamps is None:
         _stamps = redis.asyncio.Redis.from_url(
             os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
         )
-    await _stamps.rpush(key, f"{sent},{time.time()}")
+    return _stamps
+
+
+@app.task(name="bench.sleep")
+async def sleep(seconds: float, key: str | None = None) -> None:
+    """Waits ``seconds`` without using the CPU, then counts itself done in Redis ``key``
+    (when given): the unit of the I/O scenario."""
+    await asyncio.sleep(seconds)
+    if key is not None:
+        await _redis().incr(key)
+
+
+@app.task(name="bench.stamp")
+async def stamp(sent: float, key: str) -> None:
+    """Records ``"<sent>,<started>"`` in Redis list ``key``: publish-to-start latency."""
+    started = time.time()
+    await _redis().rpush(key, f"{sent},{started}")

@@ -1,0 +1,100 @@
+"""``python -m benchmarks``: every scenario on every broker, celeriac beside its peers.
+
+    python -m benchmarks [--brokers amqp,redis] [--scenarios noop,results,io,latency,mixed]
+                         [--families celeriac,celery,aio-celery,floor] [--tiny] [--out results]
+
+Writes ``<out>/<UTC time>/results.json``, ``results.md``, ``throughput.png`` and
+``latency.png``, and prints the tables. ``--tiny`` runs every scenario at a token size: it
+proves the harness, it measures nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aio_pika
+import redis.asyncio
+
+from . import report
+from .scenarios import SCENARIOS, TINY, Context, Scale
+from .suite import default_plan, machine, run, steps
+
+DEFAULT_BROKERS = {
+    "amqp": os.environ.get("CELERIAC_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+    "redis": os.environ.get("CELERIAC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--brokers", default="amqp,redis", help="amqp, redis (comma-separated)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="default: all")
+    parser.add_argument("--families", help="only these: celeriac, celery, aio-celery, floor")
+    parser.add_argument("--tiny", action="store_true", help="token sizes: proves the harness")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="default: results/")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    return parser
+
+
+async def _broker_versions(brokers: dict[str, str]) -> dict[str, str]:
+    found = {}
+    if "amqp" in brokers:
+        async with await aio_pika.connect(brokers["amqp"]) as connection:
+            properties = connection.transport.connection.server_properties  # type: ignore[union-attr]
+            found["rabbitmq"] = str(properties.get("version"))
+    if "redis" in brokers:
+        async with redis.asyncio.Redis.from_url(brokers["redis"]) as client:
+            found["redis"] = str((await client.info("server"))["redis_version"])
+    return found
+
+
+async def main(argv: Sequence[str] | None = None) -> int:
+    """Run the suite; exit status 1 if any row failed."""
+    args = _parser().parse_args(argv)
+    kinds = [kind.strip() for kind in args.brokers.split(",") if kind.strip()]
+    scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = [k for k in kinds if k not in DEFAULT_BROKERS] + [
+        s for s in scenarios if s not in SCENARIOS
+    ]
+    if unknown:
+        print(
+            f"python -m benchmarks: unknown broker or scenario: {', '.join(unknown)}",
+            file=sys.stderr,
+        )
+        return 2
+    brokers = {kind: DEFAULT_BROKERS[kind] for kind in kinds}
+    scale = TINY if args.tiny else Scale()
+    plan = default_plan((20,) if args.tiny else (100, 1_000, 10_000))
+    families = args.families.split(",") if args.families else None
+    todo = steps(plan, scenarios, kinds, families)
+    ctx = Context(brokers=brokers, redis=DEFAULT_BROKERS["redis"], scale=scale)
+    started = datetime.now(UTC)
+    rows = await run(ctx, todo, show=not args.quiet)
+    report.add_ratios(rows)
+    folder = args.out / started.strftime("%Y%m%dT%H%M%SZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+        "started": started.isoformat(), "scale": dataclasses.asdict(scale),
+        "machine": {**machine(), "brokers": await _broker_versions(brokers)},
+    }  # fmt: skip
+    report.write_json(folder / "results.json", rows, meta)
+    (folder / "results.md").write_text(report.markdown(rows))
+    charts = report.charts(rows, folder)
+    report.tables(rows)
+    print(f"\nwritten: {folder / 'results.json'}, {folder / 'results.md'}, "
+          f"{', '.join(str(chart) for chart in charts)}")  # fmt: skip
+    return 1 if any("error" in row for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,152 @@
+"""Tables, the JSON file and the PNG charts of a benchmark run.
+
+Ratios compare rows measured in the same run only: a row's rate over Celery prefork ``-c 2``'s
+on the same broker, and, for ``noop``, over the floor at the same prefetch as the row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["add_ratios", "charts", "markdown", "tables", "write_json"]
+
+Row = dict[str, Any]
+_BASELINE = "celery prefork -c 2"
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "noop": ("rate", "x_celery_prefork", "x_floor", "cpu_ms_per_task", "peak_rss_mib"),
+    "results": ("rate", "x_celery_prefork", "peak_rss_mib"),
+    "io": ("concurrency", "tasks", "rate", "ideal", "efficiency", "peak_rss_mib"),
+    "latency": ("offered_rate", "start_p50_ms", "start_p90_ms", "start_p99_ms", "start_max_ms",
+                "result_p50_ms", "result_p99_ms"),
+    "mixed": ("short_wait_p50_ms", "short_wait_p99_ms", "short_wait_max_ms"),
+}  # fmt: skip
+
+
+def add_ratios(rows: Sequence[Row]) -> None:
+    """Set ``x_celery_prefork`` (and ``x_floor`` on noop rows) where both rates exist."""
+    rates = {(r["scenario"], r["broker"], r["system"]): r.get("rate") for r in rows}
+    for row in rows:
+        if row.get("rate") is None or row["scenario"] not in ("noop", "results"):
+            continue
+        base = rates.get((row["scenario"], row["broker"], _BASELINE))
+        if base:
+            row["x_celery_prefork"] = round(row["rate"] / base, 2)
+        if row["scenario"] == "noop" and row["family"] != "floor":
+            prefetch = 2 if row["concurrency"] <= 2 else 100
+            floor = rates.get(("noop", row["broker"], f"floor, prefetch {prefetch}"))
+            if floor:
+                row["x_floor"] = round(row["rate"] / floor, 2)
+                row["floor"] = f"prefetch {prefetch}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def tables(rows: Sequence[Row], console: Console | None = None) -> None:
+    """Print one table per scenario."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log or a pipe: do not wrap the columns at 80
+            console = Console(width=200)
+    for scenario, columns in _COLUMNS.items():
+        found = [r for r in rows if r["scenario"] == scenario]
+        if not found:
+            continue
+        table = Table(title=scenario, title_justify="left")
+        for name in ("broker", "system", *columns):
+            table.add_column(name, justify="left" if name in ("broker", "system") else "right")
+        for row in found:
+            cells = [row["broker"], row["system"]]
+            cells += ["error" if "error" in row else _cell(row.get(c)) for c in columns]
+            table.add_row(*cells)
+        console.print(table)
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    """The same tables as Markdown, for ``benchmarks/README.md`` and closing notes."""
+    parts = []
+    for scenario, columns in _COLUMNS.items():
+        found = [r for r in rows if r["scenario"] == scenario]
+        if not found:
+            continue
+        header = ["broker", "system", *columns]
+        rule = "|".join("---" if h in ("broker", "system") else "---:" for h in header)
+        lines = [f"**{scenario}**", "", "| " + " | ".join(header) + " |", f"|{rule}|"]
+        for row in found:
+            cells = [row["broker"], row["system"]]
+            cells += ["error" if "error" in row else _cell(row.get(c)) for c in columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_json(path: Path, rows: Sequence[Row], meta: dict[str, Any]) -> None:
+    """Everything measured, and how, as one JSON document."""
+    path.write_text(json.dumps({**meta, "rows": list(rows)}, indent=2) + "\n")
+
+
+def charts(rows: Sequence[Row], folder: Path) -> list[Path]:
+    """``throughput.png`` (no-op and results rates by system and broker) and ``latency.png``
+    (publish-to-start percentiles); returns the files written."""
+    import matplotlib  # noqa: PLC0415 - heavy; only when charts are drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    written = []
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for axis, scenario in zip(axes, ("noop", "results"), strict=True):
+        _bars(axis, [r for r in rows if r["scenario"] == scenario and r.get("rate")], "rate",
+              f"{scenario}: tasks/s (higher is better)")  # fmt: skip
+    figure.tight_layout()
+    written.append(folder / "throughput.png")
+    figure.savefig(written[-1], dpi=110)
+    plt.close(figure)
+
+    found = [r for r in rows if r["scenario"] == "latency" and r.get("start_p50_ms") is not None]
+    if found:
+        figure, axis = plt.subplots(figsize=(13, 5))
+        labels = [f"{r['system']}\n{r['broker']}" for r in found]
+        width = 0.2
+        for n, key in enumerate(("start_p50_ms", "start_p90_ms", "start_p99_ms", "start_max_ms")):
+            axis.bar([i + n * width for i in range(len(found))], [r[key] for r in found], width,
+                     label=key.removeprefix("start_").removesuffix("_ms"))  # fmt: skip
+        axis.set_xticks([i + 1.5 * width for i in range(len(found))], labels, fontsize=8)
+        axis.set_yscale("log")
+        axis.set_ylabel("ms")
+        axis.set_title(
+            "publish-to-start latency at half each system's no-op rate (lower is better)"
+        )
+        axis.legend()
+        figure.tight_layout()
+        written.append(folder / "latency.png")
+        figure.savefig(written[-1], dpi=110)
+        plt.close(figure)
+    return written
+
+
+def _bars(axis: Any, rows: Sequence[Row], key: str, title: str) -> None:
+    brokers = sorted({r["broker"] for r in rows})
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    width = 0.8 / max(1, len(brokers))
+    for n, broker in enumerate(brokers):
+        values = {r["system"]: r[key] for r in rows if r["broker"] == broker}
+        axis.bar([i + n * width for i in range(len(systems))], [values.get(s, 0) for s in systems],
+                 width, label=broker)  # fmt: skip
+    axis.set_xticks([i + width * (len(brokers) - 1) / 2 for i in range(len(systems))], systems,
+                    rotation=30, ha="right", fontsize=8)  # fmt: skip
+    axis.set_title(title)
+    axis.legend()

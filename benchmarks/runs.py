@@ -1,0 +1,118 @@
+"""Running one system as a subprocess for one measurement, and timing how it drains a queue.
+
+Every measurement starts a fresh process on a fresh queue: nothing warms up across rows, and
+a row that crashes cannot skew the next. The process's stderr goes to a temporary file, whose
+end is shown if the process dies before the measurement is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .measure import TreeSampler, Usage
+from .queues import Watch
+from .systems import System
+
+__all__ = ["ROOT", "Running", "WorkerDied", "drain", "running"]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: How often a drain polls the queue depth.
+POLL = 0.01
+
+
+class WorkerDied(RuntimeError):
+    """The system under test exited before the measurement was over."""
+
+
+@dataclass
+class Running:
+    """A started system: its process, its resource sampler, and its log."""
+
+    system: System
+    process: subprocess.Popen[bytes]
+    sampler: TreeSampler
+    log: IO[bytes]
+
+    def check(self) -> None:
+        """Raise :class:`WorkerDied` (with the end of its log) if the process has exited."""
+        if (code := self.process.poll()) is not None:
+            self.log.seek(0)
+            tail = self.log.read().decode("utf-8", "replace")[-2000:]
+            raise WorkerDied(f"{self.system.label} exited with status {code}:\n{tail}")
+
+    def usage(self) -> Usage:
+        """Resources used so far (samples now first)."""
+        self.sampler.sample()
+        return self.sampler.usage()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    system: System, broker: str, queue: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Running]:
+    """Start ``system`` on ``queue``; SIGTERM it (SIGKILL after 20 s) on the way out."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "CELERIAC_BROKER_URL": broker,
+                   **(env or {})}  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            system.command(broker, queue), cwd=ROOT, env=environment,
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+        try:
+            async with TreeSampler(process.pid) as sampler:
+                yield Running(system, process, sampler, log)
+        finally:
+            await _stop(process)
+
+
+async def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(process.wait, 20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        await asyncio.to_thread(process.wait)
+
+
+async def until(
+    condition: Callable[[], Awaitable[bool]], run: Running, timeout: float, what: str
+) -> None:
+    """Poll ``condition`` until it holds; fail if the process dies or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        run.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run.system.label}: {what} not within {timeout:.0f} s")
+        await asyncio.sleep(POLL)
+
+
+async def drain(
+    watch: Watch, queue: str, total: int, run: Running, timeout: float = 300
+) -> tuple[float, float]:
+    """Wait for the first message to leave ``queue`` and then for it to be empty.
+
+    Returns ``(seconds from first taken to empty, CPU seconds the tree used meanwhile)``;
+    start-up is not counted, in time or CPU.
+    """
+
+    async def started() -> bool:
+        return await watch.depth(queue) < total
+
+    async def empty() -> bool:
+        return await watch.depth(queue) == 0
+
+    await until(started, run, timeout, "the first message taken")
+    began, cpu_before = time.monotonic(), run.usage().cpu_seconds
+    await until(empty, run, timeout, "the queue drained")
+    return time.monotonic() - began, run.usage().cpu_seconds - cpu_before

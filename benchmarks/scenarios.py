@@ -1,0 +1,304 @@
+"""The five scenarios, each measuring one system on one broker and returning one row.
+
+* ``noop``: N no-op messages pre-loaded, results ignored; drain rate, CPU per task, peak RSS.
+* ``results``: a stock Celery client sends N no-op tasks and waits on every result (Redis).
+* ``io``: N tasks awaiting 50 ms each at concurrency C in one process; efficiency is the
+  achieved rate over the ideal ``C / 0.05``. Completion is counted in Redis by the tasks.
+* ``latency``: ``bench.stamp`` messages published open-loop at half the system's measured
+  no-op rate (capped); publish-to-start from the stamps, publish-to-result from ``date_done``,
+  both from the *intended* send time, so a system that falls behind shows it.
+* ``mixed``: two workers of the system; long tasks first, then short ones: how long the short
+  ones wait (prefetch-1 fairness: a busy worker must not hold a message an idle one could run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio
+from celery import Celery
+
+from protocol import ResultKeys, decode_result
+from runtime import App
+from runtime.load import percentiles
+
+from .queues import Watch, delete, preload, task
+from .runs import Running, drain, running, until
+from .systems import System
+
+__all__ = ["SCENARIOS", "Context", "Scale"]
+
+Row = dict[str, Any]
+Scenario = Callable[["Context", str, System], Awaitable[Row]]
+_PERCENTILES = (50, 90, 99, 100)
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    """How much work each scenario does."""
+
+    noop_tasks: int = 10_000
+    results_tasks: int = 2_000
+    io_seconds: float = 0.05
+    io_rounds: int = 3  # each io run has max(io_min, io_rounds x concurrency) tasks
+    io_min: int = 2_000
+    latency_seconds: float = 3.0
+    latency_share: float = 0.5  # of the system's measured no-op rate
+    latency_rate_cap: float = 1_000.0
+    mixed_long: int = 3
+    mixed_long_seconds: float = 2.0
+    mixed_short: int = 30
+
+
+#: A scale small enough for a test to prove the harness works.
+TINY = Scale(
+    noop_tasks=200, results_tasks=30, io_rounds=2, io_min=100, latency_seconds=1.0,
+    latency_rate_cap=40.0, mixed_long=3, mixed_long_seconds=1.0, mixed_short=6,
+)  # fmt: skip
+
+
+@dataclass
+class Context:
+    """What every scenario needs: the brokers by kind, the Redis for results and stamps, the
+    scale, and the no-op rates measured so far (the latency scenario's offered rate)."""
+
+    brokers: dict[str, str]
+    redis: str
+    scale: Scale = field(default_factory=Scale)
+    noop_rates: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+def _queue() -> str:
+    return f"bench-{uuid.uuid4().hex[:10]}"
+
+
+def _spread(prefix: str, values: list[float]) -> Row:
+    """``{prefix}_p50`` ... ``{prefix}_max`` in milliseconds."""
+    found = percentiles(values, _PERCENTILES) if values else {}
+    names: dict[float, str] = {50: "p50", 90: "p90", 99: "p99", 100: "max"}
+    return {f"{prefix}_{names[p]}_ms": round(found[p] * 1000, 2) for p in found}
+
+
+async def noop(ctx: Context, kind: str, system: System) -> Row:
+    """Drain N pre-loaded no-op messages."""
+    broker, queue, total = ctx.brokers[kind], _queue(), ctx.scale.noop_tasks
+    await preload(broker, queue, (task("noop") for _ in range(total)))
+    try:
+        async with Watch(broker) as watch, running(system, broker, queue) as run:
+            seconds, cpu = await drain(watch, queue, total, run)
+            peak = run.usage().peak_rss_mib
+    finally:
+        await delete(broker, [queue])
+    rate = total / seconds
+    ctx.noop_rates[(kind, system.label)] = rate
+    return {"tasks": total, "rate": round(rate, 1), "cpu_ms_per_task": round(1000 * cpu / total, 3),
+            "peak_rss_mib": round(peak, 1)}  # fmt: skip
+
+
+async def results(ctx: Context, kind: str, system: System) -> Row:
+    """A Celery client sends N no-op tasks and waits on every result."""
+    broker, queue, total = ctx.brokers[kind], _queue(), ctx.scale.results_tasks
+    env = {"BENCH_RESULT_BACKEND": ctx.redis}
+    try:
+        async with running(system, broker, queue, env) as run:
+            seconds = await asyncio.to_thread(_round_trips, broker, ctx.redis, queue, total)
+            run.check()
+            peak = run.usage().peak_rss_mib
+    finally:
+        await delete(broker, [queue])
+    return {"tasks": total, "rate": round(total / seconds, 1), "peak_rss_mib": round(peak, 1)}
+
+
+def _round_trips(broker: str, backend: str, queue: str, total: int) -> float:
+    """Seconds for a Celery client to send ``total`` tasks and ``get()`` every result, after
+    one round trip that proves the worker is up."""
+    client = Celery("bench-client", broker=broker, backend=backend, set_as_current=False)
+    try:
+        client.send_task("noop", queue=queue).get(timeout=120)
+        began = time.monotonic()
+        with client.producer_or_acquire() as producer:
+            handles = [client.send_task("noop", queue=queue, producer=producer)
+                       for _ in range(total)]  # fmt: skip
+        for handle in handles:
+            handle.get(timeout=120)
+        return time.monotonic() - began
+    finally:
+        client.backend.client.close()
+
+
+async def io(ctx: Context, kind: str, system: System) -> Row:
+    """N tasks that each await ``io_seconds``; efficiency against the ideal rate."""
+    scale = ctx.scale
+    broker, queue = ctx.brokers[kind], _queue()
+    total = max(scale.io_min, scale.io_rounds * system.concurrency)
+    counter = f"{queue}:done"
+    env = {"BENCH_REDIS_URL": ctx.redis}
+    messages = (task("bench.sleep", scale.io_seconds, counter) for _ in range(total))
+    await preload(broker, queue, messages)
+    try:
+        async with (
+            Watch(broker) as watch,
+            redis.asyncio.Redis.from_url(ctx.redis) as client,
+            running(system, broker, queue, env) as run,
+        ):
+
+            async def started() -> bool:
+                return await watch.depth(queue) < total
+
+            async def finished() -> bool:
+                return int(await client.get(counter) or 0) >= total
+
+            await until(started, run, 300, "the first message taken")
+            began = time.monotonic()
+            await until(finished, run, 300, "every task done")
+            seconds = time.monotonic() - began
+            peak = run.usage().peak_rss_mib
+            await client.delete(counter)
+    finally:
+        await delete(broker, [queue])
+    rate = total / seconds
+    ideal = system.concurrency / scale.io_seconds
+    return {"tasks": total, "rate": round(rate, 1), "ideal": round(ideal, 1),
+            "efficiency": round(rate / ideal, 3), "peak_rss_mib": round(peak, 1)}  # fmt: skip
+
+
+async def latency(ctx: Context, kind: str, system: System) -> Row:
+    """Open-loop stamps at a share of the measured no-op rate."""
+    scale = ctx.scale
+    broker, queue = ctx.brokers[kind], _queue()
+    measured = ctx.noop_rates.get(
+        (kind, system.label), scale.latency_rate_cap / scale.latency_share
+    )
+    rate = min(scale.latency_share * measured, scale.latency_rate_cap)
+    key = f"{queue}:stamps"
+    env = {"BENCH_REDIS_URL": ctx.redis, "BENCH_RESULT_BACKEND": ctx.redis}
+    app = App("bench-latency", broker=broker, result_backend=ctx.redis)
+    try:
+        async with (
+            redis.asyncio.Redis.from_url(ctx.redis) as client,
+            running(system, broker, queue, env) as run,
+        ):
+            await app.connect([queue])
+            await _warm_up(app, client, queue, key, run)
+            intended = await _open_loop(app, queue, key, rate, scale.latency_seconds)
+
+            async def stamped() -> bool:
+                return int(await client.llen(key)) >= len(intended)
+
+            await until(stamped, run, 60 + scale.latency_seconds, "every stamp")
+            starts = [_stamp_latency(raw) for raw in await client.lrange(key, 0, -1)]
+            done = await _result_latencies(client, intended)
+            await client.delete(key)
+    finally:
+        await app.aclose()
+        await delete(broker, [queue])
+    return {"offered_rate": round(rate, 1), "sent": len(intended),
+            **_spread("start", starts), **_spread("result", done)}  # fmt: skip
+
+
+async def _warm_up(
+    app: App, client: redis.asyncio.Redis, queue: str, key: str, run: Running
+) -> None:
+    """One stamp through the worker (then forgotten): it is up and consuming."""
+    await app.send_task("bench.stamp", args=(time.time(), key), queue=queue)
+
+    async def arrived() -> bool:
+        return int(await client.llen(key)) >= 1
+
+    await until(arrived, run, 120, "the warm-up task")
+    await client.delete(key)
+
+
+async def _open_loop(
+    app: App, queue: str, key: str, rate: float, seconds: float
+) -> dict[str, float]:
+    """Publish at ``rate`` for ``seconds``, each at its due time whatever the others do;
+    returns the intended (wall-clock) send time of each task id."""
+    intended: dict[str, float] = {}
+    sends: set[asyncio.Task[Any]] = set()
+    total = max(1, round(rate * seconds))
+    start_wall, start = time.time(), time.monotonic()
+    for n in range(total):
+        due = n / rate
+        if (delay := start + due - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        task_id = str(uuid.uuid4())
+        intended[task_id] = start_wall + due
+        send = app.send_task("bench.stamp", args=(start_wall + due, key), queue=queue,
+                             task_id=task_id)  # fmt: skip
+        sends.add(asyncio.ensure_future(send))
+    await asyncio.gather(*sends)
+    return intended
+
+
+def _stamp_latency(raw: bytes | str) -> float:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    sent, started = (float(part) for part in text.split(","))
+    return started - sent
+
+
+async def _result_latencies(client: redis.asyncio.Redis, intended: dict[str, float]) -> list[float]:
+    keys = ResultKeys()
+    ids = list(intended)
+    found: list[float] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for task_id, raw in zip(
+            chunk, await client.mget([keys.task(i) for i in chunk]), strict=True
+        ):
+            if raw is None:
+                continue
+            meta = decode_result(raw if isinstance(raw, bytes) else raw.encode())
+            if meta.date_done is not None:
+                found.append(meta.date_done.timestamp() - intended[task_id])
+    return found
+
+
+async def mixed(ctx: Context, kind: str, system: System) -> Row:
+    """Two workers; long tasks, then short ones: the short ones' wait."""
+    scale = ctx.scale
+    broker, queue = ctx.brokers[kind], _queue()
+    key = f"{queue}:stamps"
+    env = {"BENCH_REDIS_URL": ctx.redis}
+    app = App("bench-mixed", broker=broker)
+    try:
+        async with (
+            redis.asyncio.Redis.from_url(ctx.redis) as client,
+            running(system, broker, queue, env) as first,
+            running(system, broker, queue, env) as second,
+        ):
+            await app.connect([queue])
+            await _warm_up(app, client, queue, key, first)
+            await asyncio.sleep(3)  # both started (Celery's prefork pool takes a while)
+            first.check()
+            second.check()
+            for _ in range(scale.mixed_long):
+                await app.send_task(
+                    "bench.sleep", args=(scale.mixed_long_seconds, None), queue=queue
+                )
+            await asyncio.sleep(0.3)
+            for _ in range(scale.mixed_short):
+                await app.send_task("bench.stamp", args=(time.time(), key), queue=queue)
+                await asyncio.sleep(0.02)
+
+            async def stamped() -> bool:
+                return int(await client.llen(key)) >= scale.mixed_short
+
+            await until(stamped, first, 60 + scale.mixed_long_seconds * 3, "every short task")
+            waits = [_stamp_latency(raw) for raw in await client.lrange(key, 0, -1)]
+            await client.delete(key)
+    finally:
+        await app.aclose()
+        await delete(broker, [queue])
+    return {"long": scale.mixed_long, "long_seconds": scale.mixed_long_seconds,
+            "short": scale.mixed_short, **_spread("short_wait", waits)}  # fmt: skip
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "noop": noop, "results": results, "io": io, "latency": latency, "mixed": mixed,
+}  # fmt: skip

@@ -1,0 +1,117 @@
+"""Which systems run in which scenario, and running them all, one after another.
+
+Rows run one at a time (two cores: a row running beside another would measure both), each on
+its own fresh queue. A row that fails is recorded with its error and the suite goes on.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+import psutil
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .scenarios import SCENARIOS, Context
+from .systems import System, aio_celery, celeriac, celery, floor
+
+__all__ = ["Plan", "Step", "default_plan", "machine", "run"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One row to measure: a scenario, a broker kind, a system."""
+
+    scenario: str
+    broker: str
+    system: System
+
+
+def _throughput_systems() -> list[System]:
+    return [celeriac(100), celery("prefork", 2), celery("threads", 100), aio_celery(100)]
+
+
+#: scenario -> the systems it measures (each on the brokers it supports).
+Plan = dict[str, Callable[[], list[System]]]
+
+
+def default_plan(io_concurrency: Sequence[int] = (100, 1_000, 10_000)) -> Plan:
+    """Every scenario with the rows the issue asks for."""
+
+    def io() -> list[System]:
+        rows = [system for c in io_concurrency for system in (celeriac(c), aio_celery(c))]
+        return [*rows, celery("threads", min(io_concurrency))]
+
+    return {
+        "noop": lambda: [*_throughput_systems(), floor(2), floor(100)],
+        "results": _throughput_systems,
+        "io": io,
+        "latency": _throughput_systems,
+        "mixed": lambda: [celeriac(2), celery("prefork", 2), aio_celery(2)],
+    }
+
+
+def steps(plan: Plan, scenarios: Sequence[str], brokers: Sequence[str],
+          families: Sequence[str] | None = None) -> list[Step]:  # fmt: skip
+    """The rows to measure, scenario by scenario, broker by broker."""
+    found = []
+    for scenario in scenarios:
+        for broker in brokers:
+            for system in plan[scenario]():
+                if broker in system.brokers and (families is None or system.family in families):
+                    found.append(Step(scenario, broker, system))
+    return found
+
+
+async def run(ctx: Context, todo: Sequence[Step], *, show: bool = True) -> list[dict[str, Any]]:
+    """Measure every step in order; one row per step (``error`` set where one failed)."""
+    rows: list[dict[str, Any]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, transient=True, disable=not show) as progress:
+        bar = progress.add_task("benchmarks", total=len(todo))
+        for step in todo:
+            progress.update(
+                bar, description=f"{step.scenario} · {step.broker} · {step.system.label}"
+            )
+            row: dict[str, Any] = {
+                "scenario": step.scenario, "broker": step.broker, "system": step.system.label,
+                "family": step.system.family, "concurrency": step.system.concurrency,
+            }  # fmt: skip
+            began = time.monotonic()
+            try:
+                row.update(await SCENARIOS[step.scenario](ctx, step.broker, step.system))
+            except Exception as exc:  # a failed row is reported, not fatal
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                if show:
+                    progress.console.print(f"[red]{row['system']} failed[/red]: {row['error']}")
+                    progress.console.print(traceback.format_exc(limit=3), markup=False)
+            row["wall_seconds"] = round(time.monotonic() - began, 1)
+            rows.append(row)
+            progress.advance(bar)
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    """The facts a reader needs to weigh the numbers: CPUs, memory, versions."""
+    packages = ("celery", "kombu", "aio-pika", "redis", "aio-celery", "celeriac")
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "versions": {name: _version(name) for name in packages},
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except Exception:
+        return None
