@@ -1,0 +1,70 @@
+"""The benchmark suite's harness works end to end (token sizes; nothing here is about speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.runs import ROOT
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.mark.timeout(300)
+def test_a_tiny_run_writes_every_scenario_on_both_brokers(
+    tmp_path: Path, amqp_url: str, redis_url: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--families", "celeriac", "--quiet",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
+        env={"PATH": "/usr/bin:/bin", "CELERIAC_BENCH_AMQP_URL": amqp_url,
+             "CELERIAC_BENCH_REDIS_URL": redis_url},
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    (folder,) = tmp_path.iterdir()
+    document = json.loads((folder / "results.json").read_text())
+    rows = document["rows"]
+    assert {(r["scenario"], r["broker"]) for r in rows} == {
+        (scenario, broker)
+        for scenario in ("noop", "results", "io", "latency", "mixed")
+        for broker in ("amqp", "redis")
+    }
+    assert not [r for r in rows if "error" in r]
+    assert all(r["rate"] > 0 for r in rows if r["scenario"] in ("noop", "results", "io"))
+    assert all(r["start_p50_ms"] <= r["start_max_ms"] for r in rows if r["scenario"] == "latency")
+    assert document["machine"]["cpus"] >= 1
+    assert set(document["machine"]["brokers"]) == {"rabbitmq", "redis"}
+    assert (folder / "throughput.png").stat().st_size > 0
+    assert (folder / "latency.png").stat().st_size > 0
+    assert "| amqp | celeriac -c 100 |" in (folder / "results.md").read_text()
+    assert "noop" in done.stdout
+
+
+def test_ratios_compare_rows_of_the_same_run_and_broker() -> None:
+    def row(system: str, family: str, concurrency: int, rate: float, broker: str = "amqp") -> dict:
+        return {"scenario": "noop", "broker": broker, "system": system, "family": family,
+                "concurrency": concurrency, "rate": rate}  # fmt: skip
+
+    rows = [
+        row("celery prefork -c 2", "celery", 2, 1000.0),
+        row("floor, prefetch 2", "floor", 2, 4000.0),
+        row("floor, prefetch 100", "floor", 100, 8000.0),
+        row("celeriac -c 100", "celeriac", 100, 6000.0),
+        row("celeriac -c 2", "celeriac", 2, 2000.0),
+        row("celeriac -c 100", "celeriac", 100, 500.0, broker="redis"),  # no baseline there
+    ]
+    report.add_ratios(rows)
+
+    assert (rows[3]["x_celery_prefork"], rows[3]["x_floor"], rows[3]["floor"]) == (
+        6.0, 0.75, "prefetch 100",
+    )  # fmt: skip
+    assert (rows[4]["x_celery_prefork"], rows[4]["x_floor"]) == (2.0, 0.5)
+    assert "x_celery_prefork" not in rows[5]
+    assert "x_floor" not in rows[1]
