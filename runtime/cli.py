@@ -283,12 +283,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=_cmd_worker)
     _add_load_command(commands)
+    # Listed for --help; main() hands everything after `bench` to python -m benchmarks.
+    commands.add_parser(
+        "bench", help="the benchmark suite (python -m benchmarks; see celeriac bench --help)"
+    )
     return parser
+
+
+def _bench(argv: Sequence[str]) -> int:
+    """``celeriac bench ARGS`` is ``python -m benchmarks ARGS`` (it needs celeriac[bench])."""
+    try:
+        from benchmarks.__main__ import main as bench  # noqa: PLC0415 - an optional extra
+    except ModuleNotFoundError as exc:
+        print(f"celeriac: bench needs the bench extra ({exc.name} is missing): "
+              "pip install 'celeriac[bench]'", file=sys.stderr)  # fmt: skip
+        return 2
+    return asyncio.run(bench(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``celeriac`` command line; return its exit status."""
-    args = _parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["bench"]:
+        return _bench(given[1:])
+    args = _parser().parse_args(given)
     return int(args.run(args))
 
 

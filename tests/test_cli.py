@@ -186,3 +186,10 @@ def test_load_with_an_unreachable_result_backend_fails_before_sending() -> None:
 
     assert done.returncode == 1
     assert done.stderr.decode().startswith("celeriac: result backend: cannot connect")
+
+
+def test_bench_hands_its_arguments_to_the_suite() -> None:
+    done = _celeriac("bench", "--brokers", "amqp,nope", "--scenarios", "noop")
+
+    assert done.returncode == 2
+    assert done.stderr.decode().strip() == "python -m benchmarks: unknown broker or scenario: nope"
