@@ -94,13 +94,22 @@ def test_the_redis_floor_pops_kombus_priority_lists(redis_url: str, unique_name:
         assert store.llen(step3) == 0
 
 
-@pytest.fixture
-def aio_celery_worker(
-    amqp_url: str, redis_url: str, amqp_queue: str, tmp_path: Path
+#: The peers' worker commands, each run on the queue given as ``{queue}``.
+PEERS = {
+    "aio-celery": ["-m", "aio_celery", "worker", "-Q", "{queue}", "-c", "10", "-l", "WARNING",
+                   "benchmarks.aio_celery_app:app"],
+    "celery prefork": ["-m", "celery", "-A", "benchmarks.celery_app", "worker", "-Q", "{queue}",
+                       "-P", "prefork", "-c", "2", "-l", "warning", "--without-heartbeat",
+                       "--without-gossip", "--without-mingle"],
+}  # fmt: skip
+
+
+@pytest.fixture(params=sorted(PEERS))
+def peer_worker(
+    request: pytest.FixtureRequest, amqp_url: str, redis_url: str, amqp_queue: str, tmp_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """aio-celery's worker on ``amqp_queue``, results and stamps in Redis; stopped by SIGINT."""
-    command = [sys.executable, "-m", "aio_celery", "worker", "-Q", amqp_queue, "-c", "10",
-               "-l", "WARNING", "benchmarks.aio_celery_app:app"]  # fmt: skip
+    """A peer's worker on ``amqp_queue``, results and stamps in Redis; stopped by SIGINT."""
+    command = [sys.executable, *(arg.format(queue=amqp_queue) for arg in PEERS[request.param])]
     env = {**os.environ, "PYTHONPATH": str(quick_noop.ROOT), "CELERIAC_BROKER_URL": amqp_url,
            "BENCH_REDIS_URL": redis_url, "BENCH_RESULT_BACKEND": redis_url}  # fmt: skip
     with (tmp_path / "worker.log").open("wb") as log:
@@ -114,12 +123,13 @@ def aio_celery_worker(
             proc.wait(timeout=PATIENCE)
 
 
-def test_aio_celery_runs_what_a_celery_client_sends(
-    aio_celery_worker: subprocess.Popen[bytes], amqp_url: str, redis_url: str, amqp_queue: str
+def test_a_peer_runs_the_bench_tasks_a_celery_client_sends(
+    peer_worker: subprocess.Popen[bytes], amqp_url: str, redis_url: str, amqp_queue: str
 ) -> None:
     sent = time.time()
     with Celery("client", broker=amqp_url, set_as_current=False) as client:
         ids = [client.send_task("noop", queue=amqp_queue).id for _ in range(20)]
+        ids.append(client.send_task("bench.sleep", args=(0.01,), queue=amqp_queue).id)
         ids.append(client.send_task("bench.stamp", args=(sent, amqp_queue), queue=amqp_queue).id)
     reader = Celery("reader", broker="memory://", backend=redis_url, set_as_current=False)
     try:
@@ -131,7 +141,7 @@ def test_aio_celery_runs_what_a_celery_client_sends(
             _wait_for(
                 lambda: all(reader.AsyncResult(i).state == "SUCCESS" for i in ids), "the results"
             )
-            assert [reader.AsyncResult(i).result for i in ids] == [None] * 21
+            assert [reader.AsyncResult(i).result for i in ids] == [None] * 22
             store.delete(amqp_queue, *(f"celery-task-meta-{i}" for i in ids))
     finally:
         reader.backend.client.close()
