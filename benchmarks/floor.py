@@ -74,13 +74,16 @@ async def consume_redis(
     url: str, queue: str, prefetch: int, tally: Tally, stop: asyncio.Event
 ) -> None:
     """Pop ``queue``'s kombu lists on the Redis server at ``url`` with ``prefetch`` concurrent
-    ``BRPOP`` loops until ``stop`` is set; the loops are cancelled, not left to time out."""
+    ``BRPOP`` loops until ``stop`` is set; the loops are cancelled, not left to time out (a
+    message popped by a cancelled ``BRPOP`` is lost uncounted: the floor keeps no bookkeeping)."""
     pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=prefetch)
     async with redis.asyncio.Redis.from_pool(pool) as client:
         keys = redis_lists(queue)
 
         async def slot() -> None:
-            while True:
+            # Checking ``stop`` as well as cancelling: redis-py 8.1 sometimes swallows a
+            # cancellation that lands as a BRPOP reply arrives, and returns the reply instead.
+            while not stop.is_set():
                 if await client.brpop(keys, timeout=BRPOP_TIMEOUT) is not None:
                     tally.consumed += 1
 

@@ -44,14 +44,29 @@ def _wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
-def _start_floor(broker: str, queue: str, prefetch: int) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "benchmarks.floor", "--broker", broker, "--queue", queue,
-               "--prefetch", str(prefetch)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(quick_noop.ROOT)}
-    return subprocess.Popen(
-        command, cwd=quick_noop.ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+StartFloor = Callable[[str, str, int], "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def start_floor() -> Iterator[StartFloor]:
+    """Starts ``python -m benchmarks.floor`` (broker, queue, prefetch); kills what is left."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(broker: str, queue: str, prefetch: int) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "benchmarks.floor", "--broker", broker,
+                   "--queue", queue, "--prefetch", str(prefetch)]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(quick_noop.ROOT)}
+        started.append(subprocess.Popen(
+            command, cwd=quick_noop.ROOT, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        ))  # fmt: skip
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def _drain_and_stop(proc: subprocess.Popen[str], broker: str, queue: str) -> dict[str, int]:
@@ -69,17 +84,43 @@ def _drain_and_stop(proc: subprocess.Popen[str], broker: str, queue: str) -> dic
 
 @pytest.mark.parametrize("broker", ["amqp_url", "redis_url"])
 def test_a_floor_drains_what_a_celery_client_published(
-    broker: str, amqp_queue: str, request: pytest.FixtureRequest
+    broker: str, amqp_queue: str, start_floor: StartFloor, request: pytest.FixtureRequest
 ) -> None:
     url = request.getfixturevalue(broker)
     quick_noop.preload(amqp_queue, 50, url)
 
-    proc = _start_floor(url, amqp_queue, prefetch=2)
+    proc = start_floor(url, amqp_queue, 2)
 
     assert _drain_and_stop(proc, url, amqp_queue) == {"consumed": 50}
 
 
-def test_the_redis_floor_pops_kombus_priority_lists(redis_url: str, unique_name: str) -> None:
+@pytest.mark.parametrize("broker", ["amqp_url", "redis_url"])
+def test_a_floor_stopped_mid_drain_exits_0(
+    broker: str, amqp_queue: str, start_floor: StartFloor, request: pytest.FixtureRequest
+) -> None:
+    """A regression: redis-py swallowed some BRPOP cancellations, and the floor hung."""
+    url = request.getfixturevalue(broker)
+    quick_noop.preload(amqp_queue, 2000, url)
+    proc = start_floor(url, amqp_queue, 100)
+    with Connection(url) as conn:
+        # Beyond the prefetch window: some messages have been acknowledged, not just delivered.
+        _wait_for(lambda: quick_noop.depth(conn, amqp_queue) < 1800, "the floor to consume")
+
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=PATIENCE)
+
+        assert proc.returncode == 0, err
+        consumed = json.loads(out)["consumed"]
+        assert consumed > 0
+        if broker == "amqp_url":  # what was delivered but not acked goes back to the queue
+            _wait_for(lambda: quick_noop.depth(conn, amqp_queue) == 2000 - consumed, "requeue")
+        else:  # a pop in flight when its BRPOP was cancelled is lost, uncounted
+            assert quick_noop.depth(conn, amqp_queue) <= 2000 - consumed
+
+
+def test_the_redis_floor_pops_kombus_priority_lists(
+    redis_url: str, unique_name: str, start_floor: StartFloor
+) -> None:
     with Celery("priority", broker=redis_url, set_as_current=False) as client:
         client.send_task("noop", queue=unique_name, priority=3, ignore_result=True)
     step3 = f"{unique_name}\x06\x163"
@@ -88,7 +129,7 @@ def test_the_redis_floor_pops_kombus_priority_lists(redis_url: str, unique_name:
         assert (store.llen(unique_name), store.llen(step3)) == (0, 1)
         quick_noop.preload(unique_name, 5, redis_url)
 
-        proc = _start_floor(redis_url, unique_name, prefetch=3)
+        proc = start_floor(redis_url, unique_name, 3)
 
         assert _drain_and_stop(proc, redis_url, unique_name) == {"consumed": 6}
         assert store.llen(step3) == 0
