@@ -48,9 +48,12 @@ async def noop() -> None:
 
 
 @app.task(name="bench.sleep")
-async def sleep(seconds: float) -> None:
-    """Waits ``seconds`` without blocking the loop (an I/O-bound task)."""
+async def sleep(seconds: float, key: str | None = None) -> None:
+    """Waits ``seconds`` without blocking the loop (an I/O-bound task), then counts itself
+    done in Redis ``key`` when given."""
     await asyncio.sleep(seconds)
+    if key is not None:
+        await app.context.incr(key)
 
 
 @app.task(name="bench.stamp")

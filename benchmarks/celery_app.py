@@ -39,9 +39,12 @@ def noop() -> None:
 
 
 @app.task(name="bench.sleep")
-def sleep(seconds: float) -> None:
-    """Blocks its pool slot for ``seconds``."""
+def sleep(seconds: float, key: str | None = None) -> None:
+    """Blocks its pool slot for ``seconds``, then counts itself done in Redis ``key`` when
+    given."""
     time.sleep(seconds)
+    if key is not None:
+        _stamp_client(os.getpid()).incr(key)
 
 
 @app.task(name="bench.stamp")

@@ -119,13 +119,13 @@ def _round_trips(broker: str, backend: str, queue: str, total: int) -> float:
     one round trip that proves the worker is up."""
     client = Celery("bench-client", broker=broker, backend=backend, set_as_current=False)
     try:
-        client.send_task("noop", queue=queue).get(timeout=120)
+        client.send_task("noop", queue=queue).get(timeout=60)
         began = time.monotonic()
         with client.producer_or_acquire() as producer:
             handles = [client.send_task("noop", queue=queue, producer=producer)
                        for _ in range(total)]  # fmt: skip
         for handle in handles:
-            handle.get(timeout=120)
+            handle.get(timeout=30)
         return time.monotonic() - began
     finally:
         client.backend.client.close()
