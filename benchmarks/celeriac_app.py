@@ -27,9 +27,11 @@ async def noop() -> None:
 def _redis() -> redis.asyncio.Redis:
     global _stamps  # noqa: PLW0603 - one client per worker process
     if _stamps is None:
-        _stamps = redis.asyncio.Redis.from_url(
-            os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+        # Thousands of tasks share it: wait for one of 50 connections rather than fail.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), max_connections=50
         )
+        _stamps = redis.asyncio.Redis(connection_pool=pool)
     return _stamps
 
 

@@ -30,7 +30,9 @@ else:
 @functools.cache
 def _stamp_client(pid: int) -> redis.Redis:
     """This process's Redis client for ``bench.stamp`` (keyed by pid: prefork children fork)."""
-    return redis.Redis.from_url(STAMP_REDIS_URL)
+    # A threads pool shares it: wait for one of 50 connections rather than fail.
+    pool = redis.BlockingConnectionPool.from_url(STAMP_REDIS_URL, max_connections=50)
+    return redis.Redis(connection_pool=pool)
 
 
 @app.task(name="noop")

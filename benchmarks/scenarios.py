@@ -153,9 +153,11 @@ async def io(ctx: Context, kind: str, system: System) -> Row:
             async def finished() -> bool:
                 return int(await client.get(counter) or 0) >= total
 
-            await until(started, run, 300, "the first message taken")
+            await until(started, run, 120, "the first message taken")
             began = time.monotonic()
-            await until(finished, run, 300, "every task done")
+            # Ten times the ideal duration, and some: a task that fails never counts itself.
+            deadline = 30 + 10 * total * scale.io_seconds / system.concurrency
+            await until(finished, run, deadline, "every task done")
             seconds = time.monotonic() - began
             peak = run.usage().peak_rss_mib
             await client.delete(counter)
