@@ -20,7 +20,8 @@ app = Celery(
     "bench",
     broker=os.environ.get("CELERIAC_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
 )
-app.conf.update(worker_hijack_root_logger=False)
+# No remote control: two workers of one host would share the pidbox queue of their node name.
+app.conf.update(worker_hijack_root_logger=False, worker_enable_remote_control=False)
 if backend := os.environ.get("BENCH_RESULT_BACKEND"):
     app.conf.update(result_backend=backend)
 else:

@@ -115,20 +115,38 @@ async def results(ctx: Context, kind: str, system: System) -> Row:
 
 
 def _round_trips(broker: str, backend: str, queue: str, total: int) -> float:
-    """Seconds for a Celery client to send ``total`` tasks and ``get()`` every result, after
-    one round trip that proves the worker is up."""
+    """Seconds for a Celery client to send ``total`` tasks and read every result back, after
+    one round trip that proves the worker is up.
+
+    Results are polled (``MGET`` of the pending ones through the client's own backend
+    connection) rather than awaited with ``get()``: Celery's ``get()`` waits for a PUBLISH,
+    which aio-celery never sends; polling treats every system alike.
+    """
     client = Celery("bench-client", broker=broker, backend=backend, set_as_current=False)
     try:
-        client.send_task("noop", queue=queue).get(timeout=60)
+        _wait_for(client, [client.send_task("noop", queue=queue).id], 60)
         began = time.monotonic()
         with client.producer_or_acquire() as producer:
-            handles = [client.send_task("noop", queue=queue, producer=producer)
-                       for _ in range(total)]  # fmt: skip
-        for handle in handles:
-            handle.get(timeout=30)
+            ids = [client.send_task("noop", queue=queue, producer=producer).id
+                   for _ in range(total)]  # fmt: skip
+        _wait_for(client, ids, 60)
         return time.monotonic() - began
     finally:
         client.backend.client.close()
+
+
+def _wait_for(client: Celery, ids: list[str], timeout: float) -> None:
+    """Poll until every id has a ready result (or fail after ``timeout``)."""
+    backend = client.backend
+    pending, deadline = list(ids), time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} of {len(ids)} results missing after {timeout} s")
+        found = backend.client.mget([backend.get_key_for_task(i) for i in pending[:1000]])
+        done = {i for i, raw in zip(pending, found, strict=False) if raw is not None}
+        pending = [i for i in pending if i not in done]
+        if pending:
+            time.sleep(0.005)
 
 
 async def io(ctx: Context, kind: str, system: System) -> Row:

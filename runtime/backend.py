@@ -26,6 +26,7 @@ from protocol import (
 )
 
 from .errors import translate_redis_errors
+from .redis_client import client_for
 
 __all__ = ["DEFAULT_RESULT_EXPIRES", "RedisResultBackend"]
 
@@ -64,7 +65,7 @@ class RedisResultBackend:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisResultBackend:
         """Connect lazily to the Redis server at ``url`` (``redis://``, ``rediss://``)."""
-        return cls(redis.asyncio.Redis.from_url(url), **options)
+        return cls(client_for(url), **options)
 
     def _ttl(self, status: State) -> int:
         expires = self.result_expires

@@ -64,6 +64,7 @@ from protocol.kombu_redis import (
 
 from .brokers import transport_options
 from .errors import BrokerConnectionError, translate_redis_errors
+from .redis_client import client_for
 from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
 __all__ = ["OPTION_NAMES", "RedisOptions", "RedisTransport"]
@@ -215,7 +216,7 @@ class RedisTransport:
         the maintenance task retry with backoff while Redis is away.
         """
         if self._client is None:
-            self._client = redis.asyncio.Redis.from_url(
+            self._client = client_for(
                 self._url, socket_connect_timeout=10, health_check_interval=30
             )
         with self._translate(f"connect to {self._where}"):
