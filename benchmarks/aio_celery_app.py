@@ -37,7 +37,7 @@ async def _stamp_client() -> AsyncIterator[redis.asyncio.Redis]:
     """The worker's one Redis client for ``bench.stamp``, open while the worker runs."""
     # Thousands of tasks share it: wait for one of 50 connections rather than fail.
     pool = redis.asyncio.BlockingConnectionPool.from_url(STAMP_REDIS_URL, max_connections=50)
-    async with redis.asyncio.Redis(connection_pool=pool) as client:
+    async with redis.asyncio.Redis.from_pool(pool) as client:
         yield client
 
 

@@ -31,7 +31,7 @@ def _redis() -> redis.asyncio.Redis:
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), max_connections=50
         )
-        _stamps = redis.asyncio.Redis(connection_pool=pool)
+        _stamps = redis.asyncio.Redis.from_pool(pool)
     return _stamps
 
 

@@ -24,4 +24,4 @@ def client_for(url: str, **options: Any) -> redis.asyncio.Redis:
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url, max_connections=MAX_CONNECTIONS, timeout=None, **options
     )
-    return redis.asyncio.Redis(connection_pool=pool)
+    return redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

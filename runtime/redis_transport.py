@@ -484,9 +484,13 @@ class RedisTransport:
     # -- upkeep ------------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        """Renew claims and registration, retry settlements, sweep for stale deliveries."""
+        """Renew claims and registration, retry settlements, sweep for stale deliveries.
+
+        The loop also checks ``_closing``: redis-py 8.1 can swallow a cancellation that lands
+        while a command waits, so cancelling this task alone does not always end it.
+        """
         next_sweep = 0.0
-        while True:
+        while not self._closing:
             try:
                 await self._renew()
                 while self._pending:
@@ -499,7 +503,8 @@ class RedisTransport:
                     next_sweep = time.monotonic() + self.options.sweep_every
             except redis.exceptions.RedisError as exc:
                 log.warning("Redis upkeep will retry: %s", exc)
-            await asyncio.sleep(self.options.renew_every)
+            with contextlib.suppress(TimeoutError):  # the period, or until closed
+                await asyncio.wait_for(self._closed.wait(), self.options.renew_every)
 
     async def _renew(self) -> None:
         """Move the index score of every claim we hold to now (``ZADD XX``: never re-adds)."""
