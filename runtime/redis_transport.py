@@ -42,7 +42,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -52,9 +52,6 @@ import redis.exceptions
 
 from protocol import CeleriacError, WireMessage, decode_envelope, encode_envelope
 from protocol.kombu_redis import (
-    DEFAULT_PRIORITY_STEPS,
-    SEP,
-    RedisLayout,
     dead_letter_payload,
     parse_binding_member,
     parse_unacked,
@@ -65,17 +62,12 @@ from protocol.kombu_redis import (
 from .brokers import transport_options
 from .errors import BrokerConnectionError, translate_redis_errors
 from .redis_client import client_for
+from .redis_options import OPTION_NAMES, RedisOptions
 from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
-__all__ = ["OPTION_NAMES", "RedisOptions", "RedisTransport"]
+__all__ = ["RedisTransport"]
 
 log = logging.getLogger(__name__)
-
-#: The transport options this transport reads; the rest of a URL's query goes to redis-py.
-OPTION_NAMES = frozenset({
-    "visibility_timeout", "global_keyprefix", "priority_steps", "sep", "unacked_key",
-    "unacked_index_key", "unacked_mutex_key", "unacked_mutex_expire",
-})  # fmt: skip
 
 _CLAIM = (files("runtime") / "lua" / "redis_claim.lua").read_text()
 _SETTLE = (files("runtime") / "lua" / "redis_settle.lua").read_text()
@@ -88,70 +80,6 @@ _IDLE_WAIT = 0.1
 #: Stale deliveries examined per page of a sweep.
 _SWEEP_PAGE = 100
 _RETRY_MIN, _RETRY_MAX = 0.5, 10.0
-
-
-def _positive(name: str, value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise ValueError(f"transport option {name} must be a positive number, not {value!r}")
-    return seconds
-
-
-def _steps(value: Any) -> tuple[int, ...]:
-    parts = value.split(",") if isinstance(value, str) else value
-    try:
-        return tuple(int(part) for part in parts)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"transport option priority_steps must be integers, not {value!r}"
-        ) from None
-
-
-@dataclass(frozen=True, slots=True)
-class RedisOptions:
-    """The transport options this transport reads, checked."""
-
-    visibility_timeout: float = 3600.0
-    unacked_mutex_expire: float = 300.0
-    layout: RedisLayout = field(default_factory=RedisLayout)
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> RedisOptions:
-        """Read them from Celery-style ``broker_transport_options``; ``ValueError`` if bad."""
-        text = {name: str(options[name]) for name in ("global_keyprefix", "sep") if name in options}
-        keys = {
-            name: str(options[name])
-            for name in ("unacked_key", "unacked_index_key", "unacked_mutex_key")
-            if name in options
-        }
-        layout = RedisLayout(
-            global_keyprefix=text.get("global_keyprefix", ""),
-            sep=text.get("sep", SEP),
-            priority_steps=_steps(options.get("priority_steps", DEFAULT_PRIORITY_STEPS)),
-            **keys,
-        )
-        return cls(
-            visibility_timeout=_positive(
-                "visibility_timeout", options.get("visibility_timeout", 3600.0)
-            ),
-            unacked_mutex_expire=_positive(
-                "unacked_mutex_expire", options.get("unacked_mutex_expire", 300.0)
-            ),
-            layout=layout,
-        )
-
-    @property
-    def renew_every(self) -> float:
-        """Seconds between claim renewals."""
-        return min(self.visibility_timeout / 4, 10.0)
-
-    @property
-    def sweep_every(self) -> float:
-        """Seconds between sweeps for stale deliveries."""
-        return min(self.visibility_timeout / 2, 60.0)
 
 
 @dataclass(slots=True, eq=False)

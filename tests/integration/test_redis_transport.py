@@ -21,7 +21,8 @@ from protocol import WireMessage
 from protocol.kombu_redis import RedisLayout
 from runtime.capacity import Slots
 from runtime.errors import BrokerConnectionError
-from runtime.redis_transport import RedisOptions, RedisTransport
+from runtime.redis_options import RedisOptions
+from runtime.redis_transport import RedisTransport
 from runtime.transport import QueueSpec
 from tests.consumer import SlotConsumer
 from tests.proxy import TcpProxy
