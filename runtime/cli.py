@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import (
     AcceptPolicy,
@@ -30,9 +30,12 @@ from protocol import (
     decode_task,
 )
 
-from . import load, serve
+from . import serve
 from .brokers import DEFAULT_BROKER
 from .errors import BackendError, BrokerConnectionError
+
+if TYPE_CHECKING:
+    from . import load
 
 __all__ = ["main"]
 
@@ -164,6 +167,8 @@ def _json_arg(text: str | None, kind: type[list[Any]] | type[dict[str, Any]], fl
 
 def _load_plan(args: argparse.Namespace) -> load.LoadPlan:
     """The plan the flags and the environment describe; ``ValueError`` for bad input."""
+    from . import load  # noqa: PLC0415 - the worker command never needs the load generator
+
     environ = os.environ
     return load.LoadPlan(
         broker=args.broker
@@ -187,6 +192,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
         return 2
+    from . import load  # noqa: PLC0415 - the worker command never needs the load generator
+
     try:
         report = asyncio.run(load.run_load(plan))
     except (BrokerConnectionError, BackendError) as exc:

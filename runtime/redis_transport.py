@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 _CLAIM = (files("runtime") / "lua" / "redis_claim.lua").read_text()
 _SETTLE = (files("runtime") / "lua" / "redis_settle.lua").read_text()
 _RESTORE = (files("runtime") / "lua" / "redis_restore.lua").read_text()
+_ACK = (files("runtime") / "lua" / "redis_ack.lua").read_text()
+#: The most acks one script call settles: a long script would hold up every other client.
+_ACKS_PER_CALL = 500
 
 #: Most messages one claim pops: bounds how long the script keeps Redis busy.
 _CLAIM_MAX = 100
@@ -126,6 +129,8 @@ class RedisTransport:
         self._client: redis.asyncio.Redis | None = client
         self._unsettled: dict[bytes, _Claim] = {}
         self._pending: list[_Settlement] = []
+        self._acks: list[tuple[_Claim, asyncio.Future[None]]] = []  # not yet sent to Redis
+        self._acking: asyncio.Task[None] | None = None
         self._consumer_id = uuid.uuid4().hex
         self._consuming: list[str] = []
         # Claimed and not yet handed out, oldest first: (queue, [index, payload, tag]).
@@ -151,6 +156,7 @@ class RedisTransport:
             await self._client.ping()
         self._claim = self._client.register_script(_CLAIM)
         self._settle_script = self._client.register_script(_SETTLE)
+        self._ack_script = self._client.register_script(_ACK)
         self._restore = self._client.register_script(_RESTORE)
 
     def _require(self) -> redis.asyncio.Redis:
@@ -333,8 +339,60 @@ class RedisTransport:
     # -- settling ----------------------------------------------------------------------------
 
     async def ack(self, delivery: Delivery) -> None:
-        """Forget the message (delete its unacked record)."""
-        await self._settle(delivery.handle, "LPUSH", [], b"")
+        """Forget the message (delete its unacked record).
+
+        Acks asked for in one turn of the event loop go to Redis together, in one script
+        call (:meth:`_send_acks`); this returns once Redis has ours, or once it is kept to be
+        retried because Redis is away.
+        """
+        claim: _Claim = delivery.handle
+        if claim.settled:
+            return
+        claim.settled = True
+        done = asyncio.get_running_loop().create_future()
+        self._acks.append((claim, done))
+        if self._acking is None:
+            self._acking = asyncio.create_task(self._send_acks(), name="celeriac-redis-ack")
+        await asyncio.shield(done)  # cancelling the caller does not take the ack back
+
+    async def _send_acks(self) -> None:
+        """Send waiting acks, a batch per script call, until none is left."""
+        try:
+            while self._acks:
+                batch, self._acks = self._acks[:_ACKS_PER_CALL], self._acks[_ACKS_PER_CALL:]
+                claims = [claim for claim, _ in batch]
+                try:
+                    await self._ack_claims(claims)
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    log.warning("Redis ack of %d deliveries will be retried: %s", len(claims), exc)
+                    self._pending.extend(_Settlement(claim, [], "LPUSH", b"") for claim in claims)
+                except BaseException as exc:
+                    for claim, done in batch:
+                        claim.settled = False
+                        if not done.done():
+                            done.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            self._acking = None
+
+    async def _ack_claims(self, claims: list[_Claim]) -> None:
+        lapsed = await self._ack_script(
+            keys=[self.layout.unacked, self.layout.unacked_index],
+            args=[claim.tag for claim in claims],
+        )
+        for claim in claims:
+            self._unsettled.pop(claim.tag, None)
+        for tag in lapsed:
+            log.warning(
+                "delivery %s was restored by another consumer before it was acked "
+                "(its claim lapsed: Redis unreachable for longer than visibility_timeout?)",
+                tag,
+            )
 
     async def reject(self, delivery: Delivery, *, requeue: bool) -> None:
         """Drop the message, or requeue it behind the waiting ones (LPUSH, as kombu does)."""
@@ -509,6 +567,8 @@ class RedisTransport:
             await asyncio.gather(maintainer, return_exceptions=True)
         if self._client is None:
             return
+        if (acking := self._acking) is not None:  # acks already asked for still go out
+            await asyncio.gather(acking, return_exceptions=True)
         with contextlib.suppress(redis.exceptions.RedisError):
             await self._give_back_unhanded()
             for pending in list(self._pending):
