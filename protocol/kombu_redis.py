@@ -87,6 +87,16 @@ class RedisLayout:
         return self.key(f"_celeriac.consumers.{queue}")
 
     @property
+    def delayed(self) -> str:
+        """celeriac's delay store: the sorted set of deferred message ids by due time."""
+        return self.key("_celeriac.delayed")
+
+    @property
+    def delayed_messages(self) -> str:
+        """The delay store's hash: id -> the list to push onto when due, NUL, the payload."""
+        return self.key("_celeriac.delayed.messages")
+
+    @property
     def unacked(self) -> str:
         """The hash of delivered, unacknowledged payloads by delivery tag."""
         return self.key(self.unacked_key)

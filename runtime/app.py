@@ -211,13 +211,17 @@ class App:
         concurrency: int = 10,
         hostname: str | None = None,
         grace: float = 30.0,
+        max_held_eta: int | None = None,
     ) -> AsyncIterator[Worker]:
         """Run a worker inside the caller's event loop for the ``async with`` block.
 
         It installs no signal handlers; leaving the block stops it as SIGTERM would (running
         tasks get ``grace`` seconds). Raises at once if the broker cannot be reached.
         """
-        from .worker import Worker  # noqa: PLC0415 - the worker module imports this one
+        from .worker import (  # noqa: PLC0415 - the worker module imports this one
+            DEFAULT_MAX_HELD_ETA,
+            Worker,
+        )
 
         worker = Worker(
             self,
@@ -225,6 +229,7 @@ class App:
             concurrency=concurrency,
             hostname=hostname or f"celeriac@{socket.gethostname()}",
             grace=grace,
+            max_held_eta=DEFAULT_MAX_HELD_ETA if max_held_eta is None else max_held_eta,
         )
         running = asyncio.create_task(worker.run(), name="celeriac-worker")
         ready = asyncio.create_task(worker.ready.wait())

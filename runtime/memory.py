@@ -16,6 +16,7 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from protocol import WireMessage
 
@@ -42,6 +43,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self.queues: dict[str, _Queue] = {}
         self.arrived = asyncio.Condition()
+        self.delayed: set[asyncio.Task[None]] = set()  # messages waiting for their ETA
 
     def queue(self, name: str) -> _Queue:
         """The queue ``name``, created on first use (as Celery's clients declare on publish)."""
@@ -155,6 +157,22 @@ class MemoryTransport:
             message.properties,
         )  # fmt: skip
         await self.broker.put(f"{handle.queue}.dead", _Queued(dead))
+
+    async def defer(self, delivery: Delivery, eta: datetime) -> None:
+        """Keep the message in the broker (not in this transport) and queue it again at
+        ``eta``, at the head of its queue: it is due."""
+        handle = self._settle(delivery)
+        if handle is None:
+            return
+        delay = (eta - datetime.now(UTC)).total_seconds()
+
+        async def requeue_when_due() -> None:
+            await asyncio.sleep(delay)
+            await self.broker.put(handle.queue, _Queued(handle.item.message), front=True)
+
+        waiting = asyncio.get_running_loop().create_task(requeue_when_due())
+        self.broker.delayed.add(waiting)
+        waiting.add_done_callback(self.broker.delayed.discard)
 
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Append to queue ``routing_key`` (the default exchange's routing)."""

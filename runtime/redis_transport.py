@@ -43,6 +43,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.resources import files
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -73,6 +74,13 @@ _CLAIM = (files("runtime") / "lua" / "redis_claim.lua").read_text()
 _SETTLE = (files("runtime") / "lua" / "redis_settle.lua").read_text()
 _RESTORE = (files("runtime") / "lua" / "redis_restore.lua").read_text()
 _ACK = (files("runtime") / "lua" / "redis_ack.lua").read_text()
+_DEFER = (files("runtime") / "lua" / "redis_defer.lua").read_text()
+_DUE = (files("runtime") / "lua" / "redis_due.lua").read_text()
+#: Delayed messages go back onto their lists this long before they are due (the worker holds
+#: them the rest of the way), checked at least this often, this many per script call.
+_DUE_AHEAD = 1.0
+_DUE_EVERY = 0.5
+_DUE_PER_CALL = 200
 #: The most acks one script call settles: a long script would hold up every other client.
 _ACKS_PER_CALL = 500
 
@@ -137,6 +145,7 @@ class RedisTransport:
         self._batch: list[tuple[str, list[Any]]] = []
         self._claiming: asyncio.Future[int] | None = None
         self._maintainer: asyncio.Task[None] | None = None
+        self._mover: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
 
@@ -157,6 +166,8 @@ class RedisTransport:
         self._claim = self._client.register_script(_CLAIM)
         self._settle_script = self._client.register_script(_SETTLE)
         self._ack_script = self._client.register_script(_ACK)
+        self._defer_script = self._client.register_script(_DEFER)
+        self._due_script = self._client.register_script(_DUE)
         self._restore = self._client.register_script(_RESTORE)
 
     def _require(self) -> redis.asyncio.Redis:
@@ -236,6 +247,7 @@ class RedisTransport:
             with self._translate(f"consume from {', '.join(names)}"):
                 await self._register(names)
             self._maintainer = asyncio.create_task(self._maintain(), name="celeriac-redis")
+            self._mover = asyncio.create_task(self._move_due(), name="celeriac-redis-due")
             while not self._closing:
                 if not await wait_free_unless_closed(capacity, self._closed):
                     return
@@ -435,6 +447,54 @@ class RedisTransport:
                 claim.tag, claim.queue,
             )  # fmt: skip
 
+    # -- delaying ----------------------------------------------------------------------------
+
+    async def defer(self, delivery: Delivery, eta: datetime) -> None:
+        """Move the message into celeriac's delay store in Redis, in one step with its unacked
+        record (``lua/redis_defer.lua``): exactly once, even if the worker dies.
+
+        Every consuming celeriac worker on this Redis moves due messages back onto their
+        lists (:meth:`_move_due`), a second before they are due; while no worker runs, they
+        wait in the store (``_celeriac.delayed``). Celery workers do not read the store.
+        """
+        claim: _Claim = delivery.handle
+        if claim.settled:
+            return
+        claim.settled = True
+        target = self.layout.queue_key(claim.queue, _priority(claim.payload))
+        keys = [self.layout.unacked, self.layout.unacked_index, self.layout.delayed,
+                self.layout.delayed_messages]  # fmt: skip
+        args: list[bytes | str | float] = [
+            claim.tag, eta.timestamp(), uuid.uuid4().hex, target, claim.payload
+        ]  # fmt: skip
+        try:
+            with self._translate(f"defer a message from {claim.queue!r}"):
+                await self._defer_script(keys=keys, args=args)
+        except BaseException:
+            claim.settled = False
+            raise
+        self._unsettled.pop(claim.tag, None)
+
+    async def _move_due(self) -> None:
+        """Push delayed messages back onto their lists as they fall due (see ``defer``)."""
+        keys = [self.layout.delayed, self.layout.delayed_messages]
+        while not self._closing:
+            pause = _DUE_EVERY
+            try:
+                moved, following = await self._due_script(
+                    keys=keys, args=[time.time() + _DUE_AHEAD, _DUE_PER_CALL]
+                )
+                if int(moved) == _DUE_PER_CALL:
+                    continue  # more are due
+                if following is not None:
+                    until = float(following) - _DUE_AHEAD - time.time()
+                    pause = max(0.01, min(pause, until))
+            except redis.exceptions.RedisError as exc:
+                log.warning("Redis delayed delivery will retry: %s", exc)
+                pause = 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), pause)
+
     # -- inspection --------------------------------------------------------------------------
 
     async def queue_depth(self, queue: str) -> tuple[int, int | None]:
@@ -561,10 +621,11 @@ class RedisTransport:
         redelivered (kombu's restore at shutdown); then close the connection."""
         self._closing = True
         self._closed.set()
-        if (maintainer := self._maintainer) is not None:
-            self._maintainer = None
-            maintainer.cancel()
-            await asyncio.gather(maintainer, return_exceptions=True)
+        for task in (self._maintainer, self._mover):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._maintainer = self._mover = None
         if self._client is None:
             return
         if (acking := self._acking) is not None:  # acks already asked for still go out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from protocol import WireMessage
@@ -92,6 +93,15 @@ class Transport(Protocol):
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to ``<queue>.dead`` with ``reason`` in its headers, then settle it."""
 
+    async def defer(self, delivery: Delivery, eta: datetime) -> None:
+        """Give the message to the broker to deliver again at ``eta``, then settle it.
+
+        It comes back unchanged (its ``eta`` header too) no later than ``eta`` and at most
+        about a second before it, so the worker holds it only briefly; meanwhile it is
+        neither held by this worker nor counted against its prefetch, and it survives a
+        restart of the worker.
+        """
+
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Publish a message (to the default exchange: ``routing_key`` is the queue name)."""
 
@@ -109,15 +119,16 @@ async def wait_free_unless_closed(capacity: Capacity, closed: asyncio.Event) -> 
     A consumer whose slots are all taken must still notice ``aclose()``: the worker may close a
     transport while an iteration waits here, and the iteration must then end.
     """
-    if closed.is_set():
-        return False
-    if capacity.free > 0:
-        return True
-    free = asyncio.ensure_future(capacity.wait_free())
-    closing = asyncio.ensure_future(closed.wait())
-    try:
-        await asyncio.wait((free, closing), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        free.cancel()
-        closing.cancel()
-    return not closed.is_set()
+    # A loop, not one wait: a slot freed while this task was waking up may be taken first by
+    # another of the worker's tasks (a task held for its ETA taking its slot back).
+    while not closed.is_set():
+        if capacity.free > 0:
+            return True
+        free = asyncio.ensure_future(capacity.wait_free())
+        closing = asyncio.ensure_future(closed.wait())
+        try:
+            await asyncio.wait((free, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            free.cancel()
+            closing.cancel()
+    return False

@@ -2,9 +2,14 @@
 
 Flow control lives in the transport (it never holds more unsettled deliveries than there are
 free slots); the worker takes a slot for each delivery and gives it back when the message is
-settled and the result stored. Lifecycle: :meth:`Worker.stop` stops consuming and lets running
-tasks finish within ``grace`` seconds (what they have not started goes back to the broker);
-:meth:`Worker.terminate` ends at once, so ``acks_late`` messages are redelivered.
+settled and the result stored. A task due later (``eta``/``countdown``) never keeps a slot:
+one due within :data:`ETA_HOLD_WINDOW` is held here, unacknowledged and slot-free, up to
+``max_held_eta`` at once; any other goes back to the broker with :meth:`Transport.defer`,
+which returns it shortly before it is due.
+
+Lifecycle: :meth:`Worker.stop` stops consuming and lets running tasks finish within ``grace``
+seconds (what they have not started goes back to the broker); :meth:`Worker.terminate` ends
+at once, so ``acks_late`` messages are redelivered.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from .app import App
 from .backend import RedisResultBackend
 from .brokers import transport_for_url
 from .capacity import Slots
-from .errors import BackendError
+from .errors import BackendError, BrokerConnectionError
 from .exceptions import NotRegistered
 from .execution import Executor, Outcome
 from .policy import TimeLimits
@@ -42,7 +47,13 @@ from .request import Request
 from .task import Task
 from .transport import Delivery, Transport
 
-__all__ = ["Worker"]
+__all__ = ["DEFAULT_MAX_HELD_ETA", "ETA_HOLD_WINDOW", "Worker"]
+
+#: Seconds before its ETA within which a task is held by the worker rather than deferred to
+#: the broker (transports return deferred messages at most about a second early).
+ETA_HOLD_WINDOW = 2.0
+#: How many tasks waiting for their ETA a worker holds at most (unacknowledged, slot-free).
+DEFAULT_MAX_HELD_ETA = 1000
 
 
 class _Handling:
@@ -61,6 +72,13 @@ class _Handling:
             self._held = False
             self._slots.give_back()
 
+    async def retake(self) -> None:
+        """Take a slot again (after :meth:`release`), waiting for one to be free."""
+        while self._slots.free == 0:
+            await self._slots.wait_free()
+        self._slots.take()
+        self._held = True
+
 
 class Worker:
     """Runs the tasks of ``app`` from ``queues`` with ``concurrency`` slots."""
@@ -75,6 +93,7 @@ class Worker:
         transport: Transport | None = None,
         backend: RedisResultBackend | None = None,
         grace: float = 30.0,
+        max_held_eta: int = DEFAULT_MAX_HELD_ETA,
         logger: Any = None,
     ) -> None:
         self.app = app
@@ -86,6 +105,9 @@ class Worker:
         )
         self.backend = backend if backend is not None else app.backend
         self.grace = grace
+        if max_held_eta < 0:
+            raise ValueError(f"max_held_eta must be 0 or more, not {max_held_eta}")
+        self.max_held_eta = max_held_eta
         self.log = logger or structlog.get_logger("celeriac.worker")
         self._executor = Executor(threads=concurrency)
         self._running: set[asyncio.Task[None]] = set()
@@ -221,31 +243,58 @@ class Worker:
             await self._ack(handling)
             await self._record(task, message, delivery, Outcome.failed(exc))
             return
-        if message.eta is not None:
-            await self._wait_for_eta(message.eta)
-        if message.expires is not None and message.expires <= datetime.now(UTC):
-            log.info("task_expired", expires=message.expires.isoformat())
-            expired = ExceptionInfo("TaskRevokedError", ("expired",), "celery.exceptions")
-            await self._store(message, delivery, State.REVOKED, expired)
-            await self._ack(handling)
+        # Celery checks expiry on arrival and again just before running.
+        if await self._expired(message, handling, log):
+            return
+        if message.eta is not None and not await self._until_due(message.eta, handling, log):
+            return
+        if await self._expired(message, handling, log):
             return
         await self._run(task, message, handling, log)
 
-    async def _wait_for_eta(self, eta: datetime) -> None:
-        """Hold the delivery, unacknowledged, until it is due (a delay store comes later).
+    async def _expired(self, message: TaskMessage, handling: _Handling, log: Any) -> bool:
+        """If ``message`` has expired: store REVOKED ``expired`` as Celery does, ack it."""
+        if message.expires is None or message.expires > datetime.now(UTC):
+            return False
+        log.info("task_expired", expires=message.expires.isoformat())
+        expired = ExceptionInfo("TaskRevokedError", ("expired",), "celery.exceptions")
+        await self._store(message, handling.delivery, State.REVOKED, expired)
+        await self._ack(handling)
+        return True
 
-        :meth:`stop` cancels the wait, so the message goes back to the broker unstarted.
+    async def _until_due(self, eta: datetime, handling: _Handling, log: Any) -> bool:
+        """Wait for ``eta`` without a slot: ``True`` once due (a slot taken again), ``False``
+        if the message went back to the broker to wait there (it is settled here).
+
+        A task due within :data:`ETA_HOLD_WINDOW` is held, up to ``max_held_eta`` of them;
+        any other is deferred. If the broker cannot take it back, it is held all the same:
+        holding loses nothing, as the broker redelivers what a lost connection held.
+        :meth:`stop` cancels the wait, so a held message goes back unstarted.
         """
         delay = (eta - datetime.now(UTC)).total_seconds()
         if delay <= 0:
-            return
+            return True
+        if delay > ETA_HOLD_WINDOW or len(self._waiting_eta) >= self.max_held_eta:
+            try:
+                await self.transport.defer(handling.delivery, eta)
+            except BrokerConnectionError as exc:
+                log.warning("task_defer_failed", eta=eta.isoformat(), error=str(exc))
+            else:
+                handling.settled = True
+                log.info("task_deferred", eta=eta.isoformat())
+                return False
         current = asyncio.current_task()
         assert current is not None
+        handling.release()
         self._waiting_eta.add(current)
         try:
-            await asyncio.sleep(delay)
+            # The loop's timers may fire a little early by the wall clock: never start early.
+            while (left := (eta - datetime.now(UTC)).total_seconds()) > 0:
+                await asyncio.sleep(left)
+            await handling.retake()
         finally:
             self._waiting_eta.discard(current)
+        return True
 
     async def _run(
         self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any

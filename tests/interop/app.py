@@ -99,3 +99,9 @@ async def count(self: Any, key: str) -> str:
         _counter = redis.asyncio.Redis.from_url(os.environ["INTEROP_REDIS_URL"])
     await _counter.hincrby(key, self.request.id, 1)
     return "celeriac"
+
+
+@app.task(name="interop.started_at")
+async def started_at() -> float:
+    """When this run started (unix seconds): for tests on when a task runs."""
+    return time.time()
