@@ -164,7 +164,7 @@ def broker(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Broker]
 
 @pytest.fixture
 def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``celeriac worker -A tests.interop.app:app`` on the test's broker."""
+    """Start ``celeriac worker -A tests.interop.app:app`` (or ``app=...``) on the test's broker."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -172,9 +172,10 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
         concurrency: int = 2,
         env: dict[str, str] | None = None,
         broker_url: str | None = None,
+        app: str = "tests.interop.app:app",
     ) -> WorkerProcess:
         args = [
-            "-A", "tests.interop.app:app",
+            "-A", app,
             "-Q", ",".join(queues),
             "-c", str(concurrency),
             "--broker", broker_url or broker.url,
