@@ -25,7 +25,7 @@ app.conf.update(
 
 
 @app.task(name="retries.handoff", bind=True)
-def handoff(self: Any, key: str) -> dict[str, Any]:
+def handoff(self: Any, label: str) -> dict[str, Any]:
     """Say who ran this retry, and what the message told the worker."""
     request = self.request
     return {

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import redis
 from celery import Celery
 from kombu import Connection
 
@@ -205,3 +207,43 @@ def celery_client(broker: Broker, redis_url: str) -> Iterator[Celery]:
     )
     yield app
     app.backend.client.close()
+
+
+class Marks:
+    """What tasks recorded on Redis lists (``tests.interop.retry_app.mark``), for one test.
+
+    Keys are ``marks:<unique_name>:<label>``: not ``t-*``, which every test session deletes
+    when it ends, other sessions' tests included. The test's keys are deleted after it.
+    """
+
+    def __init__(self, client: redis.Redis, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    def key(self, label: str) -> str:
+        """The list a task given this key appends to."""
+        return f"marks:{self._name}:{label}"
+
+    def read(self, key: str, count: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
+        """The entries on ``key``, oldest first, once there are ``count`` (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self._client.llen(key) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [json.loads(entry) for entry in self._client.lrange(key, 0, -1)]
+
+    def delete(self) -> None:
+        """Delete the test's keys."""
+        keys = list(self._client.scan_iter(match=f"marks:{self._name}:*"))
+        if keys:
+            self._client.delete(*keys)
+
+
+@pytest.fixture
+def marks(redis_url: str, unique_name: str) -> Iterator[Marks]:
+    """The test's :class:`Marks`."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield Marks(client, unique_name)
+    finally:
+        Marks(client, unique_name).delete()
+        client.close()

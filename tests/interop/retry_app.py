@@ -109,9 +109,8 @@ async def new_arguments(self: Any, key: str, n: int, *, step: int = 1) -> int:
 
 
 @app.task(name="retries.handoff", bind=True)
-async def handoff(self: Any, key: str) -> dict[str, Any]:
+async def handoff(self: Any, label: str) -> dict[str, Any]:
     """Retry once, later; whoever runs the retry says so (see celery_retry_app)."""
-    await mark(key, retries=self.request.retries)
     if self.request.retries == 0:
         raise self.retry(exc=Flaky("to whoever is next"), countdown=1.5)
     return {"by": "celeriac", "retries": self.request.retries}

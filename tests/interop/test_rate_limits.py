@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-import redis
 from celery import Celery
 
-from .conftest import Broker, WorkerProcess
+from .conftest import Broker, Marks, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 APP = "tests.interop.retry_app:app"
 StartWorker = Callable[..., WorkerProcess]
-Marks = Callable[[str], list[dict[str, Any]]]
-
-
-@pytest.fixture
-def marks(redis_url: str) -> Iterator[Marks]:
-    """What the tasks recorded on a Redis list, in the order they ran."""
-    client = redis.Redis.from_url(redis_url)
-    yield lambda key: [json.loads(entry) for entry in client.lrange(key, 0, -1)]
-    client.close()
 
 
 def test_a_rate_limited_task_waits_for_tokens_without_holding_up_other_tasks(
@@ -37,7 +25,7 @@ def test_a_rate_limited_task_waits_for_tokens_without_holding_up_other_tasks(
     not wait for them: the limited ones wait for their tokens without the slot.
     """
     start_worker(unique_name, app=APP, concurrency=1)
-    ticks_key, tocks_key = f"{unique_name}:ticks", f"{unique_name}:tocks"
+    ticks_key, tocks_key = marks.key("ticks"), marks.key("tocks")
 
     ticks = [celery_client.send_task("limits.tick", (ticks_key, n), queue=unique_name)
              for n in range(30)]  # fmt: skip
@@ -46,12 +34,12 @@ def test_a_rate_limited_task_waits_for_tokens_without_holding_up_other_tasks(
 
     assert [result.get(timeout=30) for result in tocks] == list(range(5))
     assert [result.get(timeout=30) for result in ticks] == list(range(30))
-    started = marks(ticks_key)
+    started = marks.read(ticks_key)
     assert [entry["n"] for entry in started] == list(range(30))  # first come, first served
     first = started[0]["at"]
     for k, entry in enumerate(started):
         assert entry["at"] - first >= 0.1 * k - 0.02, (k, entry["at"] - first)
     assert started[-1]["at"] - first >= 2.5
-    others = [entry["at"] - first for entry in marks(tocks_key)]
+    others = [entry["at"] - first for entry in marks.read(tocks_key)]
     assert max(others) < 1.5, others  # the limited batch takes 2.9 s
     assert broker.ready(unique_name) == 0

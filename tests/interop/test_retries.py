@@ -22,14 +22,13 @@ import redis
 from celery import Celery
 from celery.exceptions import MaxRetriesExceededError
 
-from .conftest import ROOT, Broker, WorkerProcess
+from .conftest import ROOT, Broker, Marks, WorkerProcess
 from .retry_app import Flaky
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 APP = "tests.interop.retry_app:app"
 StartWorker = Callable[..., WorkerProcess]
-Marks = Callable[[str], list[dict[str, Any]]]
 
 
 def _eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
@@ -38,14 +37,6 @@ def _eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {condition}")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def marks(redis_url: str) -> Iterator[Marks]:
-    """What the tasks recorded on a Redis list (see ``retry_app.mark``), oldest first."""
-    client = redis.Redis.from_url(redis_url)
-    yield lambda key: [json.loads(entry) for entry in client.lrange(key, 0, -1)]
-    client.close()
 
 
 def _gaps(entries: list[dict[str, Any]]) -> list[float]:
@@ -57,12 +48,12 @@ def test_a_task_that_fails_twice_then_succeeds(
     task: str, start_worker: StartWorker, celery_client: Celery, unique_name: str, marks: Marks
 ) -> None:
     start_worker(unique_name, app=APP)
-    key = f"{unique_name}:runs"
+    key = marks.key("runs")
 
     result = celery_client.send_task(task, args=(key, 2, 0.5), queue=unique_name)
 
     assert result.get(timeout=20) == {"retries": 2}
-    runs = marks(key)
+    runs = marks.read(key)
     assert [run["retries"] for run in runs] == [0, 1, 2]
     assert all(0.49 <= gap < 5 for gap in _gaps(runs)), _gaps(runs)
 
@@ -72,7 +63,7 @@ def test_retry_state_is_stored_while_the_retry_waits(
 ) -> None:
     start_worker(unique_name, app=APP)
     result = celery_client.send_task(
-        "retries.flaky", args=(f"{unique_name}:runs", 1, 3), queue=unique_name
+        "retries.flaky", args=("marks:unused", 1, 3), queue=unique_name
     )
 
     _eventually(lambda: result.state == "RETRY")
@@ -97,7 +88,7 @@ def test_retries_run_out_with_the_tasks_exception(
     start_worker: StartWorker, celery_client: Celery, unique_name: str, marks: Marks
 ) -> None:
     start_worker(unique_name, app=APP)
-    key = f"{unique_name}:runs"
+    key = marks.key("runs")
     result = celery_client.send_task("retries.exhaust", args=(key, True), queue=unique_name)
 
     with pytest.raises(Flaky) as caught:
@@ -105,14 +96,14 @@ def test_retries_run_out_with_the_tasks_exception(
 
     assert caught.value.args == ("gave up",)
     assert result.state == "FAILURE"
-    assert [run["retries"] for run in marks(key)] == [0, 1, 2]
+    assert [run["retries"] for run in marks.read(key)] == [0, 1, 2]
 
 
 def test_retries_run_out_with_max_retries_exceeded(
     start_worker: StartWorker, celery_client: Celery, unique_name: str, marks: Marks
 ) -> None:
     start_worker(unique_name, app=APP)
-    key = f"{unique_name}:runs"
+    key = marks.key("runs")
     result = celery_client.send_task("retries.exhaust", args=(key, False), queue=unique_name)
 
     with pytest.raises(MaxRetriesExceededError) as caught:
@@ -121,29 +112,29 @@ def test_retries_run_out_with_max_retries_exceeded(
     assert str(caught.value) == (
         f"Can't retry retries.exhaust[{result.id}] args:('{key}', False) kwargs:{{}}"
     )
-    assert [run["retries"] for run in marks(key)] == [0, 1, 2]
+    assert [run["retries"] for run in marks.read(key)] == [0, 1, 2]
 
 
 def test_max_retries_none_retries_without_limit(
     start_worker: StartWorker, celery_client: Celery, unique_name: str, marks: Marks
 ) -> None:
     start_worker(unique_name, app=APP)
-    key = f"{unique_name}:runs"
+    key = marks.key("runs")
     result = celery_client.send_task("retries.unlimited", args=(key, 5), queue=unique_name)
 
     assert result.get(timeout=20) == 5
-    assert len(marks(key)) == 6
+    assert len(marks.read(key)) == 6
 
 
 def test_a_retry_with_new_arguments(
     start_worker: StartWorker, celery_client: Celery, unique_name: str, marks: Marks
 ) -> None:
     start_worker(unique_name, app=APP)
-    key = f"{unique_name}:runs"
+    key = marks.key("runs")
     result = celery_client.send_task("retries.new_arguments", args=(key, 1), queue=unique_name)
 
     assert result.get(timeout=20) == 55
-    assert [(run["n"], run["step"]) for run in marks(key)] == [(1, 1), (11, 5)]
+    assert [(run["n"], run["step"]) for run in marks.read(key)] == [(1, 1), (11, 5)]
 
 
 def test_autoretry_backs_off_exponentially_up_to_the_maximum(
@@ -151,13 +142,13 @@ def test_autoretry_backs_off_exponentially_up_to_the_maximum(
 ) -> None:
     """``retry_backoff=True``: 1 s, then 2 s, then 2 s again (``retry_backoff_max=2``)."""
     start_worker(unique_name, app=APP)
-    key = f"{unique_name}:runs"
+    key = marks.key("runs")
     result = celery_client.send_task("retries.auto", args=(key,), queue=unique_name)
 
     with pytest.raises(Flaky, match="always"):
         result.get(timeout=30)
 
-    gaps = _gaps(marks(key))
+    gaps = _gaps(marks.read(key))
     assert len(gaps) == 3  # four runs: max_retries=3
     for gap, expected in zip(gaps, [1, 2, 2], strict=True):
         assert expected - 0.01 <= gap < expected + 1.0, gaps
@@ -219,10 +210,9 @@ def test_a_retry_celeriac_publishes_runs_on_a_celery_worker(
 ) -> None:  # fmt: skip
     """celeriac runs the first attempt and republishes; it stops, and Celery runs the retry."""
     worker = start_worker(unique_name, app=APP, concurrency=1)
-    key = f"{unique_name}:runs"
-    result = celery_client.send_task("retries.handoff", args=(key,), queue=unique_name)
+    result = celery_client.send_task("retries.handoff", args=("label",), queue=unique_name)
     retried = worker.wait_for("task_retried", task_id=result.id)
-    assert result.state == "RETRY"
+    _eventually(lambda: result.state == "RETRY")  # stored after the retry is sent, as Celery
 
     worker.signal(signal.SIGTERM)  # it holds the retry for its ETA: that goes back, unrun
     assert worker.wait() == 0
@@ -235,7 +225,7 @@ def test_a_retry_celeriac_publishes_runs_on_a_celery_worker(
     assert ran == {
         "by": "celery",
         "retries": 1,
-        "args": [key],
+        "args": ["label"],
         "id": result.id,
         "root_id": result.id,
         "parent_id": result.id,  # Celery sends a retry as a child of the attempt

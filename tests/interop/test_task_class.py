@@ -4,50 +4,34 @@ its arguments, a raising hook that loses nothing, and arguments that do not bind
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import pytest
-import redis
 from celery import Celery
 from celery.exceptions import MaxRetriesExceededError
 
-from .conftest import Broker, WorkerProcess
+from .conftest import Broker, Marks, WorkerProcess
 from .retry_app import Flaky
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 APP = "tests.interop.retry_app:app"
 StartWorker = Callable[..., WorkerProcess]
-Marks = Callable[[str], list[dict[str, Any]]]
-
-
-@pytest.fixture
-def marks(redis_url: str) -> Iterator[Marks]:
-    """What the tasks and hooks recorded on a Redis list, oldest first, without the times."""
-    client = redis.Redis.from_url(redis_url)
-
-    def read(key: str) -> list[dict[str, Any]]:
-        entries = [json.loads(entry) for entry in client.lrange(key, 0, -1)]
-        return [{k: v for k, v in entry.items() if k != "at"} for entry in entries]
-
-    yield read
-    client.close()
 
 
 def test_on_success_then_after_return(
     start_worker: StartWorker, celery_client: Celery, unique_name: str, marks: Marks
 ) -> None:
     start_worker(unique_name, app=APP)
-    key = f"{unique_name}:hooks"
+    key = marks.key("hooks")
     result = celery_client.send_task(
         "hooks.ok", args=(key, 21), kwargs={"times": 2}, queue=unique_name
     )
 
     assert result.get(timeout=15) == 42
     worker_args = {"task_id": result.id, "args": [key, 21], "kwargs": {"times": 2}}
-    assert marks(key) == [
+    assert _timeless(marks.read(key, 2)) == [
         {"hook": "on_success", "retval": 42, **worker_args},
         {"hook": "after_return", "status": "SUCCESS", "retval": "42", "task_id": result.id,
          "einfo": None},
@@ -58,12 +42,12 @@ def test_on_failure_then_after_return(
     start_worker: StartWorker, celery_client: Celery, unique_name: str, marks: Marks
 ) -> None:
     start_worker(unique_name, app=APP)
-    key = f"{unique_name}:hooks"
+    key = marks.key("hooks")
     result = celery_client.send_task("hooks.fail", args=(key,), queue=unique_name)
 
     with pytest.raises(Flaky, match="bad input"):
         result.get(timeout=15)
-    failure, after = marks(key)
+    failure, after = _timeless(marks.read(key, 2))
     traceback = failure.pop("einfo_traceback")
     assert failure == {
         "hook": "on_failure", "exc": "Flaky('bad input')", "task_id": result.id,
@@ -79,18 +63,18 @@ def test_on_failure_then_after_return(
 def test_on_retry_then_the_retry_succeeds(
     start_worker: StartWorker, celery_client: Celery, unique_name: str, marks: Marks
 ) -> None:
-    start_worker(unique_name, app=APP)
-    key = f"{unique_name}:hooks"
+    start_worker(unique_name, app=APP, concurrency=1)  # the retry waits for the first run's hooks
+    key = marks.key("hooks")
     result = celery_client.send_task("hooks.retry_once", args=(key,), queue=unique_name)
 
     assert result.get(timeout=15) == "done"
-    assert [(m["hook"], m.get("status")) for m in marks(key)] == [
+    assert [(m["hook"], m.get("status")) for m in _timeless(marks.read(key, 4))] == [
         ("on_retry", None),
         ("after_return", "RETRY"),
         ("on_success", None),
         ("after_return", "SUCCESS"),
     ]
-    on_retry, after_retry, _, _ = marks(key)
+    on_retry, after_retry, _, _ = _timeless(marks.read(key))
     assert on_retry == {
         "hook": "on_retry", "exc": "Flaky('once more')", "task_id": result.id, "args": [key],
         "kwargs": {}, "einfo_type": "Retry", "request_id": result.id,
@@ -103,13 +87,13 @@ def test_a_class_attribute_sets_max_retries(
     start_worker: StartWorker, celery_client: Celery, unique_name: str, marks: Marks
 ) -> None:
     """``Recording.max_retries = 1``: one retry (``exc`` ``None`` in on_retry), then FAILURE."""
-    start_worker(unique_name, app=APP)
-    key = f"{unique_name}:hooks"
+    start_worker(unique_name, app=APP, concurrency=1)  # the retry waits for the first run's hooks
+    key = marks.key("hooks")
     result = celery_client.send_task("hooks.retry_forever", args=(key,), queue=unique_name)
 
     with pytest.raises(MaxRetriesExceededError):
         result.get(timeout=15)
-    calls = marks(key)
+    calls = _timeless(marks.read(key, 4))
     assert [(m["hook"], m.get("status")) for m in calls] == [
         ("on_retry", None),
         ("after_return", "RETRY"),
@@ -125,24 +109,31 @@ def test_a_raising_hook_loses_neither_the_result_nor_the_message(
     broker: Broker,
 ) -> None:  # fmt: skip
     worker = start_worker(unique_name, app=APP)
-    key = f"{unique_name}:ran"
+    key = marks.key("ran")
     succeeded = celery_client.send_task("hooks.broken_ok", args=(key,), queue=unique_name)
     failed = celery_client.send_task("hooks.broken_fail", args=(key,), queue=unique_name)
 
     assert succeeded.get(timeout=15) == "kept"
     with pytest.raises(Flaky, match="still recorded"):
         failed.get(timeout=15)
-    after = celery_client.send_task("hooks.ok", args=(f"{key}:after", 1), queue=unique_name)
+    after = celery_client.send_task("hooks.ok", args=(marks.key("after"), 1), queue=unique_name)
     assert after.get(timeout=15) == 2
-    broken = {(r["task_id"], r["hook"]) for r in worker.records if r["event"] == "task_hook_failed"}
-    assert broken == {
+    expected = {
         (succeeded.id, "on_success"),
         (succeeded.id, "after_return"),
         (failed.id, "on_failure"),
         (failed.id, "after_return"),
     }
-    assert marks(key) == [{"ran": True}]  # the acks_late task was acked: it ran once
+    for task_id, hook in expected:
+        worker.wait_for("task_hook_failed", task_id=task_id, hook=hook)
+    broken = {(r["task_id"], r["hook"]) for r in worker.records if r["event"] == "task_hook_failed"}
+    assert broken == expected
+    assert _timeless(marks.read(key)) == [{"ran": True}]  # acks_late and acked: it ran once
     assert broker.ready(unique_name) == 0
+
+
+def _timeless(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in entry.items() if k != "at"} for entry in entries]
 
 
 class Call(NamedTuple):
@@ -171,7 +162,7 @@ def test_arguments_that_do_not_bind_fail_before_the_task_runs(
 ) -> None:
     """The error is Python's own, word for word, as a Celery worker stores it."""
     worker = start_worker(unique_name, app=APP)
-    key = f"{unique_name}:ran"
+    key = marks.key("ran")
     args = tuple(key if arg == "KEY" else arg for arg in call.args)
     result = celery_client.send_task(call.task, args=args, kwargs=call.kwargs, queue=unique_name)
 
@@ -181,4 +172,4 @@ def test_arguments_that_do_not_bind_fail_before_the_task_runs(
     assert str(caught.value) == call.message
     worker.wait_for("task_arguments_invalid", task_id=result.id)
     assert not [r for r in worker.records if r["event"] == "task_started"]
-    assert marks(key) == []
+    assert _timeless(marks.read(key)) == []

@@ -333,7 +333,7 @@ def test_arguments_that_do_not_fit_fail_before_running(
     start_worker(unique_name)
     result = celery_client.send_task("interop.add", args=(1,), queue=unique_name)
 
-    with pytest.raises(TypeError, match="missing a required argument: 'y'"):
+    with pytest.raises(TypeError, match=r"^add\(\) missing 1 required positional argument: 'y'$"):
         result.get(timeout=15)
 
 
