@@ -96,11 +96,13 @@ class RateLimits:
         horizon: float = HOLD_HORIZON,
         max_held: int = MAX_HELD,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.horizon = horizon
         self.max_held = max_held
         self.held = 0
         self._clock = clock
+        self._sleep = sleep
         self._buckets: dict[str, TokenBucket | None] = {}
 
     def delay(self, name: str, rate: str | float | None) -> float:
@@ -129,12 +131,12 @@ class RateLimits:
         if delay <= 0:
             return 0.0
         if delay > self.horizon or self.held >= self.max_held:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             return delay
         self.held += 1
         release()
         try:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
         finally:
             self.held -= 1
         await reacquire()

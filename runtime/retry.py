@@ -31,10 +31,17 @@ from .exceptions import MaxRetriesExceededError, Retry, TaskCancelled
 if TYPE_CHECKING:
     from .execution import Outcome
     from .request import Request
-    from .task import Task
+    from .task import Task, TaskOptions
     from .transport import QueueSpec, Transport
 
-__all__ = ["Republish", "RetryPublisher", "backoff_delay", "plan_retry", "resolve_retry"]
+__all__ = [
+    "Republish",
+    "RetryPublisher",
+    "autoretry_countdown",
+    "backoff_delay",
+    "plan_retry",
+    "resolve_retry",
+]
 
 # What retry(**options) may change in the message, as apply_async options.
 _OPTIONS = frozenset(
@@ -57,6 +64,27 @@ def backoff_delay(
     if jitter and countdown > 0:
         countdown = randrange(countdown + 1)
     return max(0, countdown)
+
+
+def autoretry_countdown(
+    options: TaskOptions, retries: int, randrange: Callable[[int], int] = random.randrange
+) -> int | None:
+    """The countdown ``autoretry_for`` gives the retry after ``retries`` retries: the backoff
+    with ``retry_backoff`` (``True`` is a factor of 1, a number is a factor, at least 1 and
+    whole, as Celery reads it), else ``None`` (``retry_kwargs`` or ``default_retry_delay``)."""
+    if not options.retry_backoff:
+        return None
+    return backoff_delay(
+        int(max(1.0, float(options.retry_backoff))),
+        retries,
+        int(options.retry_backoff_max),
+        jitter=options.retry_jitter,
+        randrange=randrange,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,7 +149,7 @@ def plan_retry(
             task_kwargs=new_kwargs,
         )
     task.bind_arguments(new_args, new_kwargs)  # Celery checks the retry when it sends it
-    now = datetime.now(UTC)
+    now = _now()
     due = now + timedelta(seconds=countdown) if countdown else eta  # 0: no ETA, as Celery
     message = _retry_message(
         task, request, args=new_args, kwargs=new_kwargs, retries=retries, eta=due,
@@ -206,13 +234,9 @@ def resolve_retry(task: Task[Any, Any], request: Request, outcome: Outcome) -> O
     ):
         return outcome
     retry_kwargs = dict(options.retry_kwargs)
-    if options.retry_backoff:
-        retry_kwargs["countdown"] = backoff_delay(
-            int(max(1.0, float(options.retry_backoff))),
-            request.retries,
-            int(options.retry_backoff_max),
-            jitter=options.retry_jitter,
-        )
+    countdown = autoretry_countdown(options, request.retries)
+    if countdown is not None:
+        retry_kwargs["countdown"] = countdown
     try:
         retry = plan_retry(task, request, exc=exc, **retry_kwargs)
     except Exception as raised:
@@ -249,7 +273,7 @@ class RetryPublisher:
 
     async def publish(self, outbox: list[Republish]) -> None:
         """Publish every message in ``outbox``, declaring a queue named by ``queue=`` once."""
-        now = datetime.now(UTC)
+        now = _now()
         for retry in outbox:
             if retry.declare is not None and retry.declare not in self._declared:
                 await self._transport.declare([self._queue_spec(retry.declare)])
