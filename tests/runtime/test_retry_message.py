@@ -8,6 +8,7 @@ envelope (whose bytes carry every header, property and the body).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from typing import Any
@@ -19,8 +20,15 @@ from runtime import App, current_request
 from runtime import retry as retry_module
 from runtime.exceptions import MaxRetriesExceededError, Retry
 from runtime.request import Request
-from tests.protocol.oracle import NOW, Captured, capture, celery_request, drain, make_app
-from tests.protocol.oracle import memory_channel
+from tests.protocol.oracle import (
+    NOW,
+    Captured,
+    capture,
+    celery_request,
+    drain,
+    make_app,
+    memory_channel,
+)
 
 ACCEPT = ["application/json", "application/x-msgpack"]
 FAR = 10**8  # seconds: an expiry Celery's worker (on the real clock) does not see as past
@@ -82,6 +90,12 @@ def planned_envelope(planned: retry_module.Republish, delivery_tag: str) -> byte
     )
 
 
+def signature(task: str, args: list[Any], *, immutable: bool) -> dict[str, Any]:
+    """A callback as a Celery client sends it in ``link``/``link_error``."""
+    return {"task": task, "args": args, "kwargs": {}, "options": {}, "subtask_type": None,
+            "immutable": immutable}  # fmt: skip
+
+
 CASES = {
     "countdown and exc": (
         {"args": (5,), "kwargs": {"y": 2}},
@@ -97,10 +111,22 @@ CASES = {
             "soft_time_limit": 20,
             "priority": 3,
             "headers": {"custom": "h1"},
-            "link": {"task": "proj.cb", "args": [], "kwargs": {}, "options": {},
-                     "subtask_type": None, "immutable": False},
-            "link_error": {"task": "proj.cb", "args": [0], "kwargs": {}, "options": {},
-                           "subtask_type": None, "immutable": True},
+            "link": {
+                "task": "proj.cb",
+                "args": [],
+                "kwargs": {},
+                "options": {},
+                "subtask_type": None,
+                "immutable": False,
+            },
+            "link_error": {
+                "task": "proj.cb",
+                "args": [0],
+                "kwargs": {},
+                "options": {},
+                "subtask_type": None,
+                "immutable": True,
+            },
             "parent_id": "parent-1",
             "root_id": "root-1",
             "shadow": "shadowed",
@@ -108,7 +134,7 @@ CASES = {
         },
         {"countdown": 0},
         "q-orig",
-    ),  # fmt: skip
+    ),
     "msgpack in, the task's serializer out": (
         {"args": (5,), "serializer": "msgpack"},
         {"countdown": 1.5},
@@ -160,7 +186,7 @@ def test_no_retry_left_raises_the_exception_given_or_max_retries_exceeded() -> N
     message = decode_task(
         capture(make_app(), "proj.flaky", queue="q", args=(5,)).wire(), accept=app.accept
     )
-    request = Request(dataclass_replace(message, retries=1), hostname="w")
+    request = Request(dataclasses.replace(message, retries=1), hostname="w")
     token = current_request.set(request)
     try:
         with pytest.raises(KeyError, match="gone"):
@@ -173,12 +199,6 @@ def test_no_retry_left_raises_the_exception_given_or_max_retries_exceeded() -> N
     assert str(caught.value) == f"Can't retry proj.flaky[{message.id}] args:(5,) kwargs:{{}}"
     assert caught.value.task_args == (5,)
     assert len(request.outbox) == 1  # the one that was allowed
-
-
-def dataclass_replace(message: Any, **changes: Any) -> Any:
-    import dataclasses  # noqa: PLC0415
-
-    return dataclasses.replace(message, **changes)
 
 
 def test_retry_outside_a_run_raises_what_it_was_given() -> None:
@@ -206,7 +226,7 @@ def test_retry_refuses_options_it_does_not_know() -> None:
     )
     token = current_request.set(Request(message, hostname="w"))
     try:
-        with pytest.raises(TypeError, match="unknown option.*colour"):
+        with pytest.raises(TypeError, match=r"unknown option.*colour"):
             flaky.retry(colour="blue")
         with pytest.raises(TypeError, match=r"flaky\(\) takes 2 positional arguments"):
             flaky.retry(args=(1, 2))  # typing: the retry would not bind
