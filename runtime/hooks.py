@@ -55,24 +55,28 @@ async def call_hooks(
     task: Task[Any, Any], request: Request, outcome: Outcome, call: HookCall, log: Any
 ) -> None:
     """Call ``task``'s hooks for ``outcome`` (SUCCESS, FAILURE or RETRY) in Celery's order."""
-    args, kwargs = list(request.args), dict(request.kwargs)
     exc = outcome.exception
-    first: tuple[str, tuple[Any, ...]]
     if outcome.state is State.SUCCESS:
-        retval = outcome.value
-        first = ("on_success", (retval, request.id, args, kwargs))
+        first = "on_success"
     elif isinstance(exc, Retry) and outcome.state is State.RETRY:
-        retval = exc
-        first = ("on_retry", (exc.exc, request.id, args, kwargs, ExcInfo(exc, outcome.traceback)))
+        first = "on_retry"
+    else:
+        first = "on_failure"
+    hooked = [name for name in (first, "after_return") if _overrides(task, name)]
+    if not hooked:  # the common case: a plain task, nothing to build
+        return
+    args, kwargs = list(request.args), dict(request.kwargs)
+    if first == "on_success":
+        retval = outcome.value
+        first_args: tuple[Any, ...] = (retval, request.id, args, kwargs)
     else:
         assert exc is not None
         retval = exc
-        first = ("on_failure", (exc, request.id, args, kwargs, ExcInfo(exc, outcome.traceback)))
-    last = ("after_return", (outcome.state.value, retval, request.id, args, kwargs, None))
-    for name, hook_args in (first, last):
-        if not _overrides(task, name):
-            continue
+        reason = exc.exc if isinstance(exc, Retry) else exc
+        first_args = (reason, request.id, args, kwargs, ExcInfo(exc, outcome.traceback))
+    last_args = (outcome.state.value, retval, request.id, args, kwargs, None)
+    for name in hooked:
         try:
-            await call(getattr(task, name), request, *hook_args)
+            await call(getattr(task, name), request, *(first_args if name == first else last_args))
         except Exception as error:
             log.exception("task_hook_failed", task_id=request.id, hook=name, error=repr(error))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -114,7 +115,7 @@ class Task(Generic[P, R]):
             found.update((k, v) for k, v in vars(klass).items() if k in _OPTION_NAMES)
         return found
 
-    @property
+    @functools.cached_property
     def parameters(self) -> inspect.Signature | None:
         """The function's signature as callers see it: without ``self`` for a bound task."""
         signature = self._check_arguments.signature

@@ -350,7 +350,7 @@ class Worker:
         """After a run: send the retries it asked for, store its outcome, call the task's
         hooks. The outcome is FAILURE instead of RETRY if the retry could not be sent."""
         outcome = await self._retries.send(request, outcome, log)
-        sent = tuple(ResultRef(republished.message.id) for republished in request.outbox)
+        sent = tuple(ResultRef(retry.message.id) for retry in request.outbox)
         await self._record(task, request.message, delivery, outcome, children=sent)
         await call_hooks(task, request, outcome, self._executor.call, log)
         return outcome
