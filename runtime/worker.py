@@ -178,7 +178,8 @@ class Worker:
     async def _handle(self, delivery: Delivery, slotted: bool = True) -> None:
         handling = _Handling(delivery, self.slots, held=slotted)
         try:
-            await handling.reacquire()
+            if not slotted:
+                await handling.reacquire()
             await self._process(handling)
         except Exception as exc:  # a bug or a broker error here must not lose the message
             self.log.exception("delivery_failed", queue=delivery.queue, error=repr(exc))

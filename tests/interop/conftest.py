@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,53 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait until ``condition()`` holds; fail (naming it) if it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {condition}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def celery_worker_process(
+    app: str, queue: str, env: dict[str, str], *, pool: str = "solo", concurrency: int = 1
+) -> Iterator[subprocess.Popen[str]]:
+    """A stock ``celery worker -A app`` on ``queue`` (``env`` added to the environment), for a
+    ``with`` block; returns once it says it is ready, and stops it (SIGTERM) at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
+         "-c", str(concurrency), "-P", pool, "-l", "info", "-n", f"{queue}@%h",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if " ready." in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(60), "celery worker did not become ready"
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 #: The Redis broker's visibility timeout in these tests: short, so that a killed worker's

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -22,21 +19,13 @@ import redis
 from celery import Celery
 from celery.exceptions import MaxRetriesExceededError
 
-from .conftest import ROOT, Broker, Marks, WorkerProcess
+from .conftest import Broker, Marks, WorkerProcess, celery_worker_process, eventually
 from .retry_app import Flaky
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 APP = "tests.interop.retry_app:app"
 StartWorker = Callable[..., WorkerProcess]
-
-
-def _eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {condition}")
-        time.sleep(0.05)
 
 
 def _gaps(entries: list[dict[str, Any]]) -> list[float]:
@@ -66,7 +55,7 @@ def test_retry_state_is_stored_while_the_retry_waits(
         "retries.flaky", args=("marks:unused", 1, 3), queue=unique_name
     )
 
-    _eventually(lambda: result.state == "RETRY")
+    eventually(lambda: result.state == "RETRY")
 
     assert isinstance(result.info, Flaky)
     assert result.info.args == ("attempt", 0)
@@ -154,54 +143,19 @@ def test_autoretry_backs_off_exponentially_up_to_the_maximum(
         assert expected - 0.01 <= gap < expected + 1.0, gaps
 
 
-CeleryWorker = Callable[[str], AbstractContextManager[None]]
+CeleryWorker = Callable[[str], AbstractContextManager[subprocess.Popen[str]]]
 
 
 @pytest.fixture
 def celery_worker(broker: Broker, redis_url: str) -> CeleryWorker:
     """Run a stock ``celery worker`` (solo pool) with ``celery_retry_app`` on a queue, on the
     test's broker, for a ``with`` block."""
-
-    @contextmanager
-    def run(queue: str) -> Iterator[None]:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "INTEROP_BROKER_URL": broker.client_url,
-            "INTEROP_BROKER_OPTIONS": json.dumps(broker.client_options),
-            "INTEROP_REDIS_URL": redis_url,
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.interop.celery_retry_app", "worker",
-             "-Q", queue, "-P", "solo", "-l", "info", "-n", f"{queue}@%h",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        ready = threading.Event()
-
-        def read() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                if " ready." in line:
-                    ready.set()
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        try:
-            assert ready.wait(60), "celery worker did not become ready"
-            yield
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            reader.join(timeout=10)
-            assert proc.stderr is not None
-            proc.stderr.close()
-
-    return run
+    env = {
+        "INTEROP_BROKER_URL": broker.client_url,
+        "INTEROP_BROKER_OPTIONS": json.dumps(broker.client_options),
+        "INTEROP_REDIS_URL": redis_url,
+    }
+    return partial(celery_worker_process, "tests.interop.celery_retry_app", env=env)
 
 
 def test_a_retry_celeriac_publishes_runs_on_a_celery_worker(
@@ -212,11 +166,11 @@ def test_a_retry_celeriac_publishes_runs_on_a_celery_worker(
     worker = start_worker(unique_name, app=APP, concurrency=1)
     result = celery_client.send_task("retries.handoff", args=("label",), queue=unique_name)
     retried = worker.wait_for("task_retried", task_id=result.id)
-    _eventually(lambda: result.state == "RETRY")  # stored after the retry is sent, as Celery
+    eventually(lambda: result.state == "RETRY")  # stored after the retry is sent, as Celery
 
     worker.signal(signal.SIGTERM)  # it holds the retry for its ETA: that goes back, unrun
     assert worker.wait() == 0
-    _eventually(lambda: broker.ready(unique_name) == 1)
+    eventually(lambda: broker.ready(unique_name) == 1)
     with celery_worker(unique_name):
         ran = result.get(timeout=30)
 
