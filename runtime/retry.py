@@ -17,6 +17,7 @@ import dataclasses
 import os
 import random
 import socket
+import sys
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -142,7 +143,10 @@ def plan_retry(
     new_args, new_kwargs = retry_arguments(task.parameters, inherited, args, kwargs)
     if limit is not None and retries > limit:
         if exc is not None:
-            raise exc
+            handling = sys.exc_info()[1]
+            if handling is None or handling is exc:
+                raise exc
+            raise exc from handling  # as Celery's raise_with_context
         raise MaxRetriesExceededError(
             f"Can't retry {task.name}[{request.id}] args:{new_args} kwargs:{new_kwargs}",
             task_args=new_args,

@@ -240,3 +240,29 @@ def test_retry_str_is_celerys() -> None:
     assert str(Retry("custom")) == "custom"
     assert str(Retry(exc="text", when=1)) == "Retry in 1s: text"
     assert Retry(exc="text").exc is None
+
+
+def test_no_retry_left_inside_a_handler_chains_the_exception_as_celery() -> None:
+    app = App("golden")
+
+    @app.task(name="proj.flaky", bind=True, max_retries=0)
+    def flaky(self: Any, x: int) -> None:
+        raise AssertionError("not run here")
+
+    message = decode_task(
+        capture(make_app(), "proj.flaky", queue="q", args=(5,)).wire(), accept=app.accept
+    )
+    token = current_request.set(Request(message, hostname="w"))
+    handled = OSError("handled")
+    try:
+        try:
+            raise handled
+        except OSError:
+            with pytest.raises(KeyError) as caught:
+                flaky.retry(exc=KeyError("given"))
+            with pytest.raises(OSError, match="handled") as again:
+                flaky.retry(exc=handled)  # the exception being handled: raised as it is
+    finally:
+        current_request.reset(token)
+    assert caught.value.__cause__ is handled
+    assert again.value.__cause__ is None
