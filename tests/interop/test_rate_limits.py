@@ -38,7 +38,7 @@ def test_a_rate_limited_task_waits_for_tokens_without_holding_up_other_tasks(
     assert [entry["n"] for entry in started] == list(range(30))  # first come, first served
     first = started[0]["at"]
     for k, entry in enumerate(started):
-        assert entry["at"] - first >= 0.1 * k - 0.02, (k, entry["at"] - first)
+        assert entry["at"] - first >= 0.1 * k - 0.05, (k, entry["at"] - first)
     assert started[-1]["at"] - first >= 2.5
     others = [entry["at"] - first for entry in marks.read(tocks_key)]
     assert max(others) < 1.5, others  # the limited batch takes 2.9 s
