@@ -87,22 +87,36 @@ class App:
 
     @overload
     def task(
-        self, fn: None = None, /, *, name: str | None = None, **options: Any
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        base: type[Task[Any, Any]] = Task,
+        **options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
-        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None, **options: Any
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        base: type[Task[Any, Any]] = Task,
+        **options: Any,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., **options)``.
 
         Options use Celery's names (``queue``, ``bind``, ``acks_late``, ``time_limit``, ...);
         an unknown one raises ``TypeError`` here, not when the first message arrives.
+        ``base`` is a :class:`Task` subclass, with hooks and options as class attributes
+        (which the keywords here override), as Celery's ``base=``.
         """
-        parsed = TaskOptions.from_kwargs(options)
+        parsed = TaskOptions.from_kwargs({**base.class_options(), **options})
 
         def register(function: Callable[P, R]) -> Task[P, R]:
             task_name = name or f"{function.__module__}.{function.__qualname__}"
-            registered = Task(self, function, task_name, parsed)
+            registered: Task[P, R] = base(self, function, task_name, parsed)
             self.tasks[task_name] = registered
             return registered
 

@@ -30,6 +30,7 @@ from protocol import (
     ExtendedInfo,
     MalformedMessage,
     ResultMeta,
+    ResultRef,
     State,
     TaskMessage,
     decode_task,
@@ -42,8 +43,11 @@ from .capacity import Slots
 from .errors import BackendError, BrokerConnectionError
 from .exceptions import NotRegistered
 from .execution import Executor, Outcome
+from .hooks import call_hooks
 from .policy import TimeLimits
+from .ratelimit import RateLimits
 from .request import Request
+from .retry import RetryPublisher, resolve_retry
 from .task import Task
 from .transport import Delivery, Transport
 
@@ -60,11 +64,11 @@ class _Handling:
     """One delivery being handled: the slot it holds (given back once) and whether it is
     settled, so that an unexpected error can still settle it."""
 
-    def __init__(self, delivery: Delivery, slots: Slots) -> None:
+    def __init__(self, delivery: Delivery, slots: Slots, *, held: bool = True) -> None:
         self.delivery = delivery
         self.settled = False
         self._slots = slots
-        self._held = True
+        self._held = held
 
     def release(self) -> None:
         """Give the slot back, if not done already."""
@@ -72,12 +76,11 @@ class _Handling:
             self._held = False
             self._slots.give_back()
 
-    async def retake(self) -> None:
-        """Take a slot again (after :meth:`release`), waiting for one to be free."""
-        while self._slots.free == 0:
-            await self._slots.wait_free()
-        self._slots.take()
-        self._held = True
+    async def reacquire(self) -> None:
+        """Take a slot again (after :meth:`release`, or for a delivery that came without one)."""
+        if not self._held:
+            await self._slots.acquire()
+            self._held = True
 
 
 class Worker:
@@ -114,6 +117,8 @@ class Worker:
         self._consuming: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._waiting_eta: set[asyncio.Task[Any]] = set()
+        self.rate_limits = RateLimits()
+        self._retries = RetryPublisher(self.transport, app.queue_spec)
         self.ready = asyncio.Event()
         self.processed = 0
 
@@ -171,8 +176,9 @@ class Worker:
 
     async def _consume(self) -> None:
         async for delivery in self.transport.consume(self.queues, self.slots):
-            self.slots.take()
-            handler = asyncio.create_task(self._handle(delivery))
+            # False when a task that waited without its slot took the free one meanwhile.
+            slotted = self.slots.try_take()
+            handler = asyncio.create_task(self._handle(delivery, slotted))
             self._running.add(handler)
             handler.add_done_callback(self._running.discard)
 
@@ -184,9 +190,11 @@ class Worker:
             if late:
                 await asyncio.wait(late, timeout=1)
 
-    async def _handle(self, delivery: Delivery) -> None:
-        handling = _Handling(delivery, self.slots)
+    async def _handle(self, delivery: Delivery, slotted: bool = True) -> None:
+        handling = _Handling(delivery, self.slots, held=slotted)
         try:
+            if not slotted:
+                await handling.reacquire()
             await self._process(handling)
         except Exception as exc:  # a bug or a broker error here must not lose the message
             self.log.exception("delivery_failed", queue=delivery.queue, error=repr(exc))
@@ -241,13 +249,16 @@ class Worker:
         except TypeError as exc:
             log.error("task_arguments_invalid", error=str(exc))
             await self._ack(handling)
-            await self._record(task, message, delivery, Outcome.failed(exc))
+            request = self._request(message, delivery)
+            await self._conclude(task, request, delivery, Outcome.failed(exc), log)
             return
         # Celery checks expiry on arrival and again just before running.
         if await self._expired(message, handling, log):
             return
         if message.eta is not None and not await self._until_due(message.eta, handling, log):
             return
+        if task.options.rate_limit:
+            await self._wait_for_rate_limit(task, handling)
         if await self._expired(message, handling, log):
             return
         await self._run(task, message, handling, log)
@@ -291,10 +302,26 @@ class Worker:
             # The loop's timers may fire a little early by the wall clock: never start early.
             while (left := (eta - datetime.now(UTC)).total_seconds()) > 0:
                 await asyncio.sleep(left)
-            await handling.retake()
+            await handling.reacquire()
         finally:
             self._waiting_eta.discard(current)
         return True
+
+    async def _wait_for_rate_limit(self, task: Task[Any, Any], handling: _Handling) -> None:
+        """Wait for a token of the task's rate limit; :meth:`stop` cancels the wait, as the
+        ETA's (see :mod:`runtime.ratelimit` for when the slot is given back meanwhile)."""
+        current = asyncio.current_task()
+        assert current is not None
+        self._waiting_eta.add(current)
+        try:
+            await self.rate_limits.wait(
+                task.name,
+                task.options.rate_limit,
+                release=handling.release,
+                reacquire=handling.reacquire,
+            )
+        finally:
+            self._waiting_eta.discard(current)
 
     async def _run(
         self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any
@@ -314,25 +341,16 @@ class Worker:
             hard=message.time_limit or task.options.time_limit,
         )
         limits = self.app.queue_policy.effective(delivery.queue, requested)
-        request = Request(
-            message,
-            hostname=self.hostname,
-            delivery_info={
-                "exchange": delivery.exchange,
-                "routing_key": delivery.routing_key,
-                "priority": message.priority,
-                "redelivered": delivery.redelivered,
-            },
-        )
+        request = self._request(message, delivery)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
-        outcome = await self._executor.run(task, request, limits)
+        outcome = resolve_retry(task, request, await self._executor.run(task, request, limits))
         if outcome.state is State.SUCCESS:
             log.info("task_succeeded", runtime=round(outcome.runtime, 6))
-        else:
+        elif outcome.state is State.FAILURE:
             log.error(
                 "task_failed", exception=repr(outcome.exception), runtime=round(outcome.runtime, 6)
             )
-        await self._record(task, message, delivery, outcome)
+        outcome = await self._conclude(task, request, delivery, outcome, log)
         if acks_late:
             # The task is over: free the slot first, so settling needs no prefetch change.
             handling.release()
@@ -343,7 +361,7 @@ class Worker:
     ) -> None:
         """Ack or reject an ``acks_late`` message as Celery 5.7 does after the task ended."""
         options = task.options
-        if outcome.state is State.SUCCESS:
+        if outcome.state in (State.SUCCESS, State.RETRY):
             await self._ack(handling)
         elif outcome.timed_out and not options.acks_on_timeout:
             await self._reject(handling, requeue=True)
@@ -352,13 +370,55 @@ class Worker:
         else:
             await self._ack(handling)
 
+    def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
+        return Request(
+            message,
+            hostname=self.hostname,
+            delivery_info={
+                "exchange": delivery.exchange,
+                "routing_key": delivery.routing_key,
+                "priority": message.priority,
+                "redelivered": delivery.redelivered,
+            },
+        )
+
+    async def _conclude(
+        self,
+        task: Task[Any, Any],
+        request: Request,
+        delivery: Delivery,
+        outcome: Outcome,
+        log: Any,
+    ) -> Outcome:
+        """After a run: send the retries it asked for, store its outcome, call the task's
+        hooks. The outcome is FAILURE instead of RETRY if the retry could not be sent."""
+        outcome = await self._retries.send(request, outcome, log)
+        sent = tuple(ResultRef(retry.message.id) for retry in request.outbox)
+        await self._record(task, request.message, delivery, outcome, children=sent)
+        await call_hooks(task, request, outcome, self._executor.call, log)
+        return outcome
+
     async def _record(
-        self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery, outcome: Outcome
+        self,
+        task: Task[Any, Any],
+        message: TaskMessage,
+        delivery: Delivery,
+        outcome: Outcome,
+        children: tuple[ResultRef, ...] = (),
     ) -> None:
-        failed = outcome.state is State.FAILURE
+        failed = outcome.state is not State.SUCCESS
         if _ignores_result(task, message) and not (
             failed and task.options.store_errors_even_if_ignored
         ):
+            return
+        if outcome.state is State.RETRY:
+            reason = getattr(outcome.exception, "exc", None)
+            info = None
+            if reason is not None:
+                info = ExceptionInfo.from_exception(reason, serializer=self.app.result_serializer)
+            await self._store(
+                message, delivery, State.RETRY, info, outcome.traceback, children=children
+            )
             return
         if failed:
             assert outcome.exception is not None
@@ -379,6 +439,8 @@ class Worker:
         status: State,
         result: Any,
         traceback: str | None = None,
+        *,
+        children: tuple[ResultRef, ...] = (),
     ) -> None:
         if self.backend is None:
             return
@@ -397,6 +459,7 @@ class Worker:
             status=status,
             result=result,
             traceback=traceback,
+            children=children,
             date_done=datetime.now(UTC) if status in READY_STATES else None,
             group_id=message.group_id,
             parent_id=message.parent_id,

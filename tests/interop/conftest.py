@@ -16,13 +16,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import redis
 from celery import Celery
 from kombu import Connection
 
@@ -92,6 +95,53 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait until ``condition()`` holds; fail (naming it) if it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {condition}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def celery_worker_process(
+    app: str, queue: str, env: dict[str, str], *, pool: str = "solo", concurrency: int = 1
+) -> Iterator[subprocess.Popen[str]]:
+    """A stock ``celery worker -A app`` on ``queue`` (``env`` added to the environment), for a
+    ``with`` block; returns once it says it is ready, and stops it (SIGTERM) at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
+         "-c", str(concurrency), "-P", pool, "-l", "info", "-n", f"{queue}@%h",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if " ready." in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(60), "celery worker did not become ready"
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 #: The Redis broker's visibility timeout in these tests: short, so that a killed worker's
@@ -164,7 +214,7 @@ def broker(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Broker]
 
 @pytest.fixture
 def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``celeriac worker -A tests.interop.app:app`` on the test's broker."""
+    """Start ``celeriac worker -A tests.interop.app:app`` (or ``app=...``) on the test's broker."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -172,9 +222,10 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
         concurrency: int = 2,
         env: dict[str, str] | None = None,
         broker_url: str | None = None,
+        app: str = "tests.interop.app:app",
     ) -> WorkerProcess:
         args = [
-            "-A", "tests.interop.app:app",
+            "-A", app,
             "-Q", ",".join(queues),
             "-c", str(concurrency),
             "--broker", broker_url or broker.url,
@@ -204,3 +255,43 @@ def celery_client(broker: Broker, redis_url: str) -> Iterator[Celery]:
     )
     yield app
     app.backend.client.close()
+
+
+class Marks:
+    """What tasks recorded on Redis lists (``tests.interop.retry_app.mark``), for one test.
+
+    Keys are ``marks:<unique_name>:<label>``: not ``t-*``, which every test session deletes
+    when it ends, other sessions' tests included. The test's keys are deleted after it.
+    """
+
+    def __init__(self, client: redis.Redis, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    def key(self, label: str) -> str:
+        """The list a task given this key appends to."""
+        return f"marks:{self._name}:{label}"
+
+    def read(self, key: str, count: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
+        """The entries on ``key``, oldest first, once there are ``count`` (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self._client.llen(key) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [json.loads(entry) for entry in self._client.lrange(key, 0, -1)]
+
+    def delete(self) -> None:
+        """Delete the test's keys."""
+        keys = list(self._client.scan_iter(match=f"marks:{self._name}:*"))
+        if keys:
+            self._client.delete(*keys)
+
+
+@pytest.fixture
+def marks(redis_url: str, unique_name: str) -> Iterator[Marks]:
+    """The test's :class:`Marks`."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield Marks(client, unique_name)
+    finally:
+        Marks(client, unique_name).delete()
+        client.close()

@@ -18,19 +18,11 @@ from tests.proxy import TcpProxy
 
 from .app import PaymentDeclined
 from .conftest import Broker, WorkerProcess, every_broker
+from .conftest import eventually as _eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-def _eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    """Wait until ``condition()`` holds; fail (naming it) if it does not within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {condition}")
-        time.sleep(0.05)
 
 
 NESTED = {"list": [1, 2.5, None, True], "map": {"ünïcode": "☃ żółć"}, "empty": {}}
@@ -333,7 +325,7 @@ def test_arguments_that_do_not_fit_fail_before_running(
     start_worker(unique_name)
     result = celery_client.send_task("interop.add", args=(1,), queue=unique_name)
 
-    with pytest.raises(TypeError, match="missing a required argument: 'y'"):
+    with pytest.raises(TypeError, match=r"^add\(\) missing 1 required positional argument: 'y'$"):
         result.get(timeout=15)
 
 
