@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import redis
 from celery import Celery
 from kombu import Connection
 
@@ -164,7 +165,8 @@ def broker(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Broker]
 
 @pytest.fixture
 def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``celeriac worker -A tests.interop.app:app`` on the test's broker."""
+    """Start ``celeriac worker -A tests.interop.app:app`` on the test's broker (node name
+    ``hostname``, else celeriac's default)."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -172,6 +174,7 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
         concurrency: int = 2,
         env: dict[str, str] | None = None,
         broker_url: str | None = None,
+        hostname: str | None = None,
     ) -> WorkerProcess:
         args = [
             "-A", "tests.interop.app:app",
@@ -182,6 +185,8 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
             "--log-format", "json",
             "--grace", "10",
         ]  # fmt: skip
+        if hostname is not None:
+            args += ["-n", hostname]
         base = {**os.environ, "PYTHONPATH": str(ROOT), "INTEROP_REDIS_URL": redis_url}
         worker = WorkerProcess(args, {**base, **(env or {})})
         started.append(worker)
@@ -204,3 +209,17 @@ def celery_client(broker: Broker, redis_url: str) -> Iterator[Celery]:
     )
     yield app
     app.backend.client.close()
+
+
+@pytest.fixture
+def counts(redis_url: str, unique_name: str) -> Iterator[Callable[[], dict[str, int]]]:
+    """Runs per task id, as ``interop.count`` records them in hash ``<unique_name>:runs``."""
+    client = redis.Redis.from_url(redis_url)
+
+    def read() -> dict[str, int]:
+        return {
+            key.decode(): int(value) for key, value in client.hgetall(f"{unique_name}:runs").items()
+        }
+
+    yield read
+    client.close()

@@ -31,20 +31,6 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def counts(redis_url: str, unique_name: str) -> Iterator[Callable[[], dict[str, int]]]:
-    """Runs per task id, as ``interop.count`` records them in hash ``<unique_name>:runs``."""
-    client = redis.Redis.from_url(redis_url)
-
-    def read() -> dict[str, int]:
-        return {
-            key.decode(): int(value) for key, value in client.hgetall(f"{unique_name}:runs").items()
-        }
-
-    yield read
-    client.close()
-
-
-@pytest.fixture
 def celery_worker(redis_url: str, unique_name: str) -> Iterator[subprocess.Popen[str]]:
     """A stock ``celery worker`` (prefork, 2 processes, prefetch multiplier 1) on the queue,
     with the default Redis layout (no key prefix); returns once it says it is ready."""
