@@ -106,7 +106,7 @@ def test_ping_and_inspect_get_celerys_replies(
     assert queue["exchange"]["name"] == unique_name
     assert queue["exchange"]["type"] == "direct"
     assert inspect.conf()[node]["task_default_queue"] == "celery"
-    assert inspect.revoked() == {node: []}
+    assert running.id not in inspect.revoked()[node]  # the ids of earlier tests may be there
     assert inspect.clock()[node]["clock"] > 0
     assert running.get(timeout=15) == "slept"
 
@@ -130,7 +130,7 @@ def test_a_revoked_countdown_task_never_runs(
     with pytest.raises(TaskRevokedError, match="revoked"):
         doomed.get(timeout=5)
     inspect = celery_client.control.inspect(destination=[node], timeout=5)
-    assert inspect.revoked() == {node: [doomed.id]}
+    assert doomed.id in inspect.revoked()[node]
 
 
 def test_revoked_ids_survive_a_worker_restart(
@@ -141,7 +141,7 @@ def test_revoked_ids_survive_a_worker_restart(
     task_id = str(uuid.uuid4())
     celery_client.control.revoke(task_id)
     inspect = celery_client.control.inspect(destination=[node], timeout=5)
-    _eventually(lambda: inspect.revoked() == {node: [task_id]})
+    _eventually(lambda: task_id in inspect.revoked()[node])
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
     results = redis.Redis.from_url(redis_url)
