@@ -34,6 +34,7 @@ from .conftest import ROOT, Broker, WorkerProcess
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 StartWorker = Callable[..., WorkerProcess]
+StartCelery = Callable[..., subprocess.Popen[str]]
 Counts = Callable[[], dict[str, int]]
 
 
@@ -211,51 +212,62 @@ def celery_queue() -> str:
 
 
 @pytest.fixture
-def celery_worker(
+def start_celery_worker(
     broker: Broker, redis_url: str, celery_queue: str
-) -> Iterator[subprocess.Popen[str]]:
-    """A stock ``celery worker`` (prefork, 1 process) on ``celery_queue``, on the test's
-    broker and key prefix, with remote control; returns once it says it is ready."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "INTEROP_BROKER_URL": broker.client_url,
-        "INTEROP_REDIS_URL": redis_url,
-        "INTEROP_KEYPREFIX": broker.client_options.get("global_keyprefix", ""),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.interop.celery_control_app", "worker",
-         "-Q", celery_queue, "-c", "1", "-P", "prefork", "-l", "info",
-         "-n", f"{celery_queue}@%h", "--without-gossip", "--without-mingle",
-         "--without-heartbeat"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    ready = threading.Event()
+) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start a stock ``celery worker`` (prefork, 1 process) on ``celery_queue``, on the test's
+    broker and key prefix, with remote control (and mingle, if asked); returns once it says it
+    is ready."""
+    started: list[tuple[subprocess.Popen[str], threading.Thread]] = []
 
-    def read() -> None:
+    def start(*, mingle: bool = False) -> subprocess.Popen[str]:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "INTEROP_BROKER_URL": broker.client_url,
+            "INTEROP_REDIS_URL": redis_url,
+            "INTEROP_KEYPREFIX": broker.client_options.get("global_keyprefix", ""),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.interop.celery_control_app", "worker",
+             "-Q", celery_queue, "-c", "1", "-P", "prefork", "-l", "info",
+             "-n", f"{celery_queue}@%h", "--without-gossip", "--without-heartbeat",
+             *([] if mingle else ["--without-mingle"])],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        ready = threading.Event()
+
+        def read() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if " ready." in line:
+                    ready.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        started.append((proc, reader))
+        assert ready.wait(60), "celery worker did not become ready"
+        return proc
+
+    yield start
+    for proc, reader in started:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
         assert proc.stderr is not None
-        for line in proc.stderr:
-            if " ready." in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert ready.wait(60), "celery worker did not become ready"
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    reader.join(timeout=10)
+        proc.stderr.close()
 
 
 def test_celeriacs_revoke_is_obeyed_by_celery_and_by_celeriac(
-    *, celery_worker: subprocess.Popen[str], start_worker: StartWorker, celery_client: Celery,
+    *, start_celery_worker: StartCelery, start_worker: StartWorker, celery_client: Celery,
     broker: Broker, redis_url: str, node: str, unique_name: str, celery_queue: str,
     counts: Counts,
 ) -> None:  # fmt: skip
+    start_celery_worker()
     start_worker(unique_name, hostname=node)
     key = f"{unique_name}:runs"
 
@@ -285,3 +297,50 @@ def test_celeriacs_revoke_is_obeyed_by_celery_and_by_celeriac(
             celery_client.AsyncResult(doomed).get(timeout=10)
     time.sleep(0.5)  # a doomed task running late would have counted by now
     assert counts() == {kept_celery: 1, kept_celeriac: 1}
+
+
+def test_a_celery_worker_learns_celeriacs_revoked_ids_when_it_starts(
+    *, start_celery_worker: StartCelery, start_worker: StartWorker, celery_client: Celery,
+    node: str, unique_name: str, celery_queue: str, counts: Counts,
+) -> None:  # fmt: skip
+    """Celery's mingle: a starting Celery worker asks every node for its revoked ids (``hello``)
+    and celeriac answers."""
+    start_worker(unique_name, hostname=node)
+    task_id = str(uuid.uuid4())
+    celery_client.control.revoke(task_id, destination=[node])
+    inspect = celery_client.control.inspect(destination=[node], timeout=5)
+    _eventually(lambda: task_id in inspect.revoked()[node])
+
+    start_celery_worker(mingle=True)
+    key = f"{unique_name}:runs"
+    doomed = celery_client.send_task("interop.count", (key,), queue=celery_queue, task_id=task_id)
+    after = celery_client.send_task("interop.count", (key,), queue=celery_queue)
+
+    assert after.get(timeout=20) == "celery"  # one process: the doomed message came first
+    assert counts() == {after.id: 1}
+    assert doomed.state == "REVOKED"
+
+
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
+def test_a_second_worker_of_the_same_name_runs_without_remote_control(
+    start_worker: StartWorker, celery_client: Celery, node: str, unique_name: str
+) -> None:
+    """On RabbitMQ the node queue is exclusive: as Celery warns, node names must be unique."""
+    start_worker(unique_name, hostname=node)
+    second = start_worker(unique_name, hostname=node)
+
+    second.wait_for("remote_control_unavailable", node=node)
+    assert celery_client.control.ping(destination=[node], timeout=5) == [{node: {"ok": "pong"}}]
+    results = [celery_client.send_task("interop.add", (i, i), queue=unique_name) for i in range(6)]
+    assert [r.get(timeout=15) for r in results] == [0, 2, 4, 6, 8, 10]
+
+
+@pytest.mark.parametrize("broker", ["sqs"], indirect=True)
+def test_on_sqs_the_worker_runs_without_remote_control(
+    start_worker: StartWorker, celery_client: Celery, unique_name: str
+) -> None:
+    worker = start_worker(unique_name)
+
+    record = worker.wait_for("remote_control_unavailable")
+    assert "fanout" in record["reason"]
+    assert celery_client.send_task("interop.add", (2, 3), queue=unique_name).get(timeout=30) == 5
