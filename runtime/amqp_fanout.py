@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from protocol import CeleriacError, WireMessage, from_amqp
 from protocol.control import NODE_QUEUE_ARGUMENTS
+from protocol.envelopes import AMQP_PROPERTY_NAMES
 
 from .errors import translate_amqp_errors
 
@@ -34,7 +35,6 @@ _NODE_QUEUE: dict[str, Any] = {
     "auto_delete": True,
     "arguments": dict(NODE_QUEUE_ARGUMENTS),
 }
-_PROPERTIES = ("correlation_id", "reply_to", "delivery_mode", "priority", "expiration")
 
 
 async def declare_exchange(
@@ -71,7 +71,7 @@ async def listen(
             await declared.bind(fanout, routing_key="")
 
             async def received(message: AbstractIncomingMessage) -> None:
-                properties = {name: getattr(message, name) for name in _PROPERTIES}
+                properties = {name: getattr(message, name) for name in AMQP_PROPERTY_NAMES}
                 try:
                     wire = from_amqp(
                         message.body,

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,3 +224,59 @@ def counts(redis_url: str, unique_name: str) -> Iterator[Callable[[], dict[str, 
 
     yield read
     client.close()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait until ``condition()`` holds; fail (naming it) if it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {condition}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def start_celery_worker(redis_url: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start a stock ``celery worker -A tests.interop.celery_worker_app`` (prefork, prefetch
+    multiplier 1, without gossip and heartbeats; with mingle if asked) on ``queue``, named
+    ``<queue>@%h``; returns once it says it is ready. Stopped with SIGTERM after the test."""
+    started: list[tuple[subprocess.Popen[str], threading.Thread]] = []
+
+    def start(
+        queue: str, *, broker_url: str, keyprefix: str = "", concurrency: int = 2,
+        mingle: bool = False,
+    ) -> subprocess.Popen[str]:  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "INTEROP_BROKER_URL": broker_url,
+               "INTEROP_REDIS_URL": redis_url, "INTEROP_KEYPREFIX": keyprefix}  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.interop.celery_worker_app", "worker",
+             "-Q", queue, "-c", str(concurrency), "-P", "prefork", "-l", "info",
+             "-n", f"{queue}@%h", "--without-gossip", "--without-heartbeat",
+             *([] if mingle else ["--without-mingle"])],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        ready = threading.Event()
+
+        def read() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if " ready." in line:
+                    ready.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        started.append((proc, reader))
+        assert ready.wait(60), "celery worker did not become ready"
+        return proc
+
+    yield start
+    for proc, reader in started:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -10,15 +10,12 @@ broker, other tests' too.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -29,21 +26,13 @@ from runtime import App
 from tests.conftest import _NAMES
 
 from .app import app as interop_app
-from .conftest import ROOT, Broker, WorkerProcess
+from .conftest import Broker, WorkerProcess, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 StartWorker = Callable[..., WorkerProcess]
 StartCelery = Callable[..., subprocess.Popen[str]]
 Counts = Callable[[], dict[str, int]]
-
-
-def _eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {condition}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -120,7 +109,7 @@ def test_a_revoked_countdown_task_never_runs(
     key = f"{unique_name}:runs"
     doomed = celery_client.send_task("interop.count", (key,), queue=unique_name, countdown=3)
     kept = celery_client.send_task("interop.count", (key,), queue=unique_name, countdown=3)
-    _eventually(lambda: broker.ready(unique_name) == 0)  # the worker holds both
+    eventually(lambda: broker.ready(unique_name) == 0)  # the worker holds both
 
     celery_client.control.revoke(doomed.id)
 
@@ -142,7 +131,7 @@ def test_revoked_ids_survive_a_worker_restart(
     task_id = str(uuid.uuid4())
     celery_client.control.revoke(task_id)
     inspect = celery_client.control.inspect(destination=[node], timeout=5)
-    _eventually(lambda: task_id in inspect.revoked()[node])
+    eventually(lambda: task_id in inspect.revoked()[node])
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
     results = redis.Redis.from_url(redis_url)
@@ -199,7 +188,7 @@ def test_shutdown_stops_the_worker_gracefully(
     worker.wait_for("worker_stopping")
     assert running.get(timeout=5) == "slept"  # the running task was let finish
     waiting = celery_client.send_task("interop.add", (1, 1), queue=unique_name)
-    _eventually(lambda: broker.ready(unique_name) == 1)
+    eventually(lambda: broker.ready(unique_name) == 1)
     assert waiting.state == "PENDING"
 
 
@@ -211,63 +200,13 @@ def celery_queue() -> str:
     return name
 
 
-@pytest.fixture
-def start_celery_worker(
-    broker: Broker, redis_url: str, celery_queue: str
-) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start a stock ``celery worker`` (prefork, 1 process) on ``celery_queue``, on the test's
-    broker and key prefix, with remote control (and mingle, if asked); returns once it says it
-    is ready."""
-    started: list[tuple[subprocess.Popen[str], threading.Thread]] = []
-
-    def start(*, mingle: bool = False) -> subprocess.Popen[str]:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "INTEROP_BROKER_URL": broker.client_url,
-            "INTEROP_REDIS_URL": redis_url,
-            "INTEROP_KEYPREFIX": broker.client_options.get("global_keyprefix", ""),
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.interop.celery_control_app", "worker",
-             "-Q", celery_queue, "-c", "1", "-P", "prefork", "-l", "info",
-             "-n", f"{celery_queue}@%h", "--without-gossip", "--without-heartbeat",
-             *([] if mingle else ["--without-mingle"])],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        ready = threading.Event()
-
-        def read() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                if " ready." in line:
-                    ready.set()
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        started.append((proc, reader))
-        assert ready.wait(60), "celery worker did not become ready"
-        return proc
-
-    yield start
-    for proc, reader in started:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=10)
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
 def test_celeriacs_revoke_is_obeyed_by_celery_and_by_celeriac(
     *, start_celery_worker: StartCelery, start_worker: StartWorker, celery_client: Celery,
     broker: Broker, redis_url: str, node: str, unique_name: str, celery_queue: str,
     counts: Counts,
 ) -> None:  # fmt: skip
-    start_celery_worker()
+    start_celery_worker(celery_queue, broker_url=broker.client_url, concurrency=1,
+                        keyprefix=broker.client_options.get("global_keyprefix", ""))  # fmt: skip
     start_worker(unique_name, hostname=node)
     key = f"{unique_name}:runs"
 
@@ -301,7 +240,7 @@ def test_celeriacs_revoke_is_obeyed_by_celery_and_by_celeriac(
 
 def test_a_celery_worker_learns_celeriacs_revoked_ids_when_it_starts(
     *, start_celery_worker: StartCelery, start_worker: StartWorker, celery_client: Celery,
-    node: str, unique_name: str, celery_queue: str, counts: Counts,
+    broker: Broker, node: str, unique_name: str, celery_queue: str, counts: Counts,
 ) -> None:  # fmt: skip
     """Celery's mingle: a starting Celery worker asks every node for its revoked ids (``hello``)
     and celeriac answers."""
@@ -309,9 +248,10 @@ def test_a_celery_worker_learns_celeriacs_revoked_ids_when_it_starts(
     task_id = str(uuid.uuid4())
     celery_client.control.revoke(task_id, destination=[node])
     inspect = celery_client.control.inspect(destination=[node], timeout=5)
-    _eventually(lambda: task_id in inspect.revoked()[node])
+    eventually(lambda: task_id in inspect.revoked()[node])
 
-    start_celery_worker(mingle=True)
+    start_celery_worker(celery_queue, broker_url=broker.client_url, concurrency=1, mingle=True,
+                        keyprefix=broker.client_options.get("global_keyprefix", ""))  # fmt: skip
     key = f"{unique_name}:runs"
     doomed = celery_client.send_task("interop.count", (key,), queue=celery_queue, task_id=task_id)
     after = celery_client.send_task("interop.count", (key,), queue=celery_queue)

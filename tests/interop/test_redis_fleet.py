@@ -8,13 +8,10 @@ visibility timeout is not restored and run a second time.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -23,7 +20,7 @@ from kombu import Connection
 
 from runtime import App
 
-from .conftest import REDIS_VISIBILITY_TIMEOUT, ROOT, Broker, WorkerProcess
+from .conftest import REDIS_VISIBILITY_TIMEOUT, Broker, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
@@ -31,38 +28,12 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def celery_worker(redis_url: str, unique_name: str) -> Iterator[subprocess.Popen[str]]:
+def celery_worker(
+    start_celery_worker: Callable[..., subprocess.Popen[str]], redis_url: str, unique_name: str
+) -> subprocess.Popen[str]:
     """A stock ``celery worker`` (prefork, 2 processes, prefetch multiplier 1) on the queue,
     with the default Redis layout (no key prefix); returns once it says it is ready."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "INTEROP_BROKER_URL": redis_url,
-           "INTEROP_REDIS_URL": redis_url}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.interop.celery_worker_app", "worker",
-         "-Q", unique_name, "-c", "2", "-P", "prefork", "-l", "info", "-n", f"{unique_name}@%h",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if " ready." in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert ready.wait(60), "celery worker did not become ready"
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    reader.join(timeout=10)
-    assert proc.stderr is not None
-    proc.stderr.close()
+    return start_celery_worker(unique_name, broker_url=redis_url)
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
