@@ -18,7 +18,6 @@ task whatever the signal (see :meth:`runtime.worker.Worker.terminate_task`).
 from __future__ import annotations
 
 import os
-import resource
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -370,7 +369,12 @@ def _masked(url: str | None) -> str | None:
     return split._replace(netloc=netloc).geturl()
 
 
-def _rusage() -> dict[str, Any]:
+def _rusage() -> dict[str, Any] | str:
+    """The process's resource usage as Celery reports it ("N/A" where there is none)."""
+    try:
+        import resource  # noqa: PLC0415 - Unix only
+    except ImportError:
+        return "N/A"
     usage = resource.getrusage(resource.RUSAGE_SELF)
     names = ("utime", "stime", "maxrss", "ixrss", "idrss", "isrss", "minflt", "majflt", "nswap",
              "inblock", "oublock", "msgsnd", "msgrcv", "nsignals", "nvcsw", "nivcsw")  # fmt: skip

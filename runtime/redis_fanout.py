@@ -105,11 +105,11 @@ async def listen(
 async def _receive(
     pubsub: PubSub, channel: str, closed: asyncio.Event
 ) -> AsyncGenerator[WireMessage, None]:
-    current = asyncio.current_task()
     retry = _RETRY_MIN
     try:
         while not closed.is_set():
             # redis-py 8.1 can swallow a cancellation that lands while it reads: look again.
+            current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise asyncio.CancelledError
             try:
