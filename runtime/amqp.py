@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -52,6 +52,7 @@ from aiormq import spec as amqp_spec
 from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
 from protocol.delayed import DelayedDelivery, delay_routing_key, strip_delay
 
+from . import amqp_fanout
 from .errors import BrokerConnectionError, translate_amqp_errors
 from .reconnect import BackoffConnection
 from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
@@ -116,6 +117,7 @@ class AmqpTransport:
         self._publisher: AbstractRobustChannel | None = None
         self._consumer: AbstractRobustChannel | None = None
         self._declared: dict[str, QueueSpec] = {}
+        self._exchanges: set[str] = set()  # declared for broadcasts and replies
         self._capacity: Capacity | None = None
         self._queues: list[str] = []
         self._buffer: asyncio.Queue[_Buffered] | None = None  # set while consume() runs
@@ -367,6 +369,26 @@ class AmqpTransport:
         """Publish and wait for the broker's confirm (``exchange=""``: to queue ``routing_key``)."""
         outgoing = aio_pika.Message(message.body, **_outgoing(message))
         await self._send(outgoing, exchange, routing_key)
+
+    async def broadcasts(self, exchange: str, queue: str) -> AsyncGenerator[WireMessage, None]:
+        """Listen to fanout ``exchange`` through node queue ``queue`` (see :mod:`.amqp_fanout`)."""
+        return await amqp_fanout.listen(self._require(), exchange, queue)
+
+    async def broadcast(self, message: WireMessage, *, exchange: str) -> None:
+        """Publish to fanout ``exchange`` (declared first, as kombu's mailbox does)."""
+        await self._declare_once(exchange, aio_pika.ExchangeType.FANOUT)
+        await self._send(aio_pika.Message(message.body, **_outgoing(message)), exchange, "")
+
+    async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Publish to direct ``exchange``; RabbitMQ drops it if no queue is bound any more."""
+        await self._declare_once(exchange, aio_pika.ExchangeType.DIRECT)
+        outgoing = aio_pika.Message(message.body, **_outgoing(message))
+        await self._send(outgoing, exchange, routing_key)
+
+    async def _declare_once(self, exchange: str, kind: aio_pika.ExchangeType) -> None:
+        if exchange not in self._exchanges:
+            await amqp_fanout.declare_exchange(self._require(), exchange, kind)
+            self._exchanges.add(exchange)
 
     async def queue_depth(self, queue: str) -> tuple[int, int]:
         """``(messages ready, consumers)`` of ``queue``, from a passive declare."""

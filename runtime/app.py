@@ -12,14 +12,16 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from protocol import AcceptPolicy, TaskMessage, encode_task
+from protocol.control import ControlRequest, LamportClock, Mailbox, encode_control
 
 from . import result
 from .backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
 from .brokers import DEFAULT_BROKER, transport_for_url
 from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
+from .revocation import RevokedStore
 from .task import Task, TaskOptions
-from .transport import QueueSpec, Transport
+from .transport import Broadcasting, QueueSpec, Transport
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -77,6 +79,7 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         # A stable reply address per app, as Celery's clients send (only rpc:// reads it).
         self.oid = str(uuid.uuid4())
+        self.clock = LamportClock()  # kombu's logical clock, on the commands this app sends
         self._backend: RedisResultBackend | None = None
         self._producer: Transport | None = None
         self._declared: set[str] = set()
@@ -197,6 +200,50 @@ class App:
         producer = await self.connect([target])
         await producer.publish(wire, routing_key=target)
         return result.AsyncResult(task_id, self.backend)
+
+    async def revoke(
+        self, task_id: str | Sequence[str], *, terminate: bool = False, signal: str = "SIGTERM"
+    ) -> None:
+        """Revoke tasks as Celery's ``app.control.revoke`` does: no worker on the broker,
+        Celery's included, starts them, and with ``terminate`` running ones are ended.
+
+        The ids are also kept for 3 hours in the result backend's Redis, if there is one, so
+        that celeriac workers started later obey too. Raises ``RuntimeError`` on a broker
+        without fanout (SQS).
+        """
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        if self.backend is not None:
+            await RevokedStore.for_backend(self.backend).add(ids)
+        arguments = {"task_id": task_id if isinstance(task_id, str) else ids,
+                     "terminate": terminate, "signal": signal}  # fmt: skip
+        await self.broadcast("revoke", arguments)
+
+    async def broadcast(
+        self,
+        command: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        destination: Sequence[str] | None = None,
+    ) -> None:
+        """Send remote-control ``command`` to every worker (or the node names in
+        ``destination``) without waiting for replies, as Celery's ``app.control.broadcast``.
+
+        Raises ``RuntimeError`` on a broker without fanout (SQS).
+        """
+        producer = await self.connect()
+        if not isinstance(producer, Broadcasting):
+            raise RuntimeError(
+                f"remote control needs a broker with fanout; {self.broker_url.split(':')[0]}:// "
+                "has none"
+            )
+        request = ControlRequest(
+            command,
+            arguments or {},
+            destination=tuple(destination) if destination is not None else None,
+            clock=self.clock.forward(),
+        )
+        message = encode_control(request, serializer=self.task_serializer)
+        await producer.broadcast(message, exchange=Mailbox().exchange)
 
     async def connect(self, queues: Sequence[str] = ()) -> Transport:
         """Open the producer connection and declare ``queues``, once each; the producer.

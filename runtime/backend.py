@@ -69,6 +69,11 @@ class RedisResultBackend:
 
         return cls(client_for(url), **options)
 
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The Redis client the results are stored with."""
+        return self._client
+
     def _ttl(self, status: State) -> int:
         expires = self.result_expires
         if status is State.FAILURE and self.failure_expires is not None:

@@ -29,7 +29,8 @@ queue is seen at once; on another, within 0.1 s.
 Transport options (Celery's ``broker_transport_options``, or the URL's query string):
 ``visibility_timeout`` (seconds, default 3600 as kombu), ``global_keyprefix``,
 ``priority_steps``, ``sep``, ``unacked_key``, ``unacked_index_key``, ``unacked_mutex_key``,
-``unacked_mutex_expire``. Other query parameters go to redis-py (``ssl_cert_reqs``, ...).
+``unacked_mutex_expire``, ``fanout_prefix``. Other query parameters go to redis-py
+(``ssl_cert_reqs``, ...).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from protocol.kombu_redis import (
 from .brokers import transport_options
 from .errors import BrokerConnectionError, translate_redis_errors
 from .redis_client import client_for
+from .redis_fanout import RedisFanout
 from .redis_options import OPTION_NAMES, RedisOptions
 from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
@@ -115,8 +117,9 @@ class _Settlement:
     payload: bytes
 
 
-class RedisTransport:
-    """A :class:`~runtime.transport.Transport` for Redis; see the module docstring."""
+class RedisTransport(RedisFanout):
+    """A :class:`~runtime.transport.Transport` for Redis; see the module docstring. Remote
+    control's fanout comes from :class:`~runtime.redis_fanout.RedisFanout`."""
 
     def __init__(
         self,

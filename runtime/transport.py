@@ -9,14 +9,21 @@ free slots (prefetch 1 per slot).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from protocol import WireMessage
 
-__all__ = ["Capacity", "Delivery", "QueueSpec", "Transport", "wait_free_unless_closed"]
+__all__ = [
+    "Broadcasting",
+    "Capacity",
+    "Delivery",
+    "QueueSpec",
+    "Transport",
+    "wait_free_unless_closed",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,31 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Stop consuming and close; unsettled deliveries go back to the broker."""
+
+
+@runtime_checkable
+class Broadcasting(Protocol):
+    """What a transport with fanout adds for remote control (AMQP, Redis, memory; SQS has none).
+
+    Broadcasts are fire-and-forget: nothing is acknowledged, and what arrives while nobody
+    listens is lost, as with kombu's mailboxes.
+    """
+
+    async def broadcasts(self, exchange: str, queue: str) -> AsyncGenerator[WireMessage, None]:
+        """Start listening to fanout ``exchange``; iterate the result to receive.
+
+        ``queue`` is this node's own queue where the broker needs one (AMQP: declared as
+        Celery declares ``<nodename>.celery.pidbox``). Raises ``BrokerConnectionError`` if the
+        broker refuses, e.g. because another node of the same name holds the queue. Ending
+        the iteration stops listening.
+        """
+
+    async def broadcast(self, message: WireMessage, *, exchange: str) -> None:
+        """Publish ``message`` to every listener of fanout ``exchange``."""
+
+    async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Publish to direct ``exchange`` (non-durable, as kombu's reply exchanges) with
+        ``routing_key``; a reply whose queue has gone (its sender stopped waiting) is dropped."""
 
 
 async def wait_free_unless_closed(capacity: Capacity, closed: asyncio.Event) -> bool:

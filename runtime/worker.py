@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +42,8 @@ from .app import App
 from .backend import RedisResultBackend
 from .brokers import transport_for_url
 from .capacity import Slots
+from .commands import COMMANDS
+from .control import RemoteControl, RunningTask
 from .errors import BackendError, BrokerConnectionError
 from .exceptions import NotRegistered
 from .execution import Executor, Outcome
@@ -48,8 +52,9 @@ from .policy import TimeLimits
 from .ratelimit import RateLimits
 from .request import Request
 from .retry import RetryPublisher, resolve_retry
+from .revocation import Revocations, RevokedStore
 from .task import Task
-from .transport import Delivery, Transport
+from .transport import Broadcasting, Delivery, Transport
 
 __all__ = ["DEFAULT_MAX_HELD_ETA", "ETA_HOLD_WINDOW", "Worker"]
 
@@ -121,12 +126,23 @@ class Worker:
         self._retries = RetryPublisher(self.transport, app.queue_spec)
         self.ready = asyncio.Event()
         self.processed = 0
+        self.started_at = time.time()
+        #: Tasks started, by name (``inspect stats``' ``total``).
+        self.total: Counter[str] = Counter()
+        #: The tasks executing now, by id (``inspect active``, ``revoke(terminate=True)``).
+        self.running: dict[str, RunningTask] = {}
+        self.revocations = Revocations(
+            RevokedStore.for_backend(self.backend) if self.backend is not None else None
+        )
+        self._control: RemoteControl | None = None
 
     async def run(self) -> None:
         """Connect, declare the queues, and work until :meth:`stop` or :meth:`terminate`."""
         await self.transport.connect()
         try:
             await self.transport.declare([self.app.queue_spec(q) for q in self.queues])
+            await self.revocations.load()
+            await self._start_remote_control()
             self.log.info(
                 "worker_ready",
                 hostname=self.hostname,
@@ -147,9 +163,45 @@ class Worker:
                         raise
             await self._drain()
         finally:
+            if self._control is not None:
+                await self._control.aclose()
             await self.transport.aclose()
             self._executor.shutdown()
             self.log.info("worker_stopped", processed=self.processed)
+
+    async def _start_remote_control(self) -> None:
+        if not isinstance(self.transport, Broadcasting):
+            self.log.warning("remote_control_unavailable", reason="the broker has no fanout")
+            return
+        control = RemoteControl(self, self.transport, COMMANDS)
+        if await control.start():
+            self._control = control
+
+    def is_revoked(self, task_id: str) -> bool:
+        """Whether ``task_id`` is revoked: a message for it is acked and never run."""
+        return task_id in self.revocations
+
+    def terminate_task(self, task_id: str, signal: str = "SIGTERM") -> bool:
+        """End the running task ``task_id`` (``revoke(terminate=True)``); ``False`` if it is
+        not running here.
+
+        A coroutine is cancelled whatever ``signal`` says. A thread gets ``TimeLimitExceeded``
+        raised at its next Python bytecode, so one blocked in C code runs on until it returns
+        to Python; its slot is freed at once either way. REVOKED ``terminated`` is stored.
+        """
+        running = self.running.get(task_id)
+        if running is None:
+            return False
+        if not running.terminated:
+            self.log.info("task_terminating", task_id=task_id, signal=signal)
+            running.terminated = True
+            running.runner.cancel()
+        return True
+
+    def scheduled_requests(self) -> list[Request]:
+        """The requests held for their ETA (``inspect scheduled``). None yet: ETA tasks wait
+        in their slot until the delay store lists them here."""
+        return []
 
     @property
     def unfinished(self) -> int:
@@ -252,16 +304,30 @@ class Worker:
             request = self._request(message, delivery)
             await self._conclude(task, request, delivery, Outcome.failed(exc), log)
             return
-        # Celery checks expiry on arrival and again just before running.
-        if await self._expired(message, handling, log):
-            return
+        if await self._admitted(task, message, handling, log):
+            await self._run(task, message, handling, log)
+
+    async def _admitted(
+        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any
+    ) -> bool:
+        """Whether the task may start now: not revoked or expired (checked on arrival and
+        again just before it starts, as Celery does), due, and within its rate limit. When
+        not, the message has been settled or deferred here."""
+        if await self._revoked_or_expired(task, message, handling, log):
+            return False
         if message.eta is not None and not await self._until_due(message.eta, handling, log):
-            return
+            return False
         if task.options.rate_limit:
             await self._wait_for_rate_limit(task, handling)
-        if await self._expired(message, handling, log):
-            return
-        await self._run(task, message, handling, log)
+        return not await self._revoked_or_expired(task, message, handling, log)
+
+    async def _revoked_or_expired(
+        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any
+    ) -> bool:
+        if self.is_revoked(message.id):
+            await self._revoked(task, message, handling, log, reason="revoked")
+            return True
+        return await self._expired(message, handling, log)
 
     async def _expired(self, message: TaskMessage, handling: _Handling, log: Any) -> bool:
         """If ``message`` has expired: store REVOKED ``expired`` as Celery does, ack it."""
@@ -343,7 +409,11 @@ class Worker:
         limits = self.app.queue_policy.effective(delivery.queue, requested)
         request = self._request(message, delivery)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
-        outcome = resolve_retry(task, request, await self._executor.run(task, request, limits))
+        executed = await self._execute(task, request, limits)
+        if executed is None:
+            await self._revoked(task, message, handling, log, reason="terminated")
+            return
+        outcome = resolve_retry(task, request, executed)
         if outcome.state is State.SUCCESS:
             log.info("task_succeeded", runtime=round(outcome.runtime, 6))
         elif outcome.state is State.FAILURE:
@@ -355,6 +425,38 @@ class Worker:
             # The task is over: free the slot first, so settling needs no prefetch change.
             handling.release()
             await self._settle_late(task, handling, outcome)
+
+    async def _execute(
+        self, task: Task[Any, Any], request: Request, limits: TimeLimits
+    ) -> Outcome | None:
+        """Run the task, listed in :attr:`running`; ``None`` if :meth:`terminate_task` ended it."""
+        runner = asyncio.current_task()
+        assert runner is not None
+        running = RunningTask(request, runner, time.time(), not task.options.acks_late)
+        self.running[request.id] = running
+        self.total[task.name] += 1
+        try:
+            return await self._executor.run(task, request, limits)
+        except asyncio.CancelledError:
+            if not running.terminated:
+                raise
+            runner.uncancel()
+            return None
+        finally:
+            if self.running.get(request.id) is running:
+                del self.running[request.id]
+
+    async def _revoked(
+        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any, *,
+        reason: str,
+    ) -> None:  # fmt: skip
+        """Store REVOKED ``TaskRevokedError(reason)`` and ack, as Celery's ``_announce_revoked``."""
+        log.info("task_revoked", reason=reason)
+        if not _ignores_result(task, message) or task.options.store_errors_even_if_ignored:
+            revoked = ExceptionInfo("TaskRevokedError", (reason,), "celery.exceptions")
+            await self._store(message, handling.delivery, State.REVOKED, revoked)
+        if not handling.settled:
+            await self._ack(handling)
 
     async def _settle_late(
         self, task: Task[Any, Any], handling: _Handling, outcome: Outcome

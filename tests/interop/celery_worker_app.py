@@ -1,6 +1,7 @@
 """The Celery side of the mixed-fleet tests: a stock Celery worker runs ``interop.count``.
 
-Broker and result backend come from ``INTEROP_BROKER_URL`` / ``INTEROP_REDIS_URL``.
+Broker, result backend and Redis key prefix come from ``INTEROP_BROKER_URL``,
+``INTEROP_REDIS_URL`` and ``INTEROP_KEYPREFIX`` (none by default).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ app = Celery(
     backend=os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/0"),
 )
 app.conf.update(worker_hijack_root_logger=False, worker_prefetch_multiplier=1)
+if os.environ.get("INTEROP_KEYPREFIX"):
+    app.conf.broker_transport_options = {"global_keyprefix": os.environ["INTEROP_KEYPREFIX"]}
 _counter = redis.Redis.from_url(os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/0"))
 
 

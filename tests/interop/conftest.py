@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,14 +108,15 @@ def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
 
 @contextmanager
 def celery_worker_process(
-    app: str, queue: str, env: dict[str, str], *, pool: str = "solo", concurrency: int = 1
-) -> Iterator[subprocess.Popen[str]]:
+    app: str, queue: str, env: dict[str, str], *, pool: str = "solo", concurrency: int = 1,
+    mingle: bool = False,
+) -> Iterator[subprocess.Popen[str]]:  # fmt: skip
     """A stock ``celery worker -A app`` on ``queue`` (``env`` added to the environment), for a
     ``with`` block; returns once it says it is ready, and stops it (SIGTERM) at the end."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
          "-c", str(concurrency), "-P", pool, "-l", "info", "-n", f"{queue}@%h",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+         "--without-gossip", "--without-heartbeat", *([] if mingle else ["--without-mingle"])],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -214,7 +215,8 @@ def broker(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Broker]
 
 @pytest.fixture
 def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``celeriac worker -A tests.interop.app:app`` (or ``app=...``) on the test's broker."""
+    """Start ``celeriac worker -A tests.interop.app:app`` (or ``app=...``) on the test's broker
+    (node name ``hostname``, else celeriac's default)."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -223,6 +225,7 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
         env: dict[str, str] | None = None,
         broker_url: str | None = None,
         app: str = "tests.interop.app:app",
+        hostname: str | None = None,
     ) -> WorkerProcess:
         args = [
             "-A", app,
@@ -233,6 +236,8 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
             "--log-format", "json",
             "--grace", "10",
         ]  # fmt: skip
+        if hostname is not None:
+            args += ["-n", hostname]
         base = {**os.environ, "PYTHONPATH": str(ROOT), "INTEROP_REDIS_URL": redis_url}
         worker = WorkerProcess(args, {**base, **(env or {})})
         started.append(worker)
@@ -295,3 +300,37 @@ def marks(redis_url: str, unique_name: str) -> Iterator[Marks]:
     finally:
         Marks(client, unique_name).delete()
         client.close()
+
+
+@pytest.fixture
+def counts(redis_url: str, unique_name: str) -> Iterator[Callable[[], dict[str, int]]]:
+    """Runs per task id, as ``interop.count`` records them in hash ``<unique_name>:runs``."""
+    client = redis.Redis.from_url(redis_url)
+
+    def read() -> dict[str, int]:
+        return {
+            key.decode(): int(value) for key, value in client.hgetall(f"{unique_name}:runs").items()
+        }
+
+    yield read
+    client.close()
+
+
+@pytest.fixture
+def start_celery_worker(redis_url: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start a stock ``celery worker -A tests.interop.celery_worker_app`` (prefork, prefetch
+    multiplier 1, without gossip and heartbeats; with mingle if asked) on ``queue``, named
+    ``<queue>@%h``; returns once it says it is ready. Stopped with SIGTERM after the test."""
+    with ExitStack() as stack:
+
+        def start(
+            queue: str, *, broker_url: str, keyprefix: str = "", concurrency: int = 2,
+            mingle: bool = False,
+        ) -> subprocess.Popen[str]:  # fmt: skip
+            env = {"INTEROP_BROKER_URL": broker_url, "INTEROP_REDIS_URL": redis_url,
+                   "INTEROP_KEYPREFIX": keyprefix}  # fmt: skip
+            return stack.enter_context(celery_worker_process(
+                "tests.interop.celery_worker_app", queue, env, pool="prefork",
+                concurrency=concurrency, mingle=mingle))  # fmt: skip
+
+        yield start

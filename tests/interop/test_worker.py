@@ -17,8 +17,7 @@ from celery.exceptions import NotRegistered, TaskRevokedError
 from tests.proxy import TcpProxy
 
 from .app import PaymentDeclined
-from .conftest import Broker, WorkerProcess, every_broker
-from .conftest import eventually as _eventually
+from .conftest import Broker, WorkerProcess, eventually, every_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
@@ -75,7 +74,7 @@ def test_started_is_visible_while_a_slow_task_runs(
     start_worker(unique_name)
     result = celery_client.send_task("interop.slow", args=(1.5,), queue=unique_name)
 
-    _eventually(lambda: result.state == "STARTED")
+    eventually(lambda: result.state == "STARTED")
 
     assert result.info["hostname"].startswith("celeriac@")
     assert result.get(timeout=15) == "slept"
@@ -275,7 +274,7 @@ def test_second_signal_ends_at_once_and_acks_late_messages_come_back(
 
     assert worker.wait(timeout=10) == 0
     # The early-acked message is gone; the acks_late one is back in the queue.
-    _eventually(lambda: broker.ready(unique_name) == 1)
+    eventually(lambda: broker.ready(unique_name) == 1)
 
 
 def test_oversize_message_is_dead_lettered(
@@ -297,7 +296,7 @@ def test_oversize_message_is_dead_lettered(
         dead.extend(broker.dead_letters(unique_name))  # reading a message removes it
         return bool(dead)
 
-    _eventually(dead_lettered)
+    eventually(dead_lettered)
     assert len(dead) == 1
     assert "size" in dead[0].headers["x-celeriac-reason"]
     assert len(dead[0].body) == 16 * 1024 * 1024 + 1
@@ -350,7 +349,7 @@ def test_a_warm_stop_gives_back_a_task_held_for_its_eta(
     """Due within two seconds, a task is held by the worker, not deferred to the broker."""
     worker = start_worker(unique_name)
     later = celery_client.send_task("interop.add", (1, 1), queue=unique_name, countdown=1.9)
-    _eventually(lambda: broker.ready(unique_name) == 0)  # the worker holds it
+    eventually(lambda: broker.ready(unique_name) == 0)  # the worker holds it
 
     worker.signal(signal.SIGTERM)
 
