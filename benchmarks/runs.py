@@ -86,15 +86,17 @@ async def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 async def until(
-    condition: Callable[[], Awaitable[bool]], run: Running, timeout: float, what: str
-) -> None:
-    """Poll ``condition`` until it holds; fail if the process dies or ``timeout`` passes."""
+    condition: Callable[[], Awaitable[bool]], run: Running, timeout: float, what: str,
+    interval: float = POLL,
+) -> None:  # fmt: skip
+    """Poll ``condition`` every ``interval`` until it holds; fail if the process dies or
+    ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while not await condition():
         run.check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{run.system.label}: {what} not within {timeout:.0f} s")
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(interval)
 
 
 async def drain(
@@ -112,7 +114,7 @@ async def drain(
     async def empty() -> bool:
         return await watch.depth(queue) == 0
 
-    await until(started, run, timeout, "the first message taken")
+    await until(started, run, timeout, "the first message taken", watch.interval)
     began, cpu_before = time.monotonic(), run.usage().cpu_seconds
-    await until(empty, run, timeout, "the queue drained")
+    await until(empty, run, timeout, "the queue drained", watch.interval)
     return time.monotonic() - began, run.usage().cpu_seconds - cpu_before
