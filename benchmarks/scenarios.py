@@ -56,7 +56,8 @@ class Scale:
     mixed_short: int = 30
     # moto spends time in proportion to the queue's length on every call: SQS runs stay small.
     sqs_noop_tasks: int = 500
-    sqs_results_tasks: int = 200
+    sqs_results_tasks: int = 500
+    sqs_latency_rate_cap: float = 50.0
 
     def noop_tasks_on(self, kind: str) -> int:
         """No-op messages to drain on broker ``kind``."""
@@ -66,12 +67,17 @@ class Scale:
         """Round trips to make on broker ``kind``."""
         return self.sqs_results_tasks if kind == "sqs" else self.results_tasks
 
+    def latency_rate_cap_on(self, kind: str) -> float:
+        """The highest rate the latency scenario offers on broker ``kind``."""
+        cap = self.latency_rate_cap
+        return min(cap, self.sqs_latency_rate_cap) if kind == "sqs" else cap
+
 
 #: A scale small enough for a test to prove the harness works.
 TINY = Scale(
     noop_tasks=200, results_tasks=30, io_rounds=2, io_min=100, latency_seconds=1.0,
     latency_rate_cap=40.0, mixed_long=3, mixed_long_seconds=1.0, mixed_short=6,
-    sqs_noop_tasks=30, sqs_results_tasks=10,
+    sqs_noop_tasks=30, sqs_results_tasks=10, sqs_latency_rate_cap=20.0,
 )  # fmt: skip
 
 
@@ -221,10 +227,9 @@ async def latency(ctx: Context, kind: str, system: System) -> Row:
     """Open-loop stamps at a share of the measured no-op rate."""
     scale = ctx.scale
     broker, queue = ctx.brokers[kind], queue_name()
-    measured = ctx.noop_rates.get(
-        (kind, system.label), scale.latency_rate_cap / scale.latency_share
-    )
-    rate = min(scale.latency_share * measured, scale.latency_rate_cap)
+    cap = scale.latency_rate_cap_on(kind)
+    measured = ctx.noop_rates.get((kind, system.label), cap / scale.latency_share)
+    rate = min(scale.latency_share * measured, cap)
     key = f"{queue}:stamps"
     env = {"BENCH_REDIS_URL": ctx.redis, "BENCH_RESULT_BACKEND": ctx.redis}
     app = App("bench-latency", broker=broker, result_backend=ctx.redis)
