@@ -25,9 +25,13 @@ from protocol.kombu_redis import RedisLayout
 from runtime.amqp import AmqpTransport
 from runtime.transport import QueueSpec
 
-__all__ = ["Watch", "delete", "kind", "preload", "task"]
+__all__ = ["POLL", "Watch", "delete", "kind", "preload", "task"]
 
 _CHUNK = 1000
+#: How often queue depths are polled (on SQS, see ``Watch.interval``).
+POLL = 0.01
+_SQS_POLL_PER_MESSAGE = 0.0004
+_SQS_POLL_MAX = 0.2
 
 
 def kind(broker: str) -> str:
@@ -108,15 +112,11 @@ async def _push(client: redis.asyncio.Redis, key: str, batch: list[bytes]) -> in
 
 
 class Watch:
-    """One open connection for polling queue depths (``async with Watch(broker) as w``).
-
-    ``interval`` is how often to poll: every 10 ms, but every 0.2 s on SQS, where each look
-    costs moto time in proportion to the queue and would slow the worker it watches.
-    """
+    """One open connection for polling queue depths (``async with Watch(broker) as w``)."""
 
     def __init__(self, broker: str) -> None:
         self.broker = broker
-        self.interval = 0.2 if kind(broker) == "sqs" else 0.01
+        self._last = 0  # the depth last seen
         self._stack = contextlib.AsyncExitStack()
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._redis: redis.asyncio.Redis | None = None
@@ -141,6 +141,14 @@ class Watch:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
 
+    def interval(self) -> float:
+        """Seconds to wait before the next look: 10 ms, but on SQS 0.4 ms per message last
+        seen (at most 0.2 s), since each look costs moto a scan of the queue and would slow
+        the worker it watches."""
+        if self._sqs is None:
+            return POLL
+        return min(_SQS_POLL_MAX, max(POLL, self._last * _SQS_POLL_PER_MESSAGE))
+
     async def depth(self, queue: str) -> int:
         """Messages waiting in ``queue`` (ready, not delivered; on SQS, not yet deleted)."""
         if self._channel is not None:
@@ -151,7 +159,8 @@ class Watch:
 
             if queue not in self._sqs_urls:
                 self._sqs_urls[queue] = await sqs_queues.queue_url(self._sqs, queue)
-            return await sqs_queues.depth(self._sqs, self._sqs_urls[queue])
+            self._last = await sqs_queues.depth(self._sqs, self._sqs_urls[queue])
+            return self._last
         assert self._redis is not None
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in RedisLayout().step_keys(queue):

@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import IO
 
 from .measure import TreeSampler, Usage
-from .queues import Watch
+from .queues import POLL, Watch
 from .systems import System
 
 __all__ = ["ROOT", "Running", "WorkerDied", "drain", "running"]
 
 ROOT = Path(__file__).resolve().parent.parent
-#: How often a drain polls the queue depth.
-POLL = 0.01
 
 
 class WorkerDied(RuntimeError):
@@ -87,16 +85,16 @@ async def _stop(process: subprocess.Popen[bytes]) -> None:
 
 async def until(
     condition: Callable[[], Awaitable[bool]], run: Running, timeout: float, what: str,
-    interval: float = POLL,
+    interval: Callable[[], float] = lambda: POLL,
 ) -> None:  # fmt: skip
-    """Poll ``condition`` every ``interval`` until it holds; fail if the process dies or
-    ``timeout`` passes."""
+    """Poll ``condition`` (waiting ``interval()`` seconds between looks) until it holds; fail
+    if the process dies or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while not await condition():
         run.check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{run.system.label}: {what} not within {timeout:.0f} s")
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval())
 
 
 async def drain(

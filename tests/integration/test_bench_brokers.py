@@ -134,7 +134,7 @@ async def test_on_the_suite_s_moto_server_the_floor_drains_a_preloaded_queue() -
             async with Watch(url) as watch:
                 async with asyncio.timeout(60):
                     while await watch.depth(queue) > 0:
-                        await asyncio.sleep(watch.interval)
+                        await asyncio.sleep(watch.interval())
             await asyncio.sleep(0.5)  # the last DeleteMessageBatch reply, to be counted
             floor.send_signal(signal.SIGTERM)
             out, err = await asyncio.wait_for(floor.communicate(), 30)
