@@ -122,6 +122,7 @@ class Worker:
         self._consuming: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._waiting_eta: set[asyncio.Task[Any]] = set()
+        self._held: dict[asyncio.Task[Any], Request] = {}  # held for their ETA, by handler
         self.rate_limits = RateLimits()
         self._retries = RetryPublisher(self.transport, app.queue_spec)
         self.ready = asyncio.Event()
@@ -199,9 +200,9 @@ class Worker:
         return True
 
     def scheduled_requests(self) -> list[Request]:
-        """The requests held for their ETA (``inspect scheduled``). None yet: ETA tasks wait
-        in their slot until the delay store lists them here."""
-        return []
+        """The requests this worker holds for their ETA (``inspect scheduled``); those
+        deferred to the broker are the broker's, not listed."""
+        return list(self._held.values())
 
     @property
     def unfinished(self) -> int:
@@ -315,7 +316,7 @@ class Worker:
         not, the message has been settled or deferred here."""
         if await self._revoked_or_expired(task, message, handling, log):
             return False
-        if message.eta is not None and not await self._until_due(message.eta, handling, log):
+        if message.eta is not None and not await self._until_due(message, handling, log):
             return False
         if task.options.rate_limit:
             await self._wait_for_rate_limit(task, handling)
@@ -339,7 +340,7 @@ class Worker:
         await self._ack(handling)
         return True
 
-    async def _until_due(self, eta: datetime, handling: _Handling, log: Any) -> bool:
+    async def _until_due(self, message: TaskMessage, handling: _Handling, log: Any) -> bool:
         """Wait for ``eta`` without a slot: ``True`` once due (a slot taken again), ``False``
         if the message went back to the broker to wait there (it is settled here).
 
@@ -348,6 +349,8 @@ class Worker:
         holding loses nothing, as the broker redelivers what a lost connection held.
         :meth:`stop` cancels the wait, so a held message goes back unstarted.
         """
+        assert message.eta is not None
+        eta = message.eta
         delay = (eta - datetime.now(UTC)).total_seconds()
         if delay <= 0:
             return True
@@ -364,6 +367,7 @@ class Worker:
         assert current is not None
         handling.release()
         self._waiting_eta.add(current)
+        self._held[current] = self._request(message, handling.delivery)
         try:
             # The loop's timers may fire a little early by the wall clock: never start early.
             while (left := (eta - datetime.now(UTC)).total_seconds()) > 0:
@@ -371,6 +375,7 @@ class Worker:
             await handling.reacquire()
         finally:
             self._waiting_eta.discard(current)
+            self._held.pop(current, None)
         return True
 
     async def _wait_for_rate_limit(self, task: Task[Any, Any], handling: _Handling) -> None:

@@ -11,7 +11,10 @@ import redis.asyncio
 
 from runtime import App, SoftTimeLimitExceeded
 
-app = App("interop")
+# INTEROP_MAX_PRIORITY declares the worker's queues with x-max-priority (Celery's
+# task_queue_max_priority), for the priority tests.
+_max_priority = os.environ.get("INTEROP_MAX_PRIORITY")
+app = App("interop", task_queue_max_priority=int(_max_priority) if _max_priority else None)
 
 
 class PaymentDeclined(Exception):

@@ -284,3 +284,20 @@ def test_on_sqs_the_worker_runs_without_remote_control(
     record = worker.wait_for("remote_control_unavailable")
     assert "fanout" in record["reason"]
     assert celery_client.send_task("interop.add", (2, 3), queue=unique_name).get(timeout=30) == 5
+
+
+def test_inspect_scheduled_lists_a_task_held_for_its_eta(
+    start_worker: StartWorker, celery_client: Celery, node: str, unique_name: str
+) -> None:
+    """Due within two seconds, a task is held by the worker (not deferred to the broker), so
+    ``inspect scheduled`` lists it, as Celery's does for its ETA tasks."""
+    start_worker(unique_name, hostname=node)
+    held = celery_client.send_task("interop.add", (1, 2), queue=unique_name, countdown=1.9)
+    time.sleep(0.3)
+
+    [entry] = celery_client.control.inspect(destination=[node], timeout=5).scheduled()[node]
+
+    assert (entry["request"]["id"], entry["request"]["name"]) == (held.id, "interop.add")
+    assert entry["request"]["args"] == [1, 2]
+    assert entry["eta"] is not None
+    assert held.get(timeout=10) == 3
