@@ -23,12 +23,15 @@ from .states import EXCEPTION_STATES, State
 
 __all__ = [
     "COMPRESSED_MAGIC",
+    "ChordPart",
     "ExtendedInfo",
     "ResultKeys",
     "ResultMeta",
     "ResultRef",
+    "decode_chord_part",
     "decode_group",
     "decode_result",
+    "encode_chord_part",
     "encode_group",
     "encode_result",
 ]
@@ -285,3 +288,50 @@ def decode_group(
     if ref.children is None:
         raise MalformedMessage("a group record lists its members", field="group.result")
     return ref
+
+
+@dataclass(frozen=True, slots=True)
+class ChordPart:
+    """One header task's entry in a chord's ``.j`` sorted set, ``[1, task_id, state, result]``
+    as Celery's Redis backend writes it (``on_chord_part_return``).
+
+    For RETRY, FAILURE and REVOKED ``result`` is an :class:`ExceptionInfo`.
+    """
+
+    task_id: str
+    status: State
+    result: Any = None
+
+    @property
+    def exception(self) -> ExceptionInfo | None:
+        """The stored exception for an exception state, else ``None``."""
+        return self.result if isinstance(self.result, ExceptionInfo) else None
+
+
+def encode_chord_part(part: ChordPart, *, serializer: str = "json") -> bytes:
+    """The bytes Celery stores for ``part`` (the result as ``encode_result`` would store it)."""
+    result = part.result.to_dict() if isinstance(part.result, ExceptionInfo) else part.result
+    return _serialize([1, part.task_id, part.status.value, result], serializer, None)
+
+
+def decode_chord_part(
+    data: bytes,
+    *,
+    serializer: str = "json",
+    accept: AcceptPolicy = DEFAULT_ACCEPT,
+    limits: Limits = DEFAULT_LIMITS,
+) -> ChordPart:
+    """Parse one ``.j`` entry; raise :class:`MalformedMessage` if it is not one."""
+    raw = _fields.sequence(_deserialize(data, serializer, accept, limits), "chord part")
+    if len(raw) != 4:
+        raise MalformedMessage("a chord part is [1, task_id, state, result]", field="chord part")
+    _, task_id, status_name, result = raw
+    try:
+        status = State(_fields.text(status_name, "chord part.state"))
+    except ValueError:
+        raise MalformedMessage(
+            f"unknown state {_fields.short(status_name)}", field="chord part.state"
+        ) from None
+    if status in EXCEPTION_STATES and result:
+        result = ExceptionInfo.from_wire(result, "chord part.result")
+    return ChordPart(_fields.name(task_id, "chord part.task_id"), status, result)

@@ -62,6 +62,11 @@ class RedisResultBackend:
         self.accept = accept
         self.keys = ResultKeys(global_keyprefix)
 
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The Redis client (chord bookkeeping shares it: :mod:`runtime.chord`)."""
+        return self._client
+
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisResultBackend:
         """Connect lazily to the Redis server at ``url`` (``redis://``, ``rediss://``)."""

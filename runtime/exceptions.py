@@ -7,7 +7,13 @@ as Celery's own class by a Celery client, exactly as if a Celery worker had stor
 
 from __future__ import annotations
 
-__all__ = ["NotRegistered", "SoftTimeLimitExceeded", "TaskCancelled", "TimeLimitExceeded"]
+__all__ = [
+    "ChordError",
+    "NotRegistered",
+    "SoftTimeLimitExceeded",
+    "TaskCancelled",
+    "TimeLimitExceeded",
+]
 
 
 class SoftTimeLimitExceeded(Exception):
@@ -32,5 +38,11 @@ class TaskCancelled(Exception):
 
 class NotRegistered(KeyError):
     """A message named a task this worker does not know."""
+
+    __module__ = "celery.exceptions"
+
+
+class ChordError(Exception):
+    """Recorded for a chord's body when a header task failed, or the body could not be sent."""
 
     __module__ = "celery.exceptions"

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from protocol import Signature
+
 from .request import Request, current_request
 
 if TYPE_CHECKING:
@@ -90,6 +92,24 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these arguments (Celery's ``task.s``), for
+        ``link=``, ``chain=`` and the constructors of :mod:`runtime.canvas`."""
+        return Signature(self.name, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: it ignores the result a chain or callback would pass."""
+        return Signature(self.name, args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """A signature with options (``queue``, ``task_id``, ``link``, ...), as Celery's."""
+        return Signature(self.name, tuple(args), kwargs or {}, options)
 
     def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Check that the arguments fit the signature (Celery's ``typing=True``).

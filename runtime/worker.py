@@ -25,6 +25,7 @@ from protocol import (
     ExtendedInfo,
     MalformedMessage,
     ResultMeta,
+    ResultRef,
     State,
     TaskMessage,
     decode_task,
@@ -41,6 +42,7 @@ from .policy import TimeLimits
 from .request import Request
 from .task import Task
 from .transport import Delivery, Transport
+from .workflow import Workflow
 
 __all__ = ["Worker"]
 
@@ -87,6 +89,7 @@ class Worker:
         self.backend = backend if backend is not None else app.backend
         self.grace = grace
         self.log = logger or structlog.get_logger("celeriac.worker")
+        self.workflow = Workflow(app, self.backend, hostname=hostname, log=self.log)
         self._executor = Executor(threads=concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._consuming: asyncio.Task[None] | None = None
@@ -227,6 +230,7 @@ class Worker:
             log.info("task_expired", expires=message.expires.isoformat())
             expired = ExceptionInfo("TaskRevokedError", ("expired",), "celery.exceptions")
             await self._store(message, delivery, State.REVOKED, expired)
+            await self.workflow.ended(message, State.REVOKED, expired)
             await self._ack(handling)
             return
         await self._run(task, message, handling, log)
@@ -306,22 +310,30 @@ class Worker:
     async def _record(
         self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery, outcome: Outcome
     ) -> None:
-        failed = outcome.state is State.FAILURE
-        if _ignores_result(task, message) and not (
-            failed and task.options.store_errors_even_if_ignored
-        ):
-            return
-        if failed:
-            assert outcome.exception is not None
-            info = ExceptionInfo.from_exception(
-                outcome.exception, serializer=self.app.result_serializer
-            )
-            await self._store(message, delivery, State.FAILURE, info, outcome.traceback)
-            return
-        try:
-            await self._store(message, delivery, State.SUCCESS, outcome.value)
-        except EncodeError as exc:  # the return value cannot be serialised: say so, as Celery does
-            await self._store(message, delivery, State.FAILURE, ExceptionInfo.from_exception(exc))
+        """Store the outcome; around it, what the canvas needs (:mod:`runtime.workflow`)."""
+        children: tuple[ResultRef, ...] = ()
+        if outcome.state is State.SUCCESS:
+            try:  # callbacks and the chain's next step go first: they are the children
+                children = await self.workflow.succeeded(message, outcome.value)
+            except Exception as exc:  # as in Celery, what cannot be sent fails the task
+                outcome = Outcome.failed(exc)
+        if outcome.state is State.SUCCESS:
+            try:
+                if not _ignores_result(task, message):
+                    value = outcome.value
+                    await self._store(message, delivery, State.SUCCESS, value, children=children)
+            except EncodeError as exc:  # the value cannot be serialised: say so, as Celery does
+                outcome = Outcome(State.FAILURE, exception=exc)
+            else:
+                await self.workflow.ended(message, State.SUCCESS, outcome.value)
+                return
+        assert outcome.exception is not None
+        error, traceback = outcome.exception, outcome.traceback
+        info = ExceptionInfo.from_exception(error, serializer=self.app.result_serializer)
+        stored = not _ignores_result(task, message) or task.options.store_errors_even_if_ignored
+        if stored:
+            await self._store(message, delivery, State.FAILURE, info, traceback)
+        await self.workflow.failed(message, info, error, traceback, stored=stored)
 
     async def _store(
         self,
@@ -330,6 +342,8 @@ class Worker:
         status: State,
         result: Any,
         traceback: str | None = None,
+        *,
+        children: tuple[ResultRef, ...] = (),
     ) -> None:
         if self.backend is None:
             return
@@ -348,6 +362,7 @@ class Worker:
             status=status,
             result=result,
             traceback=traceback,
+            children=children,
             date_done=datetime.now(UTC) if status in READY_STATES else None,
             group_id=message.group_id,
             parent_id=message.parent_id,

@@ -1,10 +1,12 @@
 """The Celery side of the mixed-fleet tests: a stock Celery worker runs ``interop.count``.
 
-Broker and result backend come from ``INTEROP_BROKER_URL`` / ``INTEROP_REDIS_URL``.
+Broker and result backend come from ``INTEROP_BROKER_URL`` / ``INTEROP_REDIS_URL``; the broker's
+transport options (a Redis ``global_keyprefix``) from ``INTEROP_BROKER_OPTIONS`` (JSON).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -16,7 +18,11 @@ app = Celery(
     broker=os.environ.get("INTEROP_BROKER_URL", "redis://127.0.0.1:6379/0"),
     backend=os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/0"),
 )
-app.conf.update(worker_hijack_root_logger=False, worker_prefetch_multiplier=1)
+app.conf.update(
+    worker_hijack_root_logger=False,
+    worker_prefetch_multiplier=1,
+    broker_transport_options=json.loads(os.environ.get("INTEROP_BROKER_OPTIONS", "{}")),
+)
 _counter = redis.Redis.from_url(os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/0"))
 
 
@@ -25,3 +31,26 @@ def count(self: Any, key: str) -> str:
     """Count this run of this task id in hash ``key``; say who ran it."""
     _counter.hincrby(key, self.request.id, 1)
     return "celery"
+
+
+@app.task(name="interop.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="interop.tsum")
+def tsum(numbers: list[int]) -> int:
+    """A chord body: the sum of the header's results."""
+    return sum(numbers)
+
+
+@app.task(name="interop.decline")
+def decline(reason: str) -> None:
+    raise ValueError(reason)
+
+
+@app.task(name="interop.mark")
+def mark(task_id: str, key: str) -> str:
+    """An old-style errback: note the failed task's id at ``key``."""
+    _counter.set(key, task_id)
+    return task_id
