@@ -4,6 +4,7 @@ from .app import App
 from .exceptions import NotRegistered, SoftTimeLimitExceeded, TimeLimitExceeded
 from .request import Request, current_request
 from .result import AsyncResult
+from .signatures import chain, chord, group
 from .task import Task
 
 __all__ = [
@@ -14,5 +15,8 @@ __all__ = [
     "SoftTimeLimitExceeded",
     "Task",
     "TimeLimitExceeded",
+    "chain",
+    "chord",
     "current_request",
+    "group",
 ]

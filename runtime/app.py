@@ -16,9 +16,10 @@ from protocol import AcceptPolicy, Signature, TaskMessage, encode_task
 from . import result
 from .backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
 from .brokers import DEFAULT_BROKER, transport_for_url
-from .canvas import Planner, signatures
+from .canvas import Planner
 from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
+from .signatures import signatures
 from .task import Task, TaskOptions
 from .transport import QueueSpec, Transport
 

@@ -39,21 +39,12 @@ from protocol import (
 )
 
 from .backend import RedisResultBackend
-from .canvas import (
-    CHORD,
-    GROUP,
-    Action,
-    CanvasError,
-    Context,
-    Planner,
-    Publish,
-    SetChordSize,
-    group,
-    signatures,
-)
+from .canvas import Action, Planner, Publish, SetChordSize
 from .chord import RedisChords
 from .exceptions import ChordError
+from .messages import Context
 from .request import Request
+from .signatures import CHORD, GROUP, CanvasError, group, signatures
 
 if TYPE_CHECKING:
     from .app import App
