@@ -294,14 +294,10 @@ class Planner:
                 body, task_id, root_id=root_id, chord=chord, group_id=group_id,
                 group_index=group_index,
             )  # fmt: skip
-        raw = sig.kwargs.get("header")
-        header = (
-            as_signature(raw)
-            if isinstance(raw, Signature | Mapping) and as_signature(raw).subtask_type == GROUP
-            else group(*header_of(sig))
-        )
+        # A chord read from the wire has its header as a list (``_maybe_group``): freezing
+        # makes it a new group, with a new id.
         header, header_result = self._freeze_group(
-            header, chord=body, root_id=root_id, parent_id=parent_id
+            group(*header_of(sig)), chord=body, root_id=root_id, parent_id=parent_id
         )
         frozen = replace(sig, kwargs={**sig.kwargs, "header": to_wire(header)})
         frozen = with_options(frozen, task_id=header_result.id)
@@ -339,10 +335,10 @@ class Planner:
         )  # fmt: skip
         if not results:
             return None
-        for callback in signatures(run["link"], "link"):
-            steps[0] = with_options(
-                steps[0], link=[*signatures(steps[0].options.get("link")), callback]
-            )
+        links = signatures(run["link"], "link")
+        if links:  # the chain's callbacks go on its last task (extend_list_option)
+            linked = [*signatures(steps[0].options.get("link"), "link"), *links]
+            steps[0] = with_options(steps[0], link=[to_wire(c) for c in linked])
         first = steps.pop()
         remaining = [to_wire(s) for s in steps]
         if rest.get("chain") is not None:
