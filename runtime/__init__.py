@@ -3,13 +3,14 @@
 from .app import App
 from .exceptions import NotRegistered, SoftTimeLimitExceeded, TimeLimitExceeded
 from .request import Request, current_request
-from .result import AsyncResult
+from .result import AsyncResult, GroupResult
 from .signatures import chain, chord, group
 from .task import Task
 
 __all__ = [
     "App",
     "AsyncResult",
+    "GroupResult",
     "NotRegistered",
     "Request",
     "SoftTimeLimitExceeded",

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from protocol import AcceptPolicy, Signature, TaskMessage, encode_task
+from protocol import AcceptPolicy, ResultRef, Signature, TaskMessage, encode_task
 
 from . import result
 from .backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
@@ -218,11 +218,11 @@ class App:
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> result.AsyncResult:
+    ) -> result.AsyncResult | result.GroupResult:
         """Apply a task signature, or a chain, group or chord of them, as Celery's
         ``signature.apply_async(args, kwargs, **options)`` does; a handle on its result:
-        the last task's for a chain, the body's for a chord, the group's id for a group
-        (whose members' results Celery's ``GroupResult`` reads).
+        the last task's for a chain, the body's for a chord, a :class:`GroupResult` for a
+        group.
         """
         from .workflow import carry_out, context_for  # noqa: PLC0415 - it imports this module
 
@@ -232,7 +232,12 @@ class App:
         await carry_out(self, planner.actions, self._chords())
         if ref is None:
             raise ValueError("an empty chain has no result")
-        return result.AsyncResult(ref.id, self.backend)
+        return self._handle(ref)
+
+    def _handle(self, ref: ResultRef) -> result.AsyncResult | result.GroupResult:
+        if ref.children is None:
+            return result.AsyncResult(ref.id, self.backend)
+        return result.GroupResult(ref.id, [self._handle(child) for child in ref.children])
 
     def _chords(self) -> RedisChords | None:
         from .chord import RedisChords  # noqa: PLC0415 - only chords need it
