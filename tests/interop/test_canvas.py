@@ -153,6 +153,49 @@ def test_a_failing_member_fails_the_chord_and_runs_the_body_errback(
     assert [r.state for r in result.parent.results] == ["SUCCESS", "FAILURE", "SUCCESS"]
 
 
+def test_an_expired_header_task_fails_the_chord(
+    start_worker: StartWorker, celery_client: Celery, sig: Sig, unique_name: str
+) -> None:
+    start_worker(unique_name)
+    late = sig("interop.add", 2, 2, countdown=1.5, expires=0.5)
+    result = chord([sig("interop.add", 1, 1), late])(sig("interop.tsum"))
+
+    with pytest.raises(ChordError) as caught:
+        celery_client.AsyncResult(result.id).get(timeout=30)
+    expired = result.parent.results[1]
+    assert str(caught.value) == f"Dependency {expired.id} raised TaskRevokedError('expired')"
+    assert expired.state == "REVOKED"
+
+
+def test_a_failed_header_fails_each_task_of_a_group_body(
+    start_worker: StartWorker, celery_client: Celery, sig: Sig, unique_name: str
+) -> None:
+    start_worker(unique_name)
+    header = [sig("interop.add", 1, 1), sig("interop.decline", "card expired")]
+    result = chord(header)(group(sig("interop.add", 1), sig("interop.add", 2)))
+
+    # The body's tasks never run: each is recorded with the header task's exception.
+    for member in result.results:
+        with pytest.raises(PaymentDeclined):
+            celery_client.AsyncResult(member.id).get(timeout=30)
+    assert [_meta(celery_client, m.id)["status"] for m in result.results] == ["FAILURE"] * 2
+
+
+def test_a_header_task_that_is_a_group_keeps_its_shape(
+    start_worker: StartWorker, sig: Sig, unique_name: str
+) -> None:
+    """The client saves such a header's group result; the body gets the values nested as the
+    header was, as Celery's worker joins them."""
+    start_worker(unique_name, concurrency=4)
+    header = [
+        chain(sig("interop.add", 1, 1), group(sig("interop.add", 1), sig("interop.add", 2))),
+        sig("interop.add", 5, 5),
+    ]
+    result = chord(header)(sig("interop.echo"))
+
+    assert result.get(timeout=30) == {"args": [[[3, 4], 10]], "kwargs": {}}
+
+
 def test_link_runs_the_callback_with_the_result(
     start_worker: StartWorker, celery_client: Celery, sig: Sig, unique_name: str
 ) -> None:

@@ -62,7 +62,7 @@ class CeleryOracle:
         backend.remove_pending_result = lambda result: result
         backend.set_chord_size = lambda gid, size: self.actions.append(["size", gid, size])
         backend._set_chord_key = lambda key, value: self.actions.append(
-            ["save", key.removeprefix("celery-taskset-meta-"), json.loads(value)["result"]]
+            ["save", key.decode().removeprefix("celery-taskset-meta-"), json.loads(value)["result"]]
         )
         self.app.amqp.send_task_message = self._record
 
@@ -141,6 +141,9 @@ CANVASES = {
     ),
     "chord with chains in the header": lambda: chord(
         [chain(s("add", 1), s("add", 2)), s("add", 3)], s("tsum")
+    ),
+    "chord with a chain ending in a group in the header": lambda: chord(
+        [chain(s("add", 1), group(s("add", 2), s("add", 3))), s("add", 4)], s("cb")
     ),
     "chord of chords": lambda: chord(
         [chord([s("add", 1), s("add", 2)], s("tsum")), s("add", 3)], s("tsum")
