@@ -1,4 +1,4 @@
-"""The Celery side of the mixed-fleet tests: a stock Celery worker runs ``interop.count``.
+"""The Celery side of the mixed-fleet and reverse-canvas tests: a stock Celery worker's tasks.
 
 Broker and result backend come from ``INTEROP_BROKER_URL`` / ``INTEROP_REDIS_URL``; the broker's
 transport options (a Redis ``global_keyprefix``) from ``INTEROP_BROKER_OPTIONS`` (JSON).
