@@ -212,6 +212,20 @@ def _deserialize(data: bytes, serializer: str, accept: AcceptPolicy, limits: Lim
     return value
 
 
+def _state(value: Any, field: str) -> State:
+    try:
+        return State(_fields.text(value, field))
+    except ValueError:
+        raise MalformedMessage(f"unknown state {_fields.short(value)}", field=field) from None
+
+
+def _outcome(status: State, result: Any, field: str) -> Any:
+    """The stored result; an :class:`ExceptionInfo` for an exception state."""
+    if status in EXCEPTION_STATES and result:  # Celery too reads a falsy one as no exception
+        return ExceptionInfo.from_wire(result, field)
+    return result
+
+
 _EXTENDED_KEYS = frozenset(("name", "args", "kwargs", "worker", "retries", "queue"))
 
 
@@ -227,15 +241,8 @@ def decode_result(
     ``accept`` is Celery's ``result_accept_content``: pickle is refused unless listed.
     """
     raw = _fields.mapping(_deserialize(data, serializer, accept, limits), "result")
-    try:
-        status = State(_fields.text(raw.get("status"), "status"))
-    except ValueError:
-        raise MalformedMessage(
-            f"unknown state {_fields.short(raw.get('status'))}", field="status"
-        ) from None
-    result = raw.get("result")
-    if status in EXCEPTION_STATES and result:  # Celery too reads a falsy one as no exception
-        result = ExceptionInfo.from_wire(result)
+    status = _state(raw.get("status"), "status")
+    result = _outcome(status, raw.get("result"), "result")
     children = raw.get("children")
     extended = None
     if raw.keys() >= _EXTENDED_KEYS:
@@ -326,12 +333,6 @@ def decode_chord_part(
     if len(raw) != 4:
         raise MalformedMessage("a chord part is [1, task_id, state, result]", field="chord part")
     _, task_id, status_name, result = raw
-    try:
-        status = State(_fields.text(status_name, "chord part.state"))
-    except ValueError:
-        raise MalformedMessage(
-            f"unknown state {_fields.short(status_name)}", field="chord part.state"
-        ) from None
-    if status in EXCEPTION_STATES and result:
-        result = ExceptionInfo.from_wire(result, "chord part.result")
+    status = _state(status_name, "chord part.state")
+    result = _outcome(status, result, "chord part.result")
     return ChordPart(_fields.name(task_id, "chord part.task_id"), status, result)

@@ -78,6 +78,19 @@ class SaveGroup:
 Action = Publish | SetChordSize | SaveGroup
 
 
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """Where a signature is frozen (``freeze``'s arguments): the id it takes if it has none,
+    its group and position there, the chord body it completes, its workflow's root."""
+
+    task_id: str | None = None
+    group_id: str | None = None
+    chord: Signature | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_index: int | None = None
+
+
 class _Result:
     """A frozen result as Celery links them: a task's or a group's id, its parent, members."""
 
@@ -183,22 +196,13 @@ class Planner:
         parent_id: str | None = None,
         group_index: int | None = None,
     ) -> tuple[Signature, _Result]:
-        kind = sig.subtask_type
-        if kind == CHAIN:
-            return self._freeze_chain(
-                sig, task_id, group_id=group_id, chord=chord, root_id=root_id,
-                group_index=group_index,
-            )  # fmt: skip
-        if kind == GROUP:
-            return self._freeze_group(
-                sig, group_id=group_id, chord=chord, root_id=root_id, parent_id=parent_id,
-                group_index=group_index,
-            )  # fmt: skip
-        if kind == CHORD:
-            return self._freeze_chord(
-                sig, task_id, group_id=group_id, chord=chord, root_id=root_id,
-                parent_id=parent_id, group_index=group_index,
-            )  # fmt: skip
+        place = _Place(task_id, group_id, chord, root_id, parent_id, group_index)
+        if sig.subtask_type == CHAIN:
+            return self._freeze_chain(sig, place)
+        if sig.subtask_type == GROUP:
+            return self._freeze_group(sig, place)
+        if sig.subtask_type == CHORD:
+            return self._freeze_chord(sig, place)
         opts = dict(sig.options)
         if not opts.get("task_id"):
             opts["task_id"] = task_id or self.context.new_id()
@@ -215,47 +219,30 @@ class Planner:
             opts["group_index"] = group_index
         return replace(sig, options=opts), _Result(opts["task_id"])
 
-    def _freeze_chain(
-        self,
-        sig: Signature,
-        task_id: str | None,
-        *,
-        group_id: str | None,
-        chord: Signature | None,
-        root_id: str | None,
-        group_index: int | None,
-    ) -> tuple[Signature, _Result]:
+    def _freeze_chain(self, sig: Signature, place: _Place) -> tuple[Signature, _Result]:
         steps, results = self._prepare_steps(
-            sig.args, sig.kwargs, tasks_of(sig), root_id=root_id, link_error=(),
-            last_task_id=task_id, group_id=group_id, chord_body=chord, group_index=group_index,
-            clone=False,
+            sig.args, sig.kwargs, tasks_of(sig), root_id=place.root_id, link_error=(),
+            last_task_id=place.task_id, group_id=place.group_id, chord_body=place.chord,
+            group_index=place.group_index, clone=False,
         )  # fmt: skip
         if not results:
             raise CanvasError("an empty chain has no result to freeze")
         frozen = with_tasks(sig, reversed(steps))
         return with_options(frozen, task_id=results[0].id), results[0]
 
-    def _freeze_group(
-        self,
-        sig: Signature,
-        *,
-        group_id: str | None = None,
-        chord: Signature | None = None,
-        root_id: str | None = None,
-        parent_id: str | None = None,
-        group_index: int | None = None,
-    ) -> tuple[Signature, _Result]:
+    def _freeze_group(self, sig: Signature, place: _Place) -> tuple[Signature, _Result]:
         opts = dict(sig.options)
         gid = opts.get("task_id") or self.context.new_id()
         opts["task_id"] = gid
+        group_id, chord = place.group_id, place.chord
         if group_id:
             opts["group_id"] = group_id
         if chord is not None:
             opts["chord"] = to_wire(chord)
-        if group_index is not None:
-            opts["group_index"] = group_index
-        root_id = opts.setdefault("root_id", root_id)
-        parent_id = opts.setdefault("parent_id", parent_id)
+        if place.group_index is not None:
+            opts["group_index"] = place.group_index
+        root_id = opts.setdefault("root_id", place.root_id)
+        parent_id = opts.setdefault("parent_id", place.parent_id)
         # Nested groups are flattened; Celery puts their tasks back with extendleft, which
         # reverses them, and numbers the flattened tasks in that order.
         stack = deque(tasks_of(sig))
@@ -276,28 +263,19 @@ class Planner:
             results.append(result)
         return with_tasks(replace(sig, options=opts), members), _Result(gid, results)
 
-    def _freeze_chord(
-        self,
-        sig: Signature,
-        task_id: str | None,
-        *,
-        group_id: str | None,
-        chord: Signature | None,
-        root_id: str | None,
-        parent_id: str | None,
-        group_index: int | None,
-    ) -> tuple[Signature, _Result]:
+    def _freeze_chord(self, sig: Signature, place: _Place) -> tuple[Signature, _Result]:
         body = body_of(sig)
         body_result = None
         if body is not None:
             body, body_result = self._freeze(
-                body, task_id, root_id=root_id, chord=chord, group_id=group_id,
-                group_index=group_index,
+                body, place.task_id, root_id=place.root_id, chord=place.chord,
+                group_id=place.group_id, group_index=place.group_index,
             )  # fmt: skip
         # A chord read from the wire has its header as a list (``_maybe_group``): freezing
         # makes it a new group, with a new id.
         header, header_result = self._freeze_group(
-            group(*header_of(sig)), chord=body, root_id=root_id, parent_id=parent_id
+            group(*header_of(sig)),
+            _Place(chord=body, root_id=place.root_id, parent_id=place.parent_id),
         )
         frozen = replace(sig, kwargs={**sig.kwargs, "header": to_wire(header)})
         frozen = with_options(frozen, task_id=header_result.id)
@@ -446,7 +424,7 @@ class Planner:
         if "link" in call or "link_error" in call:
             raise CanvasError("a group takes no link or link_error: link its tasks, or a chord")
         if not sig.kwargs.get("tasks"):
-            return self._freeze_group(sig)[1]
+            return self._freeze_group(sig, _Place())[1]
         opts = merge(replace(sig, immutable=True), options=call).options
         opts = dict(opts)
         gid = opts.pop("task_id", None) or self.context.new_id()
@@ -553,7 +531,9 @@ class Planner:
         for key in ("chain", "chord", "task_id"):
             options.pop(key, None)
         header = with_options(header, task_id=group_id)
-        header, frozen = self._freeze_group(header, group_id=group_id, chord=body, root_id=root_id)
+        header, frozen = self._freeze_group(
+            header, _Place(group_id=group_id, chord=body, root_id=root_id)
+        )
         header_result: _Result
         if header.kwargs.get("tasks"):
             if any(m.members is not None for m in frozen.members or ()):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,45 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+@contextmanager
+def celery_worker_process(queue: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """A stock ``celery worker`` on ``tests.interop.celery_worker_app`` (prefork, 2 processes,
+    prefetch multiplier 1) consuming ``queue``, its broker and backend from ``env``; yields
+    once it says it is ready, stops it (SIGTERM) afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.interop.celery_worker_app", "worker",
+         "-Q", queue, "-c", "2", "-P", "prefork", "-l", "info", "-n", f"{queue}@%h",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if " ready." in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(60), "celery worker did not become ready:\n" + "".join(lines)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 #: The Redis broker's visibility timeout in these tests: short, so that a killed worker's

@@ -66,6 +66,7 @@ def _wait_for_key(store: redis.Redis, key: str, timeout: float = 15) -> bytes:
     while (value := store.get(key)) is None:
         assert time.monotonic() < deadline, f"{key} never written"
         time.sleep(0.05)
+    assert isinstance(value, bytes)
     return value
 
 

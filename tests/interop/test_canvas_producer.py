@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,50 +16,21 @@ import redis
 from protocol import Signature
 from runtime import App, GroupResult, chain, chord, group
 
-from .conftest import ROOT, Broker
+from .conftest import Broker, celery_worker_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 
 @pytest.fixture
 def celery_worker(broker: Broker, redis_url: str, unique_name: str) -> Iterator[None]:
-    """A stock ``celery worker`` (prefork, 2 processes) on the test's broker and queue."""
+    """A stock ``celery worker`` on the test's broker and queue."""
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
         "INTEROP_BROKER_URL": broker.client_url,
         "INTEROP_BROKER_OPTIONS": json.dumps(broker.client_options),
         "INTEROP_REDIS_URL": redis_url,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.interop.celery_worker_app", "worker",
-         "-Q", unique_name, "-c", "2", "-P", "prefork", "-l", "info", "-n", f"{unique_name}@%h",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    ready = threading.Event()
-    lines: list[str] = []
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if " ready." in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert ready.wait(60), "celery worker did not become ready:\n" + "".join(lines)
-    yield
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    reader.join(timeout=10)
-    assert proc.stderr is not None
-    proc.stderr.close()
+    with celery_worker_process(unique_name, env):
+        yield
 
 
 def _sig(queue: str, name: str, *args: Any, immutable: bool = False, **options: Any) -> Signature:

@@ -8,11 +8,8 @@ visibility timeout is not restored and run a second time.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -23,7 +20,7 @@ from kombu import Connection
 
 from runtime import App
 
-from .conftest import REDIS_VISIBILITY_TIMEOUT, ROOT, Broker, WorkerProcess
+from .conftest import REDIS_VISIBILITY_TIMEOUT, Broker, WorkerProcess, celery_worker_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
@@ -46,37 +43,10 @@ def counts(redis_url: str, unique_name: str) -> Iterator[Callable[[], dict[str, 
 
 @pytest.fixture
 def celery_worker(redis_url: str, unique_name: str) -> Iterator[subprocess.Popen[str]]:
-    """A stock ``celery worker`` (prefork, 2 processes, prefetch multiplier 1) on the queue,
-    with the default Redis layout (no key prefix); returns once it says it is ready."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "INTEROP_BROKER_URL": redis_url,
-           "INTEROP_REDIS_URL": redis_url}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.interop.celery_worker_app", "worker",
-         "-Q", unique_name, "-c", "2", "-P", "prefork", "-l", "info", "-n", f"{unique_name}@%h",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if " ready." in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert ready.wait(60), "celery worker did not become ready"
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    reader.join(timeout=10)
-    assert proc.stderr is not None
-    proc.stderr.close()
+    """A stock ``celery worker`` on the queue, with the default Redis layout (no key prefix)."""
+    env = {"INTEROP_BROKER_URL": redis_url, "INTEROP_REDIS_URL": redis_url}
+    with celery_worker_process(unique_name, env) as proc:
+        yield proc
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
