@@ -173,6 +173,7 @@ class Planner:
         add_to_parent = opts.pop("add_to_parent", True)
         own = self.context.task_options(sig.task)
         if own is not None:
+            self.context.check_arguments(sig.task, sig.args, sig.kwargs)
             opts = {**without_none(own), **without_none(opts)}
             opts.setdefault("ignore_result", own.get("ignore_result", False))
         message = message_for(sig, opts, self.context)

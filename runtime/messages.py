@@ -34,6 +34,8 @@ class Context:
     task. ``task_options(name)`` gives a locally registered task's own execution options
     (``queue``, ``priority``, ``serializer``, ``time_limit``, ``soft_time_limit``,
     ``ignore_result``); ``None`` for a task this process does not know.
+    ``check_arguments(name, args, kwargs)`` raises ``TypeError`` if they do not fit a local
+    task (Celery's ``Task.apply_async`` checks them before sending, ``typing=True``).
     """
 
     default_queue: str = "celery"
@@ -42,6 +44,9 @@ class Context:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     parent: TaskMessage | None = None
     task_options: Callable[[str], Mapping[str, Any] | None] = lambda name: None
+    check_arguments: Callable[[str, tuple[Any, ...], Mapping[str, Any]], None] = (
+        lambda name, args, kwargs: None
+    )
     new_id: Callable[[], str] = _new_id
 
 

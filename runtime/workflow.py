@@ -74,6 +74,11 @@ def context_for(app: App, parent: TaskMessage | None) -> Context:
             "ignore_result": options.ignore_result,
         }
 
+    def check_arguments(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        task = app.tasks.get(name)
+        if task is not None:
+            task.bind_arguments(args, dict(kwargs))
+
     return Context(
         default_queue=app.default_queue,
         reply_to=app.oid,
@@ -81,6 +86,7 @@ def context_for(app: App, parent: TaskMessage | None) -> Context:
         now=datetime.now(UTC),
         parent=parent,
         task_options=task_options,
+        check_arguments=check_arguments,
     )
 
 
@@ -290,8 +296,10 @@ class Workflow:
                 kwargs=callback.kwargs,
                 errbacks=signatures(callback.options.get("link_error"), "link_error"),
             )
-            await self._call_errbacks(running, request, info, error, None)
-            await self._store_failure(callback_id, info, "".join(tb.format_exception(error)))
+            # Celery stores it with the running task's children: the errbacks just sent.
+            sent = await self._call_errbacks(running, request, info, error, None)
+            failure = "".join(tb.format_exception(error))
+            await self._store_failure(callback_id, info, failure, children=sent)
         await self._fail_chain(running, callback.options.get("chain"), info, None, store=True)
 
     async def _group_chord_error(
@@ -303,15 +311,16 @@ class Workflow:
         frozen, result = self._planner(running).freeze(body)
         group_errbacks = signatures(body.options.get("link_error"), "link_error")
         members = signatures(frozen.kwargs.get("tasks"), "tasks")
+        sent: tuple[ResultRef, ...] = ()  # the running task's children, as Celery records them
         for member, ref in zip(members, result.children or (), strict=False):
             errbacks: list[Signature] = []
             for errback in (*_result_errbacks(member), *group_errbacks):
                 if errback not in errbacks:
                     errbacks.append(errback)
             request = TaskMessage(id=ref.id, task=member.task, errbacks=tuple(errbacks))
-            await self._call_errbacks(running, request, info, info.to_exception(), None)
-            await self._store_failure(ref.id, info, None)
-        await self._store_failure(result.id, info, None)
+            sent += await self._call_errbacks(running, request, info, info.to_exception(), None)
+            await self._store_failure(ref.id, info, None, children=sent)
+        await self._store_failure(result.id, info, None, children=sent)
 
     # Failures.
 
@@ -354,6 +363,8 @@ class Workflow:
         traceback: str | None,
         group_id: Any = None,
         parent_id: Any = None,
+        *,
+        children: tuple[ResultRef, ...] = (),
     ) -> None:
         if self.backend is None:
             return
@@ -362,6 +373,7 @@ class Workflow:
             status=State.FAILURE,
             result=info,
             traceback=traceback,
+            children=children,
             date_done=datetime.now(UTC),
             group_id=group_id if isinstance(group_id, str) else None,
             parent_id=parent_id if isinstance(parent_id, str) else None,
@@ -375,8 +387,8 @@ class Workflow:
         info: ExceptionInfo,
         exc: BaseException,
         traceback: str | None,
-    ) -> None:
-        """``request``'s errbacks for ``exc`` (``Backend._call_task_errbacks``)."""
+    ) -> tuple[ResultRef, ...]:
+        """``request``'s errbacks for ``exc`` (``Backend._call_task_errbacks``); what was sent."""
         published = []
         for errback in request.errbacks:
             task = self.app.tasks.get(errback.task)
@@ -387,11 +399,13 @@ class Workflow:
                 await self._call_here(task, errback, request, exc, traceback)
             except Exception as error:
                 self.log.exception("errback_failed", errback=errback.task, error=repr(error))
-        if published:
-            planner = self._planner(running)
-            root_id = request.root_id or request.id
-            planner.apply(group(*published), (request.id,), parent_id=request.id, root_id=root_id)
-            await self._carry_out(planner)
+        if not published:
+            return ()
+        planner = self._planner(running)
+        root_id = request.root_id or request.id
+        planner.apply(group(*published), (request.id,), parent_id=request.id, root_id=root_id)
+        await self._carry_out(planner)
+        return planner.trail
 
     async def _call_here(
         self,

@@ -152,6 +152,10 @@ def test_a_failing_member_fails_the_chord_and_runs_the_body_errback(
     assert result.state == "FAILURE"
     assert _wait_for_key(store, marker).decode() == result.id
     assert [r.state for r in result.parent.results] == ["SUCCESS", "FAILURE", "SUCCESS"]
+    # As Celery records it, the body's children are the errback group just sent for it.
+    [[[errbacks_id, _], [[[errback_id, _], _]]]] = _meta(celery_client, result.id)["children"]
+    assert _meta(celery_client, errback_id)["parent_id"] == result.id
+    assert _meta(celery_client, errback_id)["group_id"] == errbacks_id
 
 
 def test_an_expired_header_task_fails_the_chord(

@@ -94,3 +94,15 @@ async def test_a_callback_that_cannot_be_sent_fails_the_task() -> None:
     await app.aclose()
 
     assert seen == [("errback", sent.id)]
+
+
+async def test_a_next_step_whose_arguments_do_not_fit_fails_the_task_that_sends_it() -> None:
+    """Celery checks a local task's arguments when it applies its signature (``typing``)."""
+    app, seen = _app()
+    note = app.tasks["t.note"]
+    async with app.worker(concurrency=1):
+        sent = await app.send_task("t.add", (1, 2), chain=[note.s()], link_error=note.s("errback"))
+        await _until(seen, 1)
+    await app.aclose()
+
+    assert seen == [("errback", sent.id)]
