@@ -102,11 +102,17 @@ class _Result:
         self.parent: _Result | None = None
 
     def ref(self) -> ResultRef:
-        return ResultRef(
-            self.id,
-            parent=self.parent.ref() if self.parent is not None else None,
-            children=None if self.members is None else tuple(m.ref() for m in self.members),
-        )
+        lineage: list[_Result] = []
+        node: _Result | None = self
+        while node is not None:  # a long chain's parents: built without recursion
+            lineage.append(node)
+            node = node.parent
+        ref = None
+        for node in reversed(lineage):
+            members = None if node.members is None else tuple(m.ref() for m in node.members)
+            ref = ResultRef(node.id, parent=ref, children=members)
+        assert ref is not None
+        return ref
 
 
 class Planner:
@@ -132,7 +138,8 @@ class Planner:
     ) -> ResultRef | None:
         """Apply ``sig`` (``sig.apply_async(args, kwargs, **options)``); its result, or
         ``None`` for an empty chain. Raises :class:`CanvasError` or
-        :class:`protocol.MalformedMessage` for what cannot be applied."""
+        :class:`protocol.MalformedMessage` for what cannot be applied, ``TypeError`` for
+        arguments that do not fit a local task."""
         result = self._apply(as_signature(sig), args, kwargs, options)
         return None if result is None else result.ref()
 
