@@ -24,7 +24,7 @@ from .task import Task, TaskOptions
 from .transport import QueueSpec, Transport
 
 if TYPE_CHECKING:
-    from .chord import RedisChords
+    from .chords import RedisChords
     from .worker import Worker
 
 __all__ = ["App"]
@@ -240,7 +240,7 @@ class App:
         return result.GroupResult(ref.id, [self._handle(child) for child in ref.children])
 
     def _chords(self) -> RedisChords | None:
-        from .chord import RedisChords  # noqa: PLC0415 - only chords need it
+        from .chords import RedisChords  # noqa: PLC0415 - only chords need it
 
         backend = self.backend
         return None if backend is None else RedisChords(backend)

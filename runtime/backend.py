@@ -64,7 +64,7 @@ class RedisResultBackend:
 
     @property
     def client(self) -> redis.asyncio.Redis:
-        """The Redis client (chord bookkeeping shares it: :mod:`runtime.chord`)."""
+        """The Redis client (chord bookkeeping shares it: :mod:`runtime.chords`)."""
         return self._client
 
     @classmethod

@@ -4,7 +4,7 @@
   several of them as one group, then the next step of the chain with the rest of the chain;
   what that publishes becomes the record's ``children``.
 * Any end of a chord header task (``RedisBackend.on_chord_part_return``) adds its result to
-  the chord (:mod:`runtime.chord`); the last one publishes the body with the ordered results,
+  the chord (:mod:`runtime.chords`); the last one publishes the body with the ordered results,
   or, if a task failed, records ``ChordError`` for the body and runs the body's errbacks.
 * Failure (``Backend.mark_as_failure``): the rest of the chain gets the same FAILURE, then the
   errbacks run. New-style errbacks (tasks taking more than one argument, registered here) are
@@ -40,7 +40,7 @@ from protocol import (
 
 from .backend import RedisResultBackend
 from .canvas import Action, Planner, Publish, SetChordSize
-from .chord import RedisChords
+from .chords import RedisChords
 from .exceptions import ChordError
 from .messages import Context
 from .request import Request

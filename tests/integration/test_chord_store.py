@@ -3,6 +3,7 @@ chord whose header results are recorded partly by Celery's own backend, partly b
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,12 +15,16 @@ from celery.app.task import Context
 
 from protocol import ChordPart, ExceptionInfo, State
 from runtime.backend import RedisResultBackend
-from runtime.chord import RedisChords
+from runtime.chords import RedisChords
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
-BODY = {"task": "proj.tsum", "args": [], "kwargs": {}, "options": {"task_id": "body-id"},
-        "subtask_type": None, "immutable": False}  # fmt: skip
+
+def _body(queue: str) -> dict[str, Any]:
+    """A chord body as a header task's message carries it, routed to ``queue``."""
+    return {"task": "proj.tsum", "args": [], "kwargs": {},
+            "options": {"task_id": "body-id", "queue": queue},
+            "subtask_type": None, "immutable": False}  # fmt: skip
 
 
 @pytest.fixture
@@ -43,8 +48,8 @@ def store(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def celery_app(redis_url: str, prefix: str) -> Iterator[Celery]:
-    """Celery with the same result backend (and key prefix); its broker in memory, so that a
-    body it publishes goes nowhere."""
+    """Celery with the same result backend (and key prefix); its broker in memory (kombu's,
+    shared by the whole process: what it publishes must be taken out)."""
     app = Celery("chords", broker="memory://", backend=redis_url, set_as_current=False)
     app.conf.result_backend_transport_options = {"global_keyprefix": prefix}
     yield app
@@ -97,13 +102,13 @@ async def test_no_size_no_claim(chords: RedisChords) -> None:
 
 
 async def test_celery_and_celeriac_record_into_one_chord(
-    chords: RedisChords, celery_app: Celery, store: redis.Redis, prefix: str
+    chords: RedisChords, celery_app: Celery, store: redis.Redis, prefix: str, unique_name: str
 ) -> None:
     """Celery's ``on_chord_part_return`` writes part 0, celeriac completes the chord and reads
     both; then the other way round, where Celery completes it, publishes and cleans up."""
     gid = str(uuid.uuid4())
     await chords.set_size(gid, 2)
-    request = Context(id="a", group=gid, group_index=0, chord=BODY)
+    request = Context(id="a", group=gid, group_index=0, chord=_body(unique_name))
     celery_app.backend.on_chord_part_return(request, "SUCCESS", [1, "one"])
     ours = await chords.record(gid, 1, ChordPart("b", State.SUCCESS, 2), "w1")
 
@@ -113,7 +118,11 @@ async def test_celery_and_celeriac_record_into_one_chord(
     other = str(uuid.uuid4())
     await chords.set_size(other, 2)
     await chords.record(other, 0, ChordPart("a", State.SUCCESS, 1), "w1")
-    request = Context(id="b", group=other, group_index=1, chord=BODY)
+    request = Context(id="b", group=other, group_index=1, chord=_body(unique_name))
     celery_app.backend.on_chord_part_return(request, "SUCCESS", 2)
 
     assert _keys(store, prefix, other) == {"j": 0, "t": 0, "s": 0, "d": 0, "c": b"done"}
+    with celery_app.connection_for_read() as conn:
+        sent = conn.default_channel.basic_get(queue=unique_name, no_ack=True)
+    assert sent.headers["id"] == "body-id"
+    assert json.loads(sent.body)[0] == [[1, 2]]

@@ -79,3 +79,11 @@ def test_a_chain_of_3000_is_planned_without_recursion() -> None:
     assert publish.message.args == (0, 1)
     assert result is not None
     assert result.id == publish.message.chain[0].task_id
+
+
+def test_runtime_exports_the_constructors_even_once_its_modules_are_imported() -> None:
+    import runtime  # noqa: PLC0415
+    import runtime.chords  # noqa: PLC0415 - a submodule of the same name would shadow it
+
+    assert runtime.chord is chord
+    assert runtime.chain is chain
