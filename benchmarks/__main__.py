@@ -1,7 +1,8 @@
 """``python -m benchmarks``: every scenario on every broker, celeriac beside its peers.
 
-    python -m benchmarks [--brokers amqp,redis] [--scenarios noop,results,io,latency,mixed]
-                         [--families celeriac,celery,aio-celery,floor] [--tiny] [--out results]
+    python -m benchmarks [--brokers amqp,redis,sqs,memory] [--tiny] [--out results]
+                         [--scenarios noop,results,io,latency,mixed]
+                         [--families celeriac,celery,aio-celery,floor]
 
 Writes ``<out>/<UTC time>/results.json``, ``results.md``, ``throughput.png`` and
 ``latency.png``, and prints the tables. ``--tiny`` runs every scenario at a token size: it
@@ -22,21 +23,19 @@ from pathlib import Path
 import aio_pika
 import redis.asyncio
 
-from . import report
+from . import brokers as broker_kinds
+from . import report, sqs_server
 from .scenarios import SCENARIOS, TINY, Context, Scale
-from .suite import default_plan, machine, run, steps
-
-DEFAULT_BROKERS = {
-    "amqp": os.environ.get("CELERIAC_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-    "redis": os.environ.get("CELERIAC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
-}
+from .suite import default_plan, machine, run, steps, version_of
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--brokers", default="amqp,redis", help="amqp, redis (comma-separated)")
+    parser.add_argument("--brokers", default=",".join(broker_kinds.default_kinds()),
+                        help="amqp, redis, sqs, memory (comma-separated; default: all, sqs "
+                        "where aiobotocore and moto are installed)")  # fmt: skip
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="default: all")
     parser.add_argument("--families", help="only these: celeriac, celery, aio-celery, floor")
     parser.add_argument("--tiny", action="store_true", help="token sizes: proves the harness")
@@ -54,6 +53,9 @@ async def _broker_versions(brokers: dict[str, str]) -> dict[str, str]:
     if "redis" in brokers:
         async with redis.asyncio.Redis.from_url(brokers["redis"]) as client:
             found["redis"] = str((await client.info("server"))["redis_version"])
+    if "sqs" in brokers:
+        given = os.environ.get(sqs_server.ENV_URL)
+        found["sqs"] = f"{sqs_server.ENV_URL}" if given else f"moto {version_of('moto')}"
     return found
 
 
@@ -62,7 +64,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     kinds = [kind.strip() for kind in args.brokers.split(",") if kind.strip()]
     scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
-    unknown = [k for k in kinds if k not in DEFAULT_BROKERS] + [
+    unknown = [k for k in kinds if k not in broker_kinds.KINDS] + [
         s for s in scenarios if s not in SCENARIOS
     ]
     if unknown:
@@ -71,26 +73,32 @@ async def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    brokers = {kind: DEFAULT_BROKERS[kind] for kind in kinds}
+    if "sqs" in kinds and not sqs_server.available():
+        print("python -m benchmarks: sqs needs aiobotocore and moto[server] (pip install -e "
+              f"'.[dev]'), or {sqs_server.ENV_URL}", file=sys.stderr)  # fmt: skip
+        return 2
     scale = TINY if args.tiny else Scale()
     plan = default_plan((20,) if args.tiny else (100, 1_000, 10_000))
     families = args.families.split(",") if args.families else None
     todo = steps(plan, scenarios, kinds, families)
-    ctx = Context(brokers=brokers, redis=DEFAULT_BROKERS["redis"], scale=scale)
     started = datetime.now(UTC)
-    rows = await run(ctx, todo, show=not args.quiet)
+    async with broker_kinds.urls(kinds) as brokers:
+        ctx = Context(brokers=brokers, redis=broker_kinds.REDIS_URL, scale=scale)
+        rows = await run(ctx, todo, show=not args.quiet)
+        versions = await _broker_versions(brokers)
     report.add_ratios(rows)
+    notes = {kind: broker_kinds.NOTES[kind] for kind in kinds if kind in broker_kinds.NOTES}
     folder = args.out / started.strftime("%Y%m%dT%H%M%SZ")
     folder.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
         "started": started.isoformat(), "scale": dataclasses.asdict(scale),
-        "machine": {**machine(), "brokers": await _broker_versions(brokers)},
+        "machine": {**machine(), "brokers": versions}, "notes": notes,
     }  # fmt: skip
     report.write_json(folder / "results.json", rows, meta)
-    (folder / "results.md").write_text(report.markdown(rows))
+    (folder / "results.md").write_text(report.markdown(rows, notes))
     charts = report.charts(rows, folder)
-    report.tables(rows)
+    report.tables(rows, notes)
     print(f"\nwritten: {folder / 'results.json'}, {folder / 'results.md'}, "
           f"{', '.join(str(chart) for chart in charts)}")  # fmt: skip
     return 1 if any("error" in row for row in rows) else 0

@@ -14,6 +14,8 @@ suite runs this beside the workers on the same queue and broker:
   ``BRPOP`` (1 s timeout) over kombu's lists of ``Q`` in kombu's order (``Q``, then the priority
   steps ``Q\\x06\\x163``, ``6``, ``9``) and discarding what it pops: no ``unacked`` bookkeeping,
   which is exactly what makes it the floor.
+* ``sqs://``: aiobotocore, receive and ``DeleteMessageBatch`` loops of up to ten messages with
+  N in flight at most (:mod:`benchmarks.floor_sqs`).
 
 It runs until SIGTERM or SIGINT, closes its connections, and prints one JSON line on stdout,
 ``{"consumed": n}``, then exits 0.
@@ -97,6 +99,10 @@ async def consume_redis(
 async def run(url: str, queue: str, prefetch: int) -> int:
     """Consume until SIGTERM or SIGINT; return how many messages were consumed."""
     consume = consume_redis if url.startswith(("redis://", "rediss://")) else consume_amqp
+    if url.startswith("sqs://"):
+        from .floor_sqs import consume_sqs  # noqa: PLC0415 - needs the sqs extra
+
+        consume = consume_sqs
     tally, stop = Tally(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -109,7 +115,7 @@ async def run(url: str, queue: str, prefetch: int) -> int:
     return tally.consumed
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when it is installed (as the celeriac worker's ``--loop auto``)."""
     try:
         import uvloop  # noqa: PLC0415 - optional at run time
@@ -121,11 +127,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main() -> None:
     """Parse the command line, consume until signalled, print ``{"consumed": n}``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--broker", required=True, help="amqp://... or redis://...")
+    parser.add_argument("--broker", required=True, help="amqp://..., redis://... or sqs://...")
     parser.add_argument("--queue", required=True)
-    parser.add_argument("--prefetch", type=int, required=True, help="QoS, or BRPOP slots")
+    parser.add_argument("--prefetch", type=int, required=True,
+                        help="QoS, BRPOP slots, or SQS messages in flight")  # fmt: skip
     args = parser.parse_args()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         consumed = runner.run(run(args.broker, args.queue, args.prefetch))
     print(json.dumps({"consumed": consumed}), flush=True)
 

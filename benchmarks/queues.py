@@ -1,14 +1,16 @@
-"""Filling, watching and removing the benchmark queues, fast, on RabbitMQ and Redis.
+"""Filling, watching and removing the benchmark queues, fast, on RabbitMQ, Redis and SQS.
 
 Messages are Celery protocol v2, encoded by :mod:`protocol` exactly as Celery's client encodes
-them (the golden tests prove it), and written in bulk: through an unconfirmed AMQP channel, or
-pipelined ``LPUSH``\\ es of kombu's envelope. A Celery client's ``send_task`` would take longer
-to pre-load 30,000 messages than most scenarios take to run.
+them (the golden tests prove it), and written in bulk: through an unconfirmed AMQP channel,
+pipelined ``LPUSH``\\ es of kombu's envelope, or ``SendMessageBatch`` calls
+(:mod:`benchmarks.sqs_queues`). A Celery client's ``send_task`` would take longer to pre-load
+30,000 messages than most scenarios take to run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -23,19 +25,25 @@ from protocol.kombu_redis import RedisLayout
 from runtime.amqp import AmqpTransport
 from runtime.transport import QueueSpec
 
-__all__ = ["Watch", "delete", "kind", "preload", "task"]
+__all__ = ["POLL", "Watch", "delete", "kind", "preload", "task"]
 
 _CHUNK = 1000
+#: How often queue depths are polled (on SQS, see ``Watch.interval``).
+POLL = 0.01
+_SQS_POLL_PER_MESSAGE = 0.0004
+_SQS_POLL_MAX = 0.2
 
 
 def kind(broker: str) -> str:
-    """``"amqp"`` or ``"redis"`` for a broker URL; ``ValueError`` for anything else."""
+    """``"amqp"``, ``"redis"`` or ``"sqs"`` for a broker URL; ``ValueError`` for anything else."""
     scheme = urlsplit(broker).scheme
     if scheme in ("amqp", "amqps", "pyamqp"):
         return "amqp"
     if scheme in ("redis", "rediss"):
         return "redis"
-    raise ValueError(f"benchmarks run on amqp:// or redis:// brokers, not {broker!r}")
+    if scheme == "sqs":
+        return "sqs"
+    raise ValueError(f"benchmarks fill amqp://, redis:// or sqs:// brokers, not {broker!r}")
 
 
 def task(name: str, *args: Any, result: bool = False) -> WireMessage:
@@ -50,7 +58,12 @@ def task(name: str, *args: Any, result: bool = False) -> WireMessage:
 
 async def preload(broker: str, queue: str, messages: Iterable[WireMessage]) -> int:
     """Declare ``queue`` as Celery does and put ``messages`` in it; returns how many."""
-    if kind(broker) == "amqp":
+    found = kind(broker)
+    if found == "sqs":
+        from . import sqs_queues  # noqa: PLC0415 - needs the sqs extra
+
+        return await sqs_queues.preload(broker, queue, messages)
+    if found == "amqp":
         return await _preload_amqp(broker, queue, messages)
     return await _preload_redis(broker, queue, messages)
 
@@ -103,29 +116,51 @@ class Watch:
 
     def __init__(self, broker: str) -> None:
         self.broker = broker
-        self._amqp: aio_pika.abc.AbstractConnection | None = None
+        self._last = 0  # the depth last seen
+        self._stack = contextlib.AsyncExitStack()
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._redis: redis.asyncio.Redis | None = None
+        self._sqs: Any = None  # an aiobotocore SQS client (the sqs extra is optional)
+        self._sqs_urls: dict[str, str] = {}
 
     async def __aenter__(self) -> Watch:
-        if kind(self.broker) == "amqp":
-            self._amqp = await aio_pika.connect(self.broker)
-            self._channel = await self._amqp.channel()
-        else:
+        found = kind(self.broker)
+        if found == "amqp":
+            connection = await aio_pika.connect(self.broker)
+            self._stack.push_async_callback(connection.close)
+            self._channel = await connection.channel()
+        elif found == "redis":
             self._redis = redis.asyncio.Redis.from_url(self.broker)
+            self._stack.push_async_callback(self._redis.aclose)
+        else:
+            from . import sqs_queues  # noqa: PLC0415 - needs the sqs extra
+
+            self._sqs = await self._stack.enter_async_context(sqs_queues.sqs_client(self.broker))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._amqp is not None:
-            await self._amqp.close()
-        if self._redis is not None:
-            await self._redis.aclose()
+        await self._stack.aclose()
+
+    def interval(self) -> float:
+        """Seconds to wait before the next look: 10 ms, but on SQS 0.4 ms per message last
+        seen (at most 0.2 s), since each look costs moto a scan of the queue and would slow
+        the worker it watches."""
+        if self._sqs is None:
+            return POLL
+        return min(_SQS_POLL_MAX, max(POLL, self._last * _SQS_POLL_PER_MESSAGE))
 
     async def depth(self, queue: str) -> int:
-        """Messages waiting in ``queue`` (ready, not delivered)."""
+        """Messages waiting in ``queue`` (ready, not delivered; on SQS, not yet deleted)."""
         if self._channel is not None:
             declared = await self._channel.declare_queue(queue, passive=True)
             return int(declared.declaration_result.message_count or 0)
+        if self._sqs is not None:
+            from . import sqs_queues  # noqa: PLC0415 - needs the sqs extra
+
+            if queue not in self._sqs_urls:
+                self._sqs_urls[queue] = await sqs_queues.queue_url(self._sqs, queue)
+            self._last = await sqs_queues.depth(self._sqs, self._sqs_urls[queue])
+            return self._last
         assert self._redis is not None
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in RedisLayout().step_keys(queue):
@@ -135,6 +170,11 @@ class Watch:
 
 async def delete(broker: str, queues: Sequence[str]) -> None:
     """Remove ``queues`` (and their ``.dead`` queues, exchanges and bindings)."""
+    if kind(broker) == "sqs":
+        from . import sqs_queues  # noqa: PLC0415 - needs the sqs extra
+
+        await sqs_queues.delete(broker, queues)
+        return
     if kind(broker) == "amqp":
         async with await aio_pika.connect(broker) as connection:
             channel = await connection.channel()

@@ -1,13 +1,15 @@
 """Tables, the JSON file and the PNG charts of a benchmark run.
 
 Ratios compare rows measured in the same run only: a row's rate over Celery prefork ``-c 2``'s
-on the same broker, and, for ``noop``, over the floor at the same prefetch as the row.
+on the same broker, and, for ``noop``, over the floor at the same prefetch as the row; a broker
+without such a row (SQS has no Celery rows, memory has neither) has no such ratio. ``notes``
+(broker -> why it has fewer rows) are printed under the tables.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +57,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def tables(rows: Sequence[Row], console: Console | None = None) -> None:
-    """Print one table per scenario."""
+def tables(
+    rows: Sequence[Row], notes: Mapping[str, str] | None = None, console: Console | None = None
+) -> None:
+    """Print one table per scenario, then the notes."""
     if console is None:
         console = Console()
         if not console.is_terminal:  # a log or a pipe: do not wrap the columns at 80
@@ -73,10 +77,12 @@ def tables(rows: Sequence[Row], console: Console | None = None) -> None:
             cells += ["error" if "error" in row else _cell(row.get(c)) for c in columns]
             table.add_row(*cells)
         console.print(table)
+    for note in (notes or {}).values():
+        console.print(f"note: {note}", markup=False)
 
 
-def markdown(rows: Sequence[Row]) -> str:
-    """The same tables as Markdown, for ``benchmarks/README.md`` and closing notes."""
+def markdown(rows: Sequence[Row], notes: Mapping[str, str] | None = None) -> str:
+    """The same tables (and notes) as Markdown, for ``benchmarks/README.md`` and closing notes."""
     parts = []
     for scenario, columns in _COLUMNS.items():
         found = [r for r in rows if r["scenario"] == scenario]
@@ -90,6 +96,7 @@ def markdown(rows: Sequence[Row]) -> str:
             cells += ["error" if "error" in row else _cell(row.get(c)) for c in columns]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    parts.extend(f"Note: {note}" for note in (notes or {}).values())
     return "\n\n".join(parts) + "\n"
 
 
@@ -148,5 +155,10 @@ def _bars(axis: Any, rows: Sequence[Row], key: str, title: str) -> None:
                  width, label=broker)  # fmt: skip
     axis.set_xticks([i + width * (len(brokers) - 1) / 2 for i in range(len(systems))], systems,
                     rotation=30, ha="right", fontsize=8)  # fmt: skip
+    rates = [r[key] for r in rows if r[key]]
+    if rates and max(rates) > 20 * min(rates):  # memory's ceiling beside moto's SQS
+        axis.set_yscale("log")
+        title += ", log scale"
     axis.set_title(title)
-    axis.legend()
+    if brokers:
+        axis.legend()

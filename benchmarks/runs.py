@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import IO
 
 from .measure import TreeSampler, Usage
-from .queues import Watch
+from .queues import POLL, Watch
 from .systems import System
 
 __all__ = ["ROOT", "Running", "WorkerDied", "drain", "running"]
 
 ROOT = Path(__file__).resolve().parent.parent
-#: How often a drain polls the queue depth.
-POLL = 0.01
 
 
 class WorkerDied(RuntimeError):
@@ -86,15 +84,17 @@ async def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 async def until(
-    condition: Callable[[], Awaitable[bool]], run: Running, timeout: float, what: str
-) -> None:
-    """Poll ``condition`` until it holds; fail if the process dies or ``timeout`` passes."""
+    condition: Callable[[], Awaitable[bool]], run: Running, timeout: float, what: str,
+    interval: Callable[[], float] = lambda: POLL,
+) -> None:  # fmt: skip
+    """Poll ``condition`` (waiting ``interval()`` seconds between looks) until it holds; fail
+    if the process dies or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while not await condition():
         run.check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{run.system.label}: {what} not within {timeout:.0f} s")
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(interval())
 
 
 async def drain(
@@ -112,7 +112,7 @@ async def drain(
     async def empty() -> bool:
         return await watch.depth(queue) == 0
 
-    await until(started, run, timeout, "the first message taken")
+    await until(started, run, timeout, "the first message taken", watch.interval)
     began, cpu_before = time.monotonic(), run.usage().cpu_seconds
-    await until(empty, run, timeout, "the queue drained")
+    await until(empty, run, timeout, "the queue drained", watch.interval)
     return time.monotonic() - began, run.usage().cpu_seconds - cpu_before

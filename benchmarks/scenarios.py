@@ -28,10 +28,11 @@ from runtime import App
 from runtime.load import percentiles
 
 from .queues import Watch, delete, preload, task
+from .queues import kind as kind_of
 from .runs import Running, drain, running, until
 from .systems import System
 
-__all__ = ["SCENARIOS", "Context", "Scale"]
+__all__ = ["SCENARIOS", "Context", "Row", "Scale", "Scenario", "io_row", "noop_row", "queue_name"]
 
 Row = dict[str, Any]
 Scenario = Callable[["Context", str, System], Awaitable[Row]]
@@ -53,12 +54,30 @@ class Scale:
     mixed_long: int = 3
     mixed_long_seconds: float = 2.0
     mixed_short: int = 30
+    # moto spends time in proportion to the queue's length on every call: SQS runs stay small.
+    sqs_noop_tasks: int = 500
+    sqs_results_tasks: int = 500
+    sqs_latency_rate_cap: float = 50.0
+
+    def noop_tasks_on(self, kind: str) -> int:
+        """No-op messages to drain on broker ``kind``."""
+        return self.sqs_noop_tasks if kind == "sqs" else self.noop_tasks
+
+    def results_tasks_on(self, kind: str) -> int:
+        """Round trips to make on broker ``kind``."""
+        return self.sqs_results_tasks if kind == "sqs" else self.results_tasks
+
+    def latency_rate_cap_on(self, kind: str) -> float:
+        """The highest rate the latency scenario offers on broker ``kind``."""
+        cap = self.latency_rate_cap
+        return min(cap, self.sqs_latency_rate_cap) if kind == "sqs" else cap
 
 
 #: A scale small enough for a test to prove the harness works.
 TINY = Scale(
     noop_tasks=200, results_tasks=30, io_rounds=2, io_min=100, latency_seconds=1.0,
     latency_rate_cap=40.0, mixed_long=3, mixed_long_seconds=1.0, mixed_short=6,
+    sqs_noop_tasks=30, sqs_results_tasks=10, sqs_latency_rate_cap=20.0,
 )  # fmt: skip
 
 
@@ -73,7 +92,8 @@ class Context:
     noop_rates: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
-def _queue() -> str:
+def queue_name() -> str:
+    """A fresh queue name: every row runs on its own queue."""
     return f"bench-{uuid.uuid4().hex[:10]}"
 
 
@@ -86,7 +106,7 @@ def _spread(prefix: str, values: list[float]) -> Row:
 
 async def noop(ctx: Context, kind: str, system: System) -> Row:
     """Drain N pre-loaded no-op messages."""
-    broker, queue, total = ctx.brokers[kind], _queue(), ctx.scale.noop_tasks
+    broker, queue, total = ctx.brokers[kind], queue_name(), ctx.scale.noop_tasks_on(kind)
     await preload(broker, queue, (task("noop") for _ in range(total)))
     try:
         async with Watch(broker) as watch, running(system, broker, queue) as run:
@@ -94,15 +114,21 @@ async def noop(ctx: Context, kind: str, system: System) -> Row:
             peak = run.usage().peak_rss_mib
     finally:
         await delete(broker, [queue])
-    rate = total / seconds
-    ctx.noop_rates[(kind, system.label)] = rate
-    return {"tasks": total, "rate": round(rate, 1), "cpu_ms_per_task": round(1000 * cpu / total, 3),
-            "peak_rss_mib": round(peak, 1)}  # fmt: skip
+    row = noop_row(total, seconds, cpu, peak)
+    ctx.noop_rates[(kind, system.label)] = row["rate"]
+    return row
+
+
+def noop_row(total: int, seconds: float, cpu: float, peak_mib: float) -> Row:
+    """A noop row: ``total`` tasks drained in ``seconds`` using ``cpu`` CPU seconds."""
+    return {"tasks": total, "rate": round(total / seconds, 1),
+            "cpu_ms_per_task": round(1000 * cpu / total, 3),
+            "peak_rss_mib": round(peak_mib, 1)}  # fmt: skip
 
 
 async def results(ctx: Context, kind: str, system: System) -> Row:
     """A Celery client sends N no-op tasks and waits on every result."""
-    broker, queue, total = ctx.brokers[kind], _queue(), ctx.scale.results_tasks
+    broker, queue, total = ctx.brokers[kind], queue_name(), ctx.scale.results_tasks_on(kind)
     env = {"BENCH_RESULT_BACKEND": ctx.redis}
     try:
         async with running(system, broker, queue, env) as run:
@@ -122,7 +148,13 @@ def _round_trips(broker: str, backend: str, queue: str, total: int) -> float:
     connection) rather than awaited with ``get()``: Celery's ``get()`` waits for a PUBLISH,
     which aio-celery never sends; polling treats every system alike.
     """
-    client = Celery("bench-client", broker=broker, backend=backend, set_as_current=False)
+    url, options = broker, dict[str, Any]()
+    if kind_of(broker) == "sqs":  # Celery's client publishes to SQS with boto3 (no pycurl)
+        from .sqs_queues import kombu_broker  # noqa: PLC0415 - needs the sqs extra
+
+        url, options = kombu_broker(broker)
+    client = Celery("bench-client", broker=url, backend=backend, set_as_current=False)
+    client.conf.broker_transport_options = options
     try:
         _wait_for(client, [client.send_task("noop", queue=queue).id], 60)
         began = time.monotonic()
@@ -152,7 +184,7 @@ def _wait_for(client: Celery, ids: list[str], timeout: float) -> None:
 async def io(ctx: Context, kind: str, system: System) -> Row:
     """N tasks that each await ``io_seconds``; efficiency against the ideal rate."""
     scale = ctx.scale
-    broker, queue = ctx.brokers[kind], _queue()
+    broker, queue = ctx.brokers[kind], queue_name()
     total = max(scale.io_min, scale.io_rounds * system.concurrency)
     counter = f"{queue}:done"
     env = {"BENCH_REDIS_URL": ctx.redis}
@@ -181,20 +213,23 @@ async def io(ctx: Context, kind: str, system: System) -> Row:
             await client.delete(counter)
     finally:
         await delete(broker, [queue])
+    return io_row(total, seconds, system.concurrency / scale.io_seconds, peak)
+
+
+def io_row(total: int, seconds: float, ideal: float, peak_mib: float) -> Row:
+    """An io row: ``total`` tasks done in ``seconds``, against the ``ideal`` rate."""
     rate = total / seconds
-    ideal = system.concurrency / scale.io_seconds
     return {"tasks": total, "rate": round(rate, 1), "ideal": round(ideal, 1),
-            "efficiency": round(rate / ideal, 3), "peak_rss_mib": round(peak, 1)}  # fmt: skip
+            "efficiency": round(rate / ideal, 3), "peak_rss_mib": round(peak_mib, 1)}  # fmt: skip
 
 
 async def latency(ctx: Context, kind: str, system: System) -> Row:
     """Open-loop stamps at a share of the measured no-op rate."""
     scale = ctx.scale
-    broker, queue = ctx.brokers[kind], _queue()
-    measured = ctx.noop_rates.get(
-        (kind, system.label), scale.latency_rate_cap / scale.latency_share
-    )
-    rate = min(scale.latency_share * measured, scale.latency_rate_cap)
+    broker, queue = ctx.brokers[kind], queue_name()
+    cap = scale.latency_rate_cap_on(kind)
+    measured = ctx.noop_rates.get((kind, system.label), cap / scale.latency_share)
+    rate = min(scale.latency_share * measured, cap)
     key = f"{queue}:stamps"
     env = {"BENCH_REDIS_URL": ctx.redis, "BENCH_RESULT_BACKEND": ctx.redis}
     app = App("bench-latency", broker=broker, result_backend=ctx.redis)
@@ -282,7 +317,7 @@ async def _result_latencies(client: redis.asyncio.Redis, intended: dict[str, flo
 async def mixed(ctx: Context, kind: str, system: System) -> Row:
     """Two workers; long tasks, then short ones: the short ones' wait."""
     scale = ctx.scale
-    broker, queue = ctx.brokers[kind], _queue()
+    broker, queue = ctx.brokers[kind], queue_name()
     key = f"{queue}:stamps"
     env = {"BENCH_REDIS_URL": ctx.redis}
     app = App("bench-mixed", broker=broker)

@@ -1,7 +1,9 @@
 """Which systems run in which scenario, and running them all, one after another.
 
 Rows run one at a time (two cores: a row running beside another would measure both), each on
-its own fresh queue. A row that fails is recorded with its error and the suite goes on.
+its own fresh queue. A row that fails is recorded with its error and the suite goes on. A
+system runs on the brokers it supports, and only the scenarios that apply to a broker run on it
+(:func:`benchmarks.brokers.runs_on`); on ``memory://`` the rows run in-process.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import Any
 import psutil
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .brokers import runs_on
+from .in_process import IN_PROCESS
 from .scenarios import SCENARIOS, Context
-from .systems import System, aio_celery, celeriac, celery, floor
+from .systems import System, aio_celery, celeriac, celeriac_in_process, celery, floor
 
-__all__ = ["Plan", "Step", "default_plan", "machine", "run"]
+__all__ = ["Plan", "Step", "default_plan", "machine", "run", "steps", "version_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +49,12 @@ def default_plan(io_concurrency: Sequence[int] = (100, 1_000, 10_000)) -> Plan:
     """Every scenario with the rows the issue asks for."""
 
     def io() -> list[System]:
-        rows = [system for c in io_concurrency for system in (celeriac(c), aio_celery(c))]
+        rows = [system for c in io_concurrency
+                for system in (celeriac(c), aio_celery(c), celeriac_in_process(c))]  # fmt: skip
         return [*rows, celery("threads", min(io_concurrency))]
 
     return {
-        "noop": lambda: [*_throughput_systems(), floor(2), floor(100)],
+        "noop": lambda: [*_throughput_systems(), floor(2), floor(100), celeriac_in_process(100)],
         "results": _throughput_systems,
         "io": io,
         "latency": _throughput_systems,
@@ -62,7 +67,7 @@ def steps(plan: Plan, scenarios: Sequence[str], brokers: Sequence[str],
     """The rows to measure, scenario by scenario, broker by broker."""
     found = []
     for scenario in scenarios:
-        for broker in brokers:
+        for broker in (b for b in brokers if runs_on(scenario, b)):
             for system in plan[scenario]():
                 if broker in system.brokers and (families is None or system.family in families):
                     found.append(Step(scenario, broker, system))
@@ -86,7 +91,8 @@ async def run(ctx: Context, todo: Sequence[Step], *, show: bool = True) -> list[
             }  # fmt: skip
             began = time.monotonic()
             try:
-                row.update(await SCENARIOS[step.scenario](ctx, step.broker, step.system))
+                scenario = (IN_PROCESS if step.broker == "memory" else SCENARIOS)[step.scenario]
+                row.update(await scenario(ctx, step.broker, step.system))
             except Exception as exc:  # a failed row is reported, not fatal
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 if show:
@@ -100,17 +106,19 @@ async def run(ctx: Context, todo: Sequence[Step], *, show: bool = True) -> list[
 
 def machine() -> dict[str, Any]:
     """The facts a reader needs to weigh the numbers: CPUs, memory, versions."""
-    packages = ("celery", "kombu", "aio-pika", "redis", "aio-celery", "celeriac")
+    packages = ("celery", "kombu", "aio-pika", "redis", "aio-celery", "aiobotocore", "moto",
+                "celeriac")  # fmt: skip
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": psutil.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "versions": {name: _version(name) for name in packages},
+        "versions": {name: version_of(name) for name in packages},
     }
 
 
-def _version(name: str) -> str | None:
+def version_of(name: str) -> str | None:
+    """The installed version of distribution ``name``, or ``None``."""
     try:
         return version(name)
     except Exception:

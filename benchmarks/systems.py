@@ -4,6 +4,8 @@ Each system is a command line started as a subprocess on a queue and broker. Cel
 use ``--prefetch-multiplier=1`` (so a prefork ``-c 2`` worker's QoS is 2, a threads ``-c 100``
 worker's is 100), aio-celery's app sets the same, celeriac's prefetch is always one per slot,
 and the floor is a bare consumer that acks and does nothing else, at the same prefetch.
+On ``memory://`` only celeriac runs, embedded in the process that fills the broker
+(``benchmarks/embedded.py``): a memory broker lives in one process.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-__all__ = ["System", "aio_celery", "celeriac", "celery", "floor"]
+__all__ = ["System", "aio_celery", "celeriac", "celeriac_in_process", "celery", "floor"]
 
 _CELERY_QUIET = ["--without-heartbeat", "--without-gossip", "--without-mingle"]
 
@@ -49,6 +51,16 @@ def celeriac(concurrency: int, *, processes: int = 1) -> System:
         ("-m", "runtime.cli", "worker", "-A", "benchmarks.celeriac_app:app", "--broker",
          "{broker}", "-Q", "{queue}", "-c", str(concurrency), "--loglevel", "warning",
          "--log-format", "json", *extra),
+        brokers=("amqp", "redis", "sqs"),
+    )  # fmt: skip
+
+
+def celeriac_in_process(concurrency: int) -> System:
+    """celeriac's worker embedded with a ``memory://`` broker it fills itself (no broker)."""
+    return System(
+        f"celeriac in-process -c {concurrency}", "celeriac", concurrency,
+        ("-m", "benchmarks.embedded", "--queue", "{queue}", "-c", str(concurrency)),
+        brokers=("memory",),
     )  # fmt: skip
 
 
@@ -72,9 +84,11 @@ def aio_celery(concurrency: int) -> System:
 
 
 def floor(prefetch: int) -> System:
-    """The floor: consume and ack only (aio-pika QoS N; redis-py N BRPOP loops)."""
+    """The floor: consume and ack only (aio-pika QoS N; redis-py N BRPOP loops; SQS receive
+    and batch delete with N in flight)."""
     return System(
         f"floor, prefetch {prefetch}", "floor", prefetch,
         ("-m", "benchmarks.floor", "--broker", "{broker}", "--queue", "{queue}",
          "--prefetch", str(prefetch)),
+        brokers=("amqp", "redis", "sqs"),
     )  # fmt: skip

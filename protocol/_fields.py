@@ -121,7 +121,8 @@ def mapping(value: Any, field: str, *, null_is_empty: bool = False) -> Mapping[s
     """A mapping with string keys, as a read-only copy; null too, if ``null_is_empty``."""
     if value is None and null_is_empty:
         return EMPTY
-    if not isinstance(value, Mapping):
+    # dict first: what every decoder returns, and far cheaper to test than the Mapping ABC.
+    if not isinstance(value, dict) and not isinstance(value, Mapping):
         raise MalformedMessage(f"expected a mapping, got {_kind(value)}", field=field)
     for key in value:
         if not isinstance(key, str):

@@ -113,13 +113,26 @@ def _object_hook(obj: dict[str, Any]) -> Any:
         raise MalformedMessage(f"bad value for JSON type tag {marker!r}: {exc}") from exc
 
 
+def _may_hold_tags(text: str | bytes) -> bool:
+    """Whether ``text`` may hold a type tag; most documents hold none, and parsing those
+    without the hook saves a Python call per object.
+
+    A tag's key may be spelled with escapes (``"\\u005f_type__"``), and UTF-16/32 bytes (which
+    ``json.loads`` accepts) hide the ASCII marker behind zero bytes: both take the slow path.
+    """
+    if isinstance(text, bytes):
+        return b"__type__" in text or b"\\u" in text or b"\x00" in text
+    return "__type__" in text or "\\u" in text
+
+
 def loads(text: str | bytes) -> Any:
     """Parse kombu JSON, turning type tags back into Python values.
 
     Raises :class:`MalformedMessage` for anything that is not valid JSON or carries a bad tag.
     """
+    hook = _object_hook if _may_hold_tags(text) else None
     try:
-        return json.loads(text, object_hook=_object_hook)
+        return json.loads(text, object_hook=hook)
     except MalformedMessage:
         raise
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too

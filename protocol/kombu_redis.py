@@ -16,6 +16,7 @@ from typing import Any
 from .errors import MalformedMessage
 
 __all__ = [
+    "DEFAULT_FANOUT_PREFIX",
     "DEFAULT_PRIORITY_STEPS",
     "SEP",
     "RedisLayout",
@@ -30,6 +31,8 @@ __all__ = [
 SEP = "\x06\x16"
 #: kombu's ``priority_steps``: priorities 0-2 share a list, 3-5 the next, and so on.
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
+#: kombu's ``keyprefix_fanout``: fanout channels are named per database.
+DEFAULT_FANOUT_PREFIX = "/{db}."
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class RedisLayout:
     unacked_key: str = "unacked"
     unacked_index_key: str = "unacked_index"
     unacked_mutex_key: str = "unacked_mutex"
+    fanout_prefix: str = DEFAULT_FANOUT_PREFIX
 
     def __post_init__(self) -> None:
         steps = self.priority_steps
@@ -78,6 +82,15 @@ class RedisLayout:
         """The set member binding ``queue`` to an exchange with ``routing_key``."""
         return self.sep.join((routing_key, pattern, queue))
 
+    def fanout_channel(self, exchange: str, *, db: int, routing_key: str = "") -> str:
+        """The PUBLISH channel of fanout ``exchange`` (kombu's ``_get_publish_topic``).
+
+        kombu's client prefixes PUBLISH and PSUBSCRIBE with ``global_keyprefix`` too.
+        """
+        prefix = self.fanout_prefix.format(db=db)
+        topic = f"{prefix}{exchange}/{routing_key}" if routing_key else f"{prefix}{exchange}"
+        return self.key(topic)
+
     def dead_key(self, queue: str) -> str:
         """The list celeriac moves ``queue``'s dead letters to."""
         return self.key(f"{queue}.dead")
@@ -85,6 +98,16 @@ class RedisLayout:
     def consumers_key(self, queue: str) -> str:
         """celeriac's sorted set of live consumers of ``queue`` (score: when each lapses)."""
         return self.key(f"_celeriac.consumers.{queue}")
+
+    @property
+    def delayed(self) -> str:
+        """celeriac's delay store: the sorted set of deferred message ids by due time."""
+        return self.key("_celeriac.delayed")
+
+    @property
+    def delayed_messages(self) -> str:
+        """The delay store's hash: id -> the list to push onto when due, NUL, the payload."""
+        return self.key("_celeriac.delayed.messages")
 
     @property
     def unacked(self) -> str:

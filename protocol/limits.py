@@ -60,6 +60,7 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+_SCALARS = (str, bytes, int, float, type(None))
 
 
 def check_depth(value: Any, max_depth: int, *, field: str) -> None:
@@ -75,13 +76,16 @@ def check_depth(value: Any, max_depth: int, *, field: str) -> None:
         item, depth = stack.pop()
         if id(item) in seen:
             continue
-        if isinstance(item, Mapping):
+        if isinstance(item, dict):  # the concrete types first: the Mapping ABC check is slow
             children: Any = item.values()
         elif isinstance(item, list | tuple):
             children = item
+        elif isinstance(item, Mapping):
+            children = item.values()
         else:
             continue
         if depth > max_depth:
             raise LimitExceeded("nesting depth", depth, max_depth, field=field)
         seen.add(id(item))
-        stack.extend((child, depth + 1) for child in children)
+        # Scalars, most of what a message holds, are never pushed.
+        stack.extend((child, depth + 1) for child in children if not isinstance(child, _SCALARS))

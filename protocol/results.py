@@ -64,6 +64,12 @@ class ResultKeys:
         """The key of a saved group result."""
         return f"{self._prefix}celery-taskset-meta-{group_id}"
 
+    @property
+    def revoked(self) -> str:
+        """celeriac's sorted set of revoked task ids, each scored by when it expires (Unix
+        time); Celery keeps its revoked ids in worker memory only."""
+        return f"{self._prefix}celeriac-revoked"
+
     def chord(self, group_id: str, part: str) -> str:
         """A chord bookkeeping key: ``part`` is ``j``, ``t``, ``s``, ``d`` or ``c``."""
         return f"{self.group(group_id)}.{part}"

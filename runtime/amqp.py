@@ -15,6 +15,9 @@ slot holds than there are free slots:
 The worker must ``take()`` its slot before it next awaits, as ``async for delivery in
 transport.consume(...): slots.take()`` does. Settling a delivery while its slot is still
 taken costs a ``basic.qos`` round trip; giving the slot back first (acks_late) costs none.
+Settlements asked for in the same turn of the event loop share one round trip, and their
+acks leave in one write: under load an early-acking worker pays per burst, not per message.
+The hot path reads aiormq's frames directly, without aio-pika's message wrapper.
 
 Quorum queues refuse global QoS (RabbitMQ closes the whole connection, 540 NOT_IMPLEMENTED),
 and a per-consumer prefetch cannot follow the free slots (RabbitMQ applies a new one only to
@@ -33,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,7 +50,9 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq import spec as amqp_spec
 
 from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
+from protocol.delayed import DelayedDelivery, delay_routing_key, strip_delay
 
+from . import amqp_fanout
 from .errors import BrokerConnectionError, translate_amqp_errors
 from .reconnect import BackoffConnection
 from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
@@ -62,12 +69,40 @@ CONNECT_TIMEOUT = 10.0
 
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
 _PROPERTIES = ("correlation_id", "reply_to", "delivery_mode", "priority", "expiration")
-_Message = aio_pika.IncomingMessage
-_Buffered = tuple[str, _Message, dict[str, Any]] | None
 _CLASSIC = QueueSpec("")
+#: Celery's delayed delivery layout under celeriac's own names, on classic queues: see
+#: :meth:`AmqpTransport.defer` for why not Celery's quorum queues.
+DELAYED_DELIVERY = DelayedDelivery(prefix="celeriac", queue_type="classic")
 # How long an idle fetching consumer waits between polls: short at first, then backing off.
 _FETCH_IDLE_MIN = 0.005
 _FETCH_IDLE_MAX = 0.1
+
+
+class _Received:
+    """A message as it came off a channel: its frames, and whether it has been settled.
+
+    The hot path works on aiormq's frames directly; aio-pika's message wrapper costs more
+    per delivery than the rest of the transport together.
+    """
+
+    __slots__ = ("channel", "delivered", "settled", "tag")
+
+    def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        self.delivered = delivered
+        self.channel = delivered.channel
+        self.tag = delivered.delivery_tag or 0
+        self.settled = False
+
+    @property
+    def lost(self) -> bool:
+        """Whether the channel it arrived on has closed (the broker then redelivers it)."""
+        return self.channel.is_closed
+
+
+_Buffered = tuple[str, _Received] | None
+#: A settlement waiting to be written: the message, ack (``None``) or reject's requeue flag,
+#: and the future its caller awaits.
+_Pending = tuple[_Received, bool | None, asyncio.Future[None]]
 
 
 class AmqpTransport:
@@ -82,18 +117,25 @@ class AmqpTransport:
         self._publisher: AbstractRobustChannel | None = None
         self._consumer: AbstractRobustChannel | None = None
         self._declared: dict[str, QueueSpec] = {}
+        self._exchanges: set[str] = set()  # declared for broadcasts and replies
         self._capacity: Capacity | None = None
         self._queues: list[str] = []
         self._buffer: asyncio.Queue[_Buffered] | None = None  # set while consume() runs
         self._raw: aiormq.abc.AbstractChannel | None = None  # the consumer's current channel
         self._consumer_tags: list[str] = []
-        self._unsettled: set[_Message] = set()
+        self._unsettled: set[_Received] = set()
+        self._pending: list[_Pending] = []  # settlements the flush task has not written yet
+        self._flushing: asyncio.Task[None] | None = None
         self._prefetch = 0
         self._qos_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._regulator: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()  # set with _closing, for waits that must end on close
+        self._delayed = DELAYED_DELIVERY
+        self._delayed_declared = False
+        self._delayed_queues: set[str] = set()  # bound to the delayed delivery exchange
+        self._delayed_lock = asyncio.Lock()
 
     async def connect(self) -> None:
         """Connect, failing fast with :class:`BrokerConnectionError` naming ``host:port``.
@@ -154,10 +196,10 @@ class AmqpTransport:
                 await self._locked_apply(await channel.get_underlay_channel())
             self._regulator = asyncio.create_task(self._regulate(channel))
             while (item := await buffer.get()) is not None:
-                queue, message, properties = item
-                if _lost(message):
+                queue, message = item
+                if message.lost:
                     continue  # its channel died: the broker redelivers it
-                handed = await self._delivery(queue, message, properties)
+                handed = await self._delivery(queue, message)
                 if handed is None:
                     continue
                 if not await wait_free_unless_closed(capacity, self._closed):
@@ -174,7 +216,7 @@ class AmqpTransport:
                         await self._locked_apply(self._raw)  # target 0: cancel the consumers
                     while not buffer.empty():
                         if (left := buffer.get_nowait()) is not None:
-                            await left[1].reject(requeue=True)
+                            await left[1].channel.basic_reject(left[1].tag, requeue=True)
 
     async def _consuming_channel(self) -> AbstractRobustChannel:
         if self._consumer is None:
@@ -183,16 +225,17 @@ class AmqpTransport:
             self._consumer.reopen_callbacks.add(lambda _channel: self._wake.set())
         return self._consumer
 
-    async def _delivery(
-        self, queue: str, message: _Message, properties: dict[str, Any]
-    ) -> Delivery | None:
+    async def _delivery(self, queue: str, message: _Received) -> Delivery | None:
         """The delivery for ``message``; ``None`` if it was unreadable (and dead-lettered)."""
+        delivered = message.delivered
+        header = delivered.header.properties
+        properties = {name: getattr(header, name) for name in _PROPERTIES}
         try:
             wire = from_amqp(
-                message.body,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                headers=message.headers,
+                delivered.body,
+                content_type=header.content_type,
+                content_encoding=header.content_encoding,
+                headers=header.headers,
                 properties=properties,
             )
         except CeleriacError as exc:
@@ -201,9 +244,9 @@ class AmqpTransport:
         return Delivery(
             message=wire,
             queue=queue,
-            exchange=message.exchange or "",
-            routing_key=message.routing_key or "",
-            redelivered=bool(message.redelivered),
+            exchange=delivered.exchange or "",
+            routing_key=strip_delay(delivered.routing_key or ""),
+            redelivered=bool(delivered.redelivered),
             handle=message,
         )
 
@@ -234,20 +277,17 @@ class AmqpTransport:
                 continue
             idle = _FETCH_IDLE_MIN
             name, got = fetched
-            header = got.header.properties
-            delivery = await self._delivery(
-                name, _Message(got), {prop: getattr(header, prop) for prop in _PROPERTIES}
-            )
+            delivery = await self._delivery(name, _Received(got))
             if delivery is not None:
                 yield delivery
 
     async def ack(self, delivery: Delivery) -> None:
         """Acknowledge: the broker forgets the message. Does nothing if its channel is gone."""
-        await self._settle(delivery, "ack", lambda message: message.ack())
+        await self._settle(delivery, None)
 
     async def reject(self, delivery: Delivery, *, requeue: bool) -> None:
         """Requeue the message or drop it. Does nothing if its channel is gone."""
-        await self._settle(delivery, "reject", lambda message: message.reject(requeue=requeue))
+        await self._settle(delivery, requeue)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Copy the message to ``<queue>.dead``, confirmed by the broker, then ack it.
@@ -264,10 +304,91 @@ class AmqpTransport:
             raise
         await self.ack(delivery)
 
+    async def defer(self, delivery: Delivery, eta: datetime) -> None:
+        """Send a copy through RabbitMQ's native delayed delivery, confirmed, then ack this one.
+
+        The layout is Celery 5.5's (:mod:`protocol.delayed`, declared on first use) under
+        celeriac's own names (``celeriac_celery_delayed_<level>``), so the copy waits in
+        durable queues and comes back whole seconds later: at most a second early, never
+        late. The copy loses its ``expiration`` as a dead letter does (the ``expires`` header
+        still holds). A crash between the confirm and the ack leaves both: at least once.
+
+        Classic queues, not Celery's default quorum ones: a quorum queue dead-letters *at
+        least once*, holding each message until a queue takes it, and a message whose
+        destination queue was deleted meanwhile is then retried for ever, stalling every
+        delayed message behind it (seen here on RabbitMQ 3.10: nothing came back at all). A
+        classic queue drops such a message, and a message is at risk only while the node
+        fails in the middle of moving it from one level to the next.
+        """
+        seconds = max(1, math.floor((eta - datetime.now(UTC)).total_seconds()))
+        await self._prepare_delayed(delivery.queue)
+        properties = _outgoing(delivery.message)
+        properties.pop("expiration", None)
+        copy = aio_pika.Message(delivery.message.body, **properties)
+        key = delay_routing_key(seconds, delivery.queue)
+        await self._send(copy, self._delayed.entry, key, mandatory=True)
+        await self.ack(delivery)
+
+    async def _prepare_delayed(self, queue: str) -> None:
+        """Declare the delayed delivery topology once, and bind ``queue`` to its exit."""
+        if queue in self._delayed_queues:
+            return
+        async with self._delayed_lock:
+            if not self._delayed_declared:
+                await self._declare_delayed()
+                self._delayed_declared = True
+            if queue not in self._delayed_queues:
+                binding = self._delayed.destination_binding(queue)
+                with translate_amqp_errors(f"bind queue {queue!r} for delayed delivery"):
+                    async with aio_pika.Channel(self._require(), publisher_confirms=False) as ch:
+                        raw = await ch.get_underlay_channel()
+                        await raw.queue_bind(queue, self._delayed.delivery, routing_key=binding)
+                self._delayed_queues.add(queue)
+
+    async def _declare_delayed(self) -> None:
+        topology = self._delayed.topology()
+        with translate_amqp_errors("declare the delayed delivery topology"):
+            async with aio_pika.Channel(self._require(), publisher_confirms=False) as channel:
+                raw = await channel.get_underlay_channel()
+                for name in topology.exchanges:
+                    await raw.exchange_declare(name, exchange_type="topic", durable=True)
+                for name, arguments in topology.queues:
+                    try:
+                        await raw.queue_declare(name, durable=True, arguments=arguments)
+                    except aiormq.exceptions.ChannelPreconditionFailed:
+                        # Declared by a Celery set up otherwise (classic level queues): use it.
+                        log.info("delayed delivery queue %r exists as declared elsewhere", name)
+                        await channel.reopen()
+                        raw = await channel.get_underlay_channel()
+                for queue, exchange, key in topology.queue_bindings:
+                    await raw.queue_bind(queue, exchange, routing_key=key)
+                for destination, source, key in topology.exchange_bindings:
+                    await raw.exchange_bind(destination, source, routing_key=key)
+
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Publish and wait for the broker's confirm (``exchange=""``: to queue ``routing_key``)."""
         outgoing = aio_pika.Message(message.body, **_outgoing(message))
         await self._send(outgoing, exchange, routing_key)
+
+    async def broadcasts(self, exchange: str, queue: str) -> AsyncGenerator[WireMessage, None]:
+        """Listen to fanout ``exchange`` through node queue ``queue`` (see :mod:`.amqp_fanout`)."""
+        return await amqp_fanout.listen(self._require(), exchange, queue)
+
+    async def broadcast(self, message: WireMessage, *, exchange: str) -> None:
+        """Publish to fanout ``exchange`` (declared first, as kombu's mailbox does)."""
+        await self._declare_once(exchange, aio_pika.ExchangeType.FANOUT)
+        await self._send(aio_pika.Message(message.body, **_outgoing(message)), exchange, "")
+
+    async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Publish to direct ``exchange``; RabbitMQ drops it if no queue is bound any more."""
+        await self._declare_once(exchange, aio_pika.ExchangeType.DIRECT)
+        outgoing = aio_pika.Message(message.body, **_outgoing(message))
+        await self._send(outgoing, exchange, routing_key)
+
+    async def _declare_once(self, exchange: str, kind: aio_pika.ExchangeType) -> None:
+        if exchange not in self._exchanges:
+            await amqp_fanout.declare_exchange(self._require(), exchange, kind)
+            self._exchanges.add(exchange)
 
     async def queue_depth(self, queue: str) -> tuple[int, int]:
         """``(messages ready, consumers)`` of ``queue``, from a passive declare."""
@@ -284,6 +405,8 @@ class AmqpTransport:
         self._closed.set()
         if self._buffer is not None:
             self._buffer.put_nowait(None)  # ends an iteration suspended in another task
+        if self._flushing is not None:  # settlements already asked for still go out
+            await asyncio.gather(self._flushing, return_exceptions=True)
         await self._stop_regulator()
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
@@ -301,7 +424,7 @@ class AmqpTransport:
         """Bring QoS and consumers on ``raw`` to the target; call with the QoS lock held."""
         if raw is not self._raw:  # a new channel: the old one's consumers and deliveries died
             self._raw, self._prefetch, self._consumer_tags = raw, 0, []
-            self._unsettled = {message for message in self._unsettled if not _lost(message)}
+            self._unsettled = {message for message in self._unsettled if not message.lost}
         target = 0
         if self._buffer is not None and self._capacity is not None:
             target = self._capacity.free + len(self._unsettled)
@@ -342,56 +465,102 @@ class AmqpTransport:
             await asyncio.gather(regulator, return_exceptions=True)
 
     async def _on_message(self, queue: str, delivered: aiormq.abc.DeliveredMessage) -> None:
-        message = _Message(delivered)
-        # From the frame: aio-pika's message fills in defaults and makes expiration a float.
-        raw = delivered.header.properties
-        properties = {name: getattr(raw, name) for name in _PROPERTIES}
+        message = _Received(delivered)
         if self._buffer is not None:
-            self._buffer.put_nowait((queue, message, properties))
+            self._buffer.put_nowait((queue, message))
         elif not self._closing:  # arrived while consume() was ending
             with contextlib.suppress(*_BROKER_ERRORS):
-                await message.reject(requeue=True)
+                await message.channel.basic_reject(message.tag, requeue=True)
 
-    async def _settle(
-        self, delivery: Delivery, action: str, settle: Callable[[_Message], Awaitable[None]]
-    ) -> None:
-        message: _Message = delivery.handle
-        if _lost(message):
+    async def _settle(self, delivery: Delivery, requeue: bool | None) -> None:
+        """Queue an ack (``requeue=None``) or a reject and wait until it is written.
+
+        Settlements asked for in one turn of the event loop go out together, after one
+        ``basic.qos`` lowering for all of them (see :meth:`_flush`): the QoS round trip is
+        paid per burst, not per message.
+        """
+        message: _Received = delivery.handle
+        if message.lost or message.settled:
             return
-        tracked = message in self._unsettled
+        message.settled = True
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((message, requeue, done))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush(), name="celeriac-amqp-settle")
+        action = "ack" if requeue is None else "reject"
         with translate_amqp_errors(f"{action} a message from {delivery.queue!r}"):
-            try:
-                if tracked:
-                    self._unsettled.discard(message)
-                    # Lower QoS before the ack; shielded, as a cancelled RPC closes the channel.
-                    await asyncio.shield(self._locked_apply(message.channel))
-                await settle(message)
-            except asyncio.CancelledError:
-                if tracked and not message.processed:
-                    self._unsettled.add(message)
-                    self._wake.set()
-                raise
-            except _BROKER_ERRORS:
-                if _lost(message):
-                    return
-                raise
+            await asyncio.shield(done)  # cancelling the caller does not take the settlement back
+
+    async def _flush(self) -> None:
+        """Write pending settlements, a batch at a time, until none is left."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._write_settlements(batch)
+                except BaseException as exc:
+                    for _, _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                else:
+                    for _, _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._flushing = None
+
+    async def _write_settlements(self, batch: list[_Pending]) -> None:
+        """Lower the QoS for the messages whose slots are still taken, then settle all.
+
+        The QoS must be lowered (and confirmed) before the acks go out, else the broker would
+        send more than there are free slots.
+        """
+        live = [item for item in batch if not item[0].lost]
+        held = [message for message, _, _ in live if message in self._unsettled]
+        try:
+            if held:
+                self._unsettled.difference_update(held)
+                async with self._qos_lock:
+                    await _unless_lost(held[0], self._apply(held[0].channel))
+            acks = [message for message, requeue, _ in live if requeue is None]
+            if acks:
+                await _unless_lost(acks[0], _ack_together(acks))
+            for message, requeue, _ in live:
+                if requeue is not None:
+                    await _unless_lost(
+                        message, message.channel.basic_reject(message.tag, requeue=requeue)
+                    )
+        except BaseException:
+            # Not settled after all: the messages still count against the prefetch.
+            for message, _, _ in live:
+                message.settled = False
+            self._unsettled.update(message for message in held if not message.lost)
+            self._wake.set()
+            raise
 
     async def _drop_unreadable(
-        self, queue: str, message: _Message, properties: dict[str, Any], exc: CeleriacError
+        self, queue: str, message: _Received, properties: dict[str, Any], exc: CeleriacError
     ) -> None:
         """Dead-letter a message ``from_amqp`` refused; it never reached a slot, QoS stays."""
+        header = message.delivered.header.properties
         kept = {name: value for name, value in properties.items() if value is not None}
         wire = WireMessage(
-            message.body, message.content_type, message.content_encoding, message.headers, kept
+            message.delivered.body,
+            header.content_type,
+            header.content_encoding,
+            header.headers or {},
+            kept,
         )
         try:
             await self._publish_dead(wire, queue, f"unreadable: {exc}")
-            await message.ack()
+            await message.channel.basic_ack(message.tag)
         except (BrokerConnectionError, *_BROKER_ERRORS) as failed:
             # Celery rejects an unknown format too; requeueing would redeliver it forever.
             log.error("dropping an unreadable message from %r: %s", queue, failed)
             with contextlib.suppress(*_BROKER_ERRORS):
-                await message.reject(requeue=False)
+                await message.channel.basic_reject(message.tag, requeue=False)
 
     async def _publish_dead(self, message: WireMessage, queue: str, reason: str) -> None:
         properties = _outgoing(message)
@@ -418,12 +587,36 @@ class AmqpTransport:
             await target.publish(message, routing_key=routing_key, mandatory=mandatory)
 
 
-def _lost(message: _Message) -> bool:
-    """Whether the channel ``message`` arrived on is closed (aio-pika raises on access)."""
+async def _unless_lost(message: _Received, operation: Awaitable[None]) -> None:
+    """Await ``operation`` on ``message``'s channel; a broker error is ignored if that channel
+    has closed meanwhile (the broker then redelivers the message anyway)."""
     try:
-        return message.channel.is_closed
-    except aiormq.exceptions.ChannelInvalidStateError:
-        return True
+        await operation
+    except _BROKER_ERRORS:
+        if not message.lost:
+            raise
+
+
+async def _ack_together(messages: list[_Received]) -> None:
+    """Ack ``messages`` with one write, waiting until it has left (frames of a closed channel
+    are dropped: the broker redelivers those messages).
+
+    aiormq writes each ``basic_ack`` call to the socket on its own; a burst of acks in one
+    frame set costs one system call.
+    """
+    channel = messages[0].channel
+    if any(message.channel is not channel for message in messages):  # a reconnect mid-batch
+        for message in messages:
+            await _ack_together([message])
+        return
+    if channel.is_closed:
+        return
+    written = channel.create_future()  # aiormq fails it if the channel closes first
+    frames = [amqp_spec.Basic.Ack(delivery_tag=message.tag) for message in messages]
+    await channel.connection.write_queue.put(
+        aiormq.abc.ChannelFrame.marshall(channel.number, frames, drain_future=written)
+    )
+    await written
 
 
 def _outgoing(message: WireMessage) -> dict[str, Any]:

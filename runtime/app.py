@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from protocol import AcceptPolicy, ResultRef, Signature, TaskMessage, encode_task
+from protocol.control import ControlRequest, LamportClock, Mailbox, encode_control
 
 from . import result
 from .backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
@@ -19,9 +20,10 @@ from .brokers import DEFAULT_BROKER, transport_for_url
 from .canvas import Planner
 from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
+from .revocation import RevokedStore
 from .signatures import signatures
 from .task import Task, TaskOptions
-from .transport import QueueSpec, Transport
+from .transport import Broadcasting, QueueSpec, Transport
 
 if TYPE_CHECKING:
     from .chords import RedisChords
@@ -80,6 +82,7 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         # A stable reply address per app, as Celery's clients send (only rpc:// reads it).
         self.oid = str(uuid.uuid4())
+        self.clock = LamportClock()  # kombu's logical clock, on the commands this app sends
         self._backend: RedisResultBackend | None = None
         self._producer: Transport | None = None
         self._declared: set[str] = set()
@@ -90,22 +93,36 @@ class App:
 
     @overload
     def task(
-        self, fn: None = None, /, *, name: str | None = None, **options: Any
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        base: type[Task[Any, Any]] = Task,
+        **options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
-        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None, **options: Any
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        base: type[Task[Any, Any]] = Task,
+        **options: Any,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., **options)``.
 
         Options use Celery's names (``queue``, ``bind``, ``acks_late``, ``time_limit``, ...);
         an unknown one raises ``TypeError`` here, not when the first message arrives.
+        ``base`` is a :class:`Task` subclass, with hooks and options as class attributes
+        (which the keywords here override), as Celery's ``base=``.
         """
-        parsed = TaskOptions.from_kwargs(options)
+        parsed = TaskOptions.from_kwargs({**base.class_options(), **options})
 
         def register(function: Callable[P, R]) -> Task[P, R]:
             task_name = name or f"{function.__module__}.{function.__qualname__}"
-            registered = Task(self, function, task_name, parsed)
+            registered: Task[P, R] = base(self, function, task_name, parsed)
             self.tasks[task_name] = registered
             return registered
 
@@ -245,6 +262,50 @@ class App:
         backend = self.backend
         return None if backend is None else RedisChords(backend)
 
+    async def revoke(
+        self, task_id: str | Sequence[str], *, terminate: bool = False, signal: str = "SIGTERM"
+    ) -> None:
+        """Revoke tasks as Celery's ``app.control.revoke`` does: no worker on the broker,
+        Celery's included, starts them, and with ``terminate`` running ones are ended.
+
+        The ids are also kept for 3 hours in the result backend's Redis, if there is one, so
+        that celeriac workers started later obey too. Raises ``RuntimeError`` on a broker
+        without fanout (SQS).
+        """
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        if self.backend is not None:
+            await RevokedStore.for_backend(self.backend).add(ids)
+        arguments = {"task_id": task_id if isinstance(task_id, str) else ids,
+                     "terminate": terminate, "signal": signal}  # fmt: skip
+        await self.broadcast("revoke", arguments)
+
+    async def broadcast(
+        self,
+        command: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        destination: Sequence[str] | None = None,
+    ) -> None:
+        """Send remote-control ``command`` to every worker (or the node names in
+        ``destination``) without waiting for replies, as Celery's ``app.control.broadcast``.
+
+        Raises ``RuntimeError`` on a broker without fanout (SQS).
+        """
+        producer = await self.connect()
+        if not isinstance(producer, Broadcasting):
+            raise RuntimeError(
+                f"remote control needs a broker with fanout; {self.broker_url.split(':')[0]}:// "
+                "has none"
+            )
+        request = ControlRequest(
+            command,
+            arguments or {},
+            destination=tuple(destination) if destination is not None else None,
+            clock=self.clock.forward(),
+        )
+        message = encode_control(request, serializer=self.task_serializer)
+        await producer.broadcast(message, exchange=Mailbox().exchange)
+
     async def connect(self, queues: Sequence[str] = ()) -> Transport:
         """Open the producer connection and declare ``queues``, once each; the producer.
 
@@ -272,13 +333,17 @@ class App:
         concurrency: int = 10,
         hostname: str | None = None,
         grace: float = 30.0,
+        max_held_eta: int | None = None,
     ) -> AsyncIterator[Worker]:
         """Run a worker inside the caller's event loop for the ``async with`` block.
 
         It installs no signal handlers; leaving the block stops it as SIGTERM would (running
         tasks get ``grace`` seconds). Raises at once if the broker cannot be reached.
         """
-        from .worker import Worker  # noqa: PLC0415 - the worker module imports this one
+        from .worker import (  # noqa: PLC0415 - the worker module imports this one
+            DEFAULT_MAX_HELD_ETA,
+            Worker,
+        )
 
         worker = Worker(
             self,
@@ -286,6 +351,7 @@ class App:
             concurrency=concurrency,
             hostname=hostname or f"celeriac@{socket.gethostname()}",
             grace=grace,
+            max_held_eta=DEFAULT_MAX_HELD_ETA if max_held_eta is None else max_held_eta,
         )
         running = asyncio.create_task(worker.run(), name="celeriac-worker")
         ready = asyncio.create_task(worker.ready.wait())

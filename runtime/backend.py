@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from importlib.resources import files
-from typing import Any
-
-import redis.asyncio
+from typing import TYPE_CHECKING, Any
 
 from protocol import (
     DEFAULT_ACCEPT,
@@ -26,7 +24,9 @@ from protocol import (
 )
 
 from .errors import translate_redis_errors
-from .redis_client import client_for
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 __all__ = ["DEFAULT_RESULT_EXPIRES", "RedisResultBackend"]
 
@@ -62,15 +62,17 @@ class RedisResultBackend:
         self.accept = accept
         self.keys = ResultKeys(global_keyprefix)
 
-    @property
-    def client(self) -> redis.asyncio.Redis:
-        """The Redis client (chord bookkeeping shares it: :mod:`runtime.chords`)."""
-        return self._client
-
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisResultBackend:
         """Connect lazily to the Redis server at ``url`` (``redis://``, ``rediss://``)."""
+        from .redis_client import client_for  # noqa: PLC0415 - loads redis-py, only if used
+
         return cls(client_for(url), **options)
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The Redis client the results are stored with."""
+        return self._client
 
     def _ttl(self, status: State) -> int:
         expires = self.result_expires

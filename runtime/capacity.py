@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 __all__ = ["Slots"]
@@ -14,6 +15,10 @@ class Slots:
     The worker takes a slot for every delivery it accepts and gives it back when the task is
     settled. Transports read :attr:`free` to size their prefetch and subscribe with
     :meth:`on_change` to hear when it moves.
+
+    A delivery may also wait without a slot (a task waiting for a rate-limit token) and then
+    :meth:`acquire` one: a slot given back goes straight to the longest waiting, before the
+    transport hears it is free.
     """
 
     def __init__(self, total: int) -> None:
@@ -24,6 +29,7 @@ class Slots:
         self._freed = asyncio.Event()
         self._freed.set()
         self._listeners: list[Callable[[], None]] = []
+        self._acquiring: deque[asyncio.Future[None]] = deque()
 
     @property
     def free(self) -> int:
@@ -44,10 +50,38 @@ class Slots:
             self._freed.clear()
         self._notify()
 
+    def try_take(self) -> bool:
+        """Take a slot if one is free and nobody waits in :meth:`acquire`; whether it did."""
+        if self._busy >= self.total or self._acquiring:
+            return False
+        self.take()
+        return True
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting (first come, first served) for one to be given back if none
+        is free."""
+        if self.try_take():
+            return
+        handed = asyncio.get_running_loop().create_future()
+        self._acquiring.append(handed)
+        try:
+            await handed
+        except asyncio.CancelledError:
+            if handed.done() and not handed.cancelled():
+                self.give_back()  # handed over just as the waiter was cancelled
+            elif handed in self._acquiring:  # give_back may have dropped it already
+                self._acquiring.remove(handed)
+            raise
+
     def give_back(self) -> None:
-        """Return a slot."""
+        """Return a slot: to the longest waiting :meth:`acquire`, if any."""
         if self._busy == 0:
             raise RuntimeError("no slot is taken")
+        while self._acquiring:
+            handed = self._acquiring.popleft()
+            if not handed.done():
+                handed.set_result(None)  # it changes hands: still busy, nobody to tell
+                return
         self._busy -= 1
         self._freed.set()
         self._notify()

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import (
     AcceptPolicy,
@@ -30,9 +30,13 @@ from protocol import (
     decode_task,
 )
 
-from . import load, serve
+from . import serve
 from .brokers import DEFAULT_BROKER
 from .errors import BackendError, BrokerConnectionError
+from .worker import DEFAULT_MAX_HELD_ETA
+
+if TYPE_CHECKING:
+    from . import load
 
 __all__ = ["main"]
 
@@ -97,6 +101,19 @@ def _seconds(text: str | None) -> float | None:
     return seconds
 
 
+def _count(text: str | None, default: int) -> int:
+    """A whole number of 0 or more from a flag or variable; ``default`` if not given."""
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"--max-held-eta must be a whole number, 0 or more, not {text!r}")
+    return value
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     environ = os.environ
     queues = args.queues or serve.first_env(environ, "WORKER_QUEUES", "CELERIAC_QUEUES") or "celery"
@@ -118,6 +135,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         visibility_timeout = _seconds(
             args.visibility_timeout or serve.first_env(environ, "CELERIAC_VISIBILITY_TIMEOUT")
         )
+        max_held_eta = _count(
+            args.max_held_eta or serve.first_env(environ, "CELERIAC_MAX_HELD_ETA"),
+            DEFAULT_MAX_HELD_ETA,
+        )
     except ValueError as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
         return 2
@@ -137,6 +158,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         queue_limits_file=Path(limits_file) if limits_file else None,
         queue_type=args.queue_type or serve.first_env(environ, "CELERIAC_QUEUE_TYPE"),
         visibility_timeout=visibility_timeout,
+        max_held_eta=max_held_eta,
     )
     if not options.app_path:
         print("celeriac: worker needs -A module:app (or CELERIAC_APP)", file=sys.stderr)
@@ -164,6 +186,8 @@ def _json_arg(text: str | None, kind: type[list[Any]] | type[dict[str, Any]], fl
 
 def _load_plan(args: argparse.Namespace) -> load.LoadPlan:
     """The plan the flags and the environment describe; ``ValueError`` for bad input."""
+    from . import load  # noqa: PLC0415 - the worker command never needs the load generator
+
     environ = os.environ
     return load.LoadPlan(
         broker=args.broker
@@ -187,6 +211,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
         return 2
+    from . import load  # noqa: PLC0415 - the worker command never needs the load generator
+
     try:
         report = asyncio.run(load.run_load(plan))
     except (BrokerConnectionError, BackendError) as exc:
@@ -280,6 +306,11 @@ def _parser() -> argparse.ArgumentParser:
         "--visibility-timeout",
         help="seconds before an unacknowledged Redis/SQS message is given to another worker "
         "(transport option visibility_timeout; CELERIAC_VISIBILITY_TIMEOUT)",
+    )
+    worker.add_argument(
+        "--max-held-eta",
+        help="tasks due within 2 s the worker holds at most, unacknowledged; later ones wait "
+        f"in the broker (default {DEFAULT_MAX_HELD_ETA}; CELERIAC_MAX_HELD_ETA)",
     )
     worker.set_defaults(run=_cmd_worker)
     _add_load_command(commands)

@@ -12,9 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import aiormq.exceptions
-import redis.exceptions
-
 from protocol import CeleriacError
 
 __all__ = [
@@ -41,6 +38,8 @@ def translate_redis_errors(
     """Re-raise redis-py's exceptions as ``error`` (:class:`BackendError` by default, the
     broker's :class:`BrokerConnectionError` for the Redis transport), naming ``what`` failed
     and the ``action`` attempted."""
+    import redis.exceptions  # noqa: PLC0415 - a worker that never talks to Redis never loads it
+
     try:
         yield
     except redis.exceptions.RedisError as exc:
@@ -55,6 +54,8 @@ def translate_amqp_errors(action: str) -> Iterator[None]:
     reply code, e.g. 406 PRECONDITION_FAILED), ``ChannelInvalidStateError`` (a
     ``RuntimeError``) on a closed channel, and plain ``OSError``\\ s from the socket.
     """
+    import aiormq.exceptions  # noqa: PLC0415 - a worker on Redis or SQS never loads aiormq
+
     try:
         yield
     except BrokerConnectionError:

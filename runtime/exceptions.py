@@ -7,9 +7,15 @@ as Celery's own class by a Celery client, exactly as if a Celery worker had stor
 
 from __future__ import annotations
 
+import numbers
+from datetime import datetime
+from typing import Any
+
 __all__ = [
     "ChordError",
+    "MaxRetriesExceededError",
     "NotRegistered",
+    "Retry",
     "SoftTimeLimitExceeded",
     "TaskCancelled",
     "TimeLimitExceeded",
@@ -46,3 +52,61 @@ class ChordError(Exception):
     """Recorded for a chord's body when a header task failed, or the body could not be sent."""
 
     __module__ = "celery.exceptions"
+
+
+class Retry(Exception):
+    """Raised by ``self.retry()``: the task is to run again later (Celery's ``Retry``).
+
+    ``exc`` is the exception that caused the retry (stored with the RETRY state), ``when`` the
+    countdown in seconds or the ETA. Raising one by hand records RETRY but sends nothing: only
+    ``Task.retry`` publishes the message that runs the task again.
+    """
+
+    __module__ = "celery.exceptions"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | str | None = None,
+        when: float | datetime | None = None,
+    ) -> None:
+        self.message = message
+        if isinstance(exc, str):
+            self.exc: BaseException | None = None
+            self.excs: str | None = exc
+        else:
+            self.exc, self.excs = exc, repr(exc) if exc is not None else None
+        self.when = when
+        super().__init__(message, exc, when)
+
+    def humanize(self) -> str:
+        """``in 5s`` for a countdown, ``at <eta>`` for a time."""
+        if isinstance(self.when, numbers.Number):
+            return f"in {self.when}s"
+        return f"at {self.when}"
+
+    def __str__(self) -> str:
+        if self.message:
+            return self.message
+        if self.excs:
+            return f"Retry {self.humanize()}: {self.excs}"
+        return f"Retry {self.humanize()}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__class__, (self.message, self.exc, self.when)
+
+
+class MaxRetriesExceededError(Exception):
+    """Raised by ``self.retry()`` when no retry is left and no ``exc`` was given."""
+
+    __module__ = "celery.exceptions"
+
+    def __init__(
+        self,
+        *args: Any,
+        task_args: Any = None,
+        task_kwargs: Any = None,
+    ) -> None:
+        self.task_args = [] if task_args is None else task_args
+        self.task_kwargs = {} if task_kwargs is None else task_kwargs
+        super().__init__(*args)

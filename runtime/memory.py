@@ -7,6 +7,10 @@ memory transport does; each URL (``memory://``, ``memory://tests-a``) is a separ
 Semantics follow RabbitMQ's where it matters to a worker: a delivery is unsettled until acked,
 rejected or dead-lettered; a requeued or abandoned delivery goes back to the head of its queue
 marked redelivered; a consumer is handed a message only when its capacity has a free slot.
+
+Remote control works too: a broadcast reaches every listener of its exchange on the broker.
+There are no bindings, so a reply goes to the queue named ``<routing_key>.<exchange>``: the
+name kombu's mailbox gives the reply queue it binds with that key.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from protocol import WireMessage
 
@@ -42,6 +47,9 @@ class MemoryBroker:
     def __init__(self) -> None:
         self.queues: dict[str, _Queue] = {}
         self.arrived = asyncio.Condition()
+        self.delayed: set[asyncio.Task[None]] = set()  # messages waiting for their ETA
+        #: The inboxes listening to each fanout exchange.
+        self.listeners: dict[str, set[asyncio.Queue[WireMessage | None]]] = {}
 
     def queue(self, name: str) -> _Queue:
         """The queue ``name``, created on first use (as Celery's clients declare on publish)."""
@@ -78,6 +86,7 @@ class MemoryTransport:
         self._unsettled: dict[int, _Handle] = {}
         self._tags = itertools.count()
         self._closed = asyncio.Event()
+        self._inboxes: set[asyncio.Queue[WireMessage | None]] = set()
 
     async def connect(self) -> None:
         """Nothing to connect to."""
@@ -156,9 +165,51 @@ class MemoryTransport:
         )  # fmt: skip
         await self.broker.put(f"{handle.queue}.dead", _Queued(dead))
 
+    async def defer(self, delivery: Delivery, eta: datetime) -> None:
+        """Keep the message in the broker (not in this transport) and queue it again at
+        ``eta``, at the head of its queue: it is due."""
+        handle = self._settle(delivery)
+        if handle is None:
+            return
+        delay = (eta - datetime.now(UTC)).total_seconds()
+
+        async def requeue_when_due() -> None:
+            await asyncio.sleep(delay)
+            await self.broker.put(handle.queue, _Queued(handle.item.message), front=True)
+
+        waiting = asyncio.get_running_loop().create_task(requeue_when_due())
+        self.broker.delayed.add(waiting)
+        waiting.add_done_callback(self.broker.delayed.discard)
+
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Append to queue ``routing_key`` (the default exchange's routing)."""
         await self.broker.put(routing_key, _Queued(message))
+
+    async def broadcasts(self, exchange: str, queue: str) -> AsyncGenerator[WireMessage, None]:
+        """Listen to ``exchange`` (``queue`` is not needed here)."""
+        inbox: asyncio.Queue[WireMessage | None] = asyncio.Queue()
+        self.broker.listeners.setdefault(exchange, set()).add(inbox)
+        self._inboxes.add(inbox)
+        return self._listen(exchange, inbox)
+
+    async def _listen(
+        self, exchange: str, inbox: asyncio.Queue[WireMessage | None]
+    ) -> AsyncGenerator[WireMessage, None]:
+        try:
+            while (message := await inbox.get()) is not None:
+                yield message
+        finally:
+            self.broker.listeners[exchange].discard(inbox)
+            self._inboxes.discard(inbox)
+
+    async def broadcast(self, message: WireMessage, *, exchange: str) -> None:
+        """Hand ``message`` to every listener of ``exchange``."""
+        for inbox in self.broker.listeners.get(exchange, ()):
+            inbox.put_nowait(message)
+
+    async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Append to queue ``<routing_key>.<exchange>`` (see the module docstring)."""
+        await self.broker.put(f"{routing_key}.{exchange}", _Queued(message))
 
     async def queue_depth(self, queue: str) -> tuple[int, int]:
         """``(messages ready, consumers)``."""
@@ -169,6 +220,8 @@ class MemoryTransport:
         """End any consuming iteration; give every unsettled delivery back to its queue, as a
         closed connection does."""
         self._closed.set()
+        for inbox in self._inboxes:
+            inbox.put_nowait(None)  # ends the listening iterations
         async with self.broker.arrived:
             self.broker.arrived.notify_all()
         for handle in list(self._unsettled.values()):

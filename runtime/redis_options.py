@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.kombu_redis import DEFAULT_PRIORITY_STEPS, SEP, RedisLayout
+from protocol.kombu_redis import DEFAULT_FANOUT_PREFIX, DEFAULT_PRIORITY_STEPS, SEP, RedisLayout
 
 __all__ = ["OPTION_NAMES", "RedisOptions"]
 
 #: The transport options this transport reads; the rest of a URL's query goes to redis-py.
 OPTION_NAMES = frozenset({
     "visibility_timeout", "global_keyprefix", "priority_steps", "sep", "unacked_key",
-    "unacked_index_key", "unacked_mutex_key", "unacked_mutex_expire",
+    "unacked_index_key", "unacked_mutex_key", "unacked_mutex_expire", "fanout_prefix",
 })  # fmt: skip
 
 
@@ -30,6 +30,16 @@ def _positive(name: str, value: Any) -> float:
     if not 0 < seconds < float("inf"):
         raise ValueError(f"transport option {name} must be a positive number, not {value!r}")
     return seconds
+
+
+def _fanout_prefix(value: Any) -> str:
+    """kombu's ``fanout_prefix``: true for its per-database default, false for none, or the
+    prefix itself."""
+    if value is True or value is None or str(value).lower() == "true":
+        return DEFAULT_FANOUT_PREFIX
+    if value is False or str(value).lower() in ("false", ""):
+        return ""
+    return str(value)
 
 
 def _steps(value: Any) -> tuple[int, ...]:
@@ -63,6 +73,7 @@ class RedisOptions:
             global_keyprefix=text.get("global_keyprefix", ""),
             sep=text.get("sep", SEP),
             priority_steps=_steps(options.get("priority_steps", DEFAULT_PRIORITY_STEPS)),
+            fanout_prefix=_fanout_prefix(options.get("fanout_prefix")),
             **keys,
         )
         return cls(

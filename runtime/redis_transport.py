@@ -29,7 +29,8 @@ queue is seen at once; on another, within 0.1 s.
 Transport options (Celery's ``broker_transport_options``, or the URL's query string):
 ``visibility_timeout`` (seconds, default 3600 as kombu), ``global_keyprefix``,
 ``priority_steps``, ``sep``, ``unacked_key``, ``unacked_index_key``, ``unacked_mutex_key``,
-``unacked_mutex_expire``. Other query parameters go to redis-py (``ssl_cert_reqs``, ...).
+``unacked_mutex_expire``, ``fanout_prefix``. Other query parameters go to redis-py
+(``ssl_cert_reqs``, ...).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.resources import files
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -62,6 +64,7 @@ from protocol.kombu_redis import (
 from .brokers import transport_options
 from .errors import BrokerConnectionError, translate_redis_errors
 from .redis_client import client_for
+from .redis_fanout import RedisFanout
 from .redis_options import OPTION_NAMES, RedisOptions
 from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
@@ -72,6 +75,16 @@ log = logging.getLogger(__name__)
 _CLAIM = (files("runtime") / "lua" / "redis_claim.lua").read_text()
 _SETTLE = (files("runtime") / "lua" / "redis_settle.lua").read_text()
 _RESTORE = (files("runtime") / "lua" / "redis_restore.lua").read_text()
+_ACK = (files("runtime") / "lua" / "redis_ack.lua").read_text()
+_DEFER = (files("runtime") / "lua" / "redis_defer.lua").read_text()
+_DUE = (files("runtime") / "lua" / "redis_due.lua").read_text()
+#: Delayed messages go back onto their lists this long before they are due (the worker holds
+#: them the rest of the way), checked at least this often, this many per script call.
+_DUE_AHEAD = 1.0
+_DUE_EVERY = 0.5
+_DUE_PER_CALL = 200
+#: The most acks one script call settles: a long script would hold up every other client.
+_ACKS_PER_CALL = 500
 
 #: Most messages one claim pops: bounds how long the script keeps Redis busy.
 _CLAIM_MAX = 100
@@ -104,8 +117,9 @@ class _Settlement:
     payload: bytes
 
 
-class RedisTransport:
-    """A :class:`~runtime.transport.Transport` for Redis; see the module docstring."""
+class RedisTransport(RedisFanout):
+    """A :class:`~runtime.transport.Transport` for Redis; see the module docstring. Remote
+    control's fanout comes from :class:`~runtime.redis_fanout.RedisFanout`."""
 
     def __init__(
         self,
@@ -126,12 +140,15 @@ class RedisTransport:
         self._client: redis.asyncio.Redis | None = client
         self._unsettled: dict[bytes, _Claim] = {}
         self._pending: list[_Settlement] = []
+        self._acks: list[tuple[_Claim, asyncio.Future[None]]] = []  # not yet sent to Redis
+        self._acking: asyncio.Task[None] | None = None
         self._consumer_id = uuid.uuid4().hex
         self._consuming: list[str] = []
         # Claimed and not yet handed out, oldest first: (queue, [index, payload, tag]).
         self._batch: list[tuple[str, list[Any]]] = []
         self._claiming: asyncio.Future[int] | None = None
         self._maintainer: asyncio.Task[None] | None = None
+        self._mover: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
 
@@ -151,6 +168,9 @@ class RedisTransport:
             await self._client.ping()
         self._claim = self._client.register_script(_CLAIM)
         self._settle_script = self._client.register_script(_SETTLE)
+        self._ack_script = self._client.register_script(_ACK)
+        self._defer_script = self._client.register_script(_DEFER)
+        self._due_script = self._client.register_script(_DUE)
         self._restore = self._client.register_script(_RESTORE)
 
     def _require(self) -> redis.asyncio.Redis:
@@ -230,6 +250,7 @@ class RedisTransport:
             with self._translate(f"consume from {', '.join(names)}"):
                 await self._register(names)
             self._maintainer = asyncio.create_task(self._maintain(), name="celeriac-redis")
+            self._mover = asyncio.create_task(self._move_due(), name="celeriac-redis-due")
             while not self._closing:
                 if not await wait_free_unless_closed(capacity, self._closed):
                     return
@@ -333,8 +354,60 @@ class RedisTransport:
     # -- settling ----------------------------------------------------------------------------
 
     async def ack(self, delivery: Delivery) -> None:
-        """Forget the message (delete its unacked record)."""
-        await self._settle(delivery.handle, "LPUSH", [], b"")
+        """Forget the message (delete its unacked record).
+
+        Acks asked for in one turn of the event loop go to Redis together, in one script
+        call (:meth:`_send_acks`); this returns once Redis has ours, or once it is kept to be
+        retried because Redis is away.
+        """
+        claim: _Claim = delivery.handle
+        if claim.settled:
+            return
+        claim.settled = True
+        done = asyncio.get_running_loop().create_future()
+        self._acks.append((claim, done))
+        if self._acking is None:
+            self._acking = asyncio.create_task(self._send_acks(), name="celeriac-redis-ack")
+        await asyncio.shield(done)  # cancelling the caller does not take the ack back
+
+    async def _send_acks(self) -> None:
+        """Send waiting acks, a batch per script call, until none is left."""
+        try:
+            while self._acks:
+                batch, self._acks = self._acks[:_ACKS_PER_CALL], self._acks[_ACKS_PER_CALL:]
+                claims = [claim for claim, _ in batch]
+                try:
+                    await self._ack_claims(claims)
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    log.warning("Redis ack of %d deliveries will be retried: %s", len(claims), exc)
+                    self._pending.extend(_Settlement(claim, [], "LPUSH", b"") for claim in claims)
+                except BaseException as exc:
+                    for claim, done in batch:
+                        claim.settled = False
+                        if not done.done():
+                            done.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            self._acking = None
+
+    async def _ack_claims(self, claims: list[_Claim]) -> None:
+        lapsed = await self._ack_script(
+            keys=[self.layout.unacked, self.layout.unacked_index],
+            args=[claim.tag for claim in claims],
+        )
+        for claim in claims:
+            self._unsettled.pop(claim.tag, None)
+        for tag in lapsed:
+            log.warning(
+                "delivery %s was restored by another consumer before it was acked "
+                "(its claim lapsed: Redis unreachable for longer than visibility_timeout?)",
+                tag,
+            )
 
     async def reject(self, delivery: Delivery, *, requeue: bool) -> None:
         """Drop the message, or requeue it behind the waiting ones (LPUSH, as kombu does)."""
@@ -376,6 +449,54 @@ class RedisTransport:
                 "(its claim lapsed: Redis unreachable for longer than visibility_timeout?)",
                 claim.tag, claim.queue,
             )  # fmt: skip
+
+    # -- delaying ----------------------------------------------------------------------------
+
+    async def defer(self, delivery: Delivery, eta: datetime) -> None:
+        """Move the message into celeriac's delay store in Redis, in one step with its unacked
+        record (``lua/redis_defer.lua``): exactly once, even if the worker dies.
+
+        Every consuming celeriac worker on this Redis moves due messages back onto their
+        lists (:meth:`_move_due`), a second before they are due; while no worker runs, they
+        wait in the store (``_celeriac.delayed``). Celery workers do not read the store.
+        """
+        claim: _Claim = delivery.handle
+        if claim.settled:
+            return
+        claim.settled = True
+        target = self.layout.queue_key(claim.queue, _priority(claim.payload))
+        keys = [self.layout.unacked, self.layout.unacked_index, self.layout.delayed,
+                self.layout.delayed_messages]  # fmt: skip
+        args: list[bytes | str | float] = [
+            claim.tag, eta.timestamp(), uuid.uuid4().hex, target, claim.payload
+        ]  # fmt: skip
+        try:
+            with self._translate(f"defer a message from {claim.queue!r}"):
+                await self._defer_script(keys=keys, args=args)
+        except BaseException:
+            claim.settled = False
+            raise
+        self._unsettled.pop(claim.tag, None)
+
+    async def _move_due(self) -> None:
+        """Push delayed messages back onto their lists as they fall due (see ``defer``)."""
+        keys = [self.layout.delayed, self.layout.delayed_messages]
+        while not self._closing:
+            pause = _DUE_EVERY
+            try:
+                moved, following = await self._due_script(
+                    keys=keys, args=[time.time() + _DUE_AHEAD, _DUE_PER_CALL]
+                )
+                if int(moved) == _DUE_PER_CALL:
+                    continue  # more are due
+                if following is not None:
+                    until = float(following) - _DUE_AHEAD - time.time()
+                    pause = max(0.01, min(pause, until))
+            except redis.exceptions.RedisError as exc:
+                log.warning("Redis delayed delivery will retry: %s", exc)
+                pause = 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), pause)
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -503,12 +624,15 @@ class RedisTransport:
         redelivered (kombu's restore at shutdown); then close the connection."""
         self._closing = True
         self._closed.set()
-        if (maintainer := self._maintainer) is not None:
-            self._maintainer = None
-            maintainer.cancel()
-            await asyncio.gather(maintainer, return_exceptions=True)
+        for task in (self._maintainer, self._mover):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._maintainer = self._mover = None
         if self._client is None:
             return
+        if (acking := self._acking) is not None:  # acks already asked for still go out
+            await asyncio.gather(acking, return_exceptions=True)
         with contextlib.suppress(redis.exceptions.RedisError):
             await self._give_back_unhanded()
             for pending in list(self._pending):

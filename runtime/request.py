@@ -6,9 +6,12 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import TaskMessage
+
+if TYPE_CHECKING:
+    from .retry import Republish
 
 __all__ = ["Request", "current_request"]
 
@@ -20,6 +23,8 @@ class Request:
     message: TaskMessage
     hostname: str
     delivery_info: Mapping[str, Any] = field(default_factory=dict)
+    #: Messages the run asked to send once it is over (``self.retry()``), in order.
+    outbox: list[Republish] = field(default_factory=list, compare=False)
 
     @property
     def id(self) -> str:

@@ -22,7 +22,7 @@ import structlog
 
 from .app import App
 from .errors import BrokerConnectionError
-from .worker import Worker
+from .worker import DEFAULT_MAX_HELD_ETA, Worker
 
 __all__ = ["WorkerOptions", "configure_logging", "load_app", "serve"]
 
@@ -47,6 +47,7 @@ class WorkerOptions:
     queue_limits_file: Path | None
     queue_type: str | None = None
     visibility_timeout: float | None = None
+    max_held_eta: int = DEFAULT_MAX_HELD_ETA
 
 
 def first_env(environ: Mapping[str, str], *names: str) -> str | None:
@@ -150,6 +151,7 @@ async def _run(app: App, options: WorkerOptions) -> int:
         concurrency=options.concurrency,
         hostname=options.hostname,
         grace=options.grace,
+        max_held_eta=options.max_held_eta,
     )
     loop = asyncio.get_running_loop()
     signals_seen = 0

@@ -42,6 +42,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -76,6 +77,9 @@ DEFAULT_WAIT_TIME_SECONDS = 10
 #: SQS limits: the longest long poll, and messages per receive or batch call.
 MAX_WAIT_TIME_SECONDS = 20
 MAX_MESSAGES = 10
+#: The longest celeriac hides a received message to defer it: SQS allows 12 hours counted
+#: from the receive, less a margin for the time since.
+MAX_HIDDEN = 12 * 3600 - 300
 #: Seconds one connection attempt may take.
 CONNECT_TIMEOUT = 10.0
 
@@ -357,6 +361,19 @@ class SqsTransport:
             await self.reject(delivery, requeue=True)
             raise
         await self.ack(delivery)
+
+    async def defer(self, delivery: Delivery, eta: datetime) -> None:
+        """Hide the message until ``eta`` (``ChangeMessageVisibility``; at most 12 hours at a
+        time, SQS's limit per receive, after which it comes back and is deferred again).
+
+        Nothing is copied, so nothing can be duplicated, and FIFO queues work too; the
+        message stays in flight meanwhile (SQS allows 120,000 in flight per standard queue,
+        20,000 per FIFO queue). It comes back counted as received once more.
+        """
+        if (receipt := self._settle(delivery)) is None:
+            return
+        remaining = (eta - datetime.now(UTC)).total_seconds()
+        await self._change_visibility([receipt], max(0, min(math.floor(remaining), MAX_HIDDEN)))
 
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Send ``message`` to queue ``routing_key`` (SQS has no exchanges: the default

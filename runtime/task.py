@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from protocol import Signature
 
+from .arguments import ArgumentCheck
+from .exceptions import Retry
+from .ratelimit import parse_rate
 from .request import Request, current_request
+from .retry import plan_retry
 
 if TYPE_CHECKING:
     from .app import App
+    from .hooks import ExcInfo
     from .result import AsyncResult
 
 __all__ = ["Task", "TaskOptions"]
@@ -43,16 +50,19 @@ class TaskOptions:
     max_retries: int | None = 3
     default_retry_delay: float = 180
     autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: Mapping[str, Any] = field(default_factory=dict)
     retry_backoff: bool | float = False
     retry_backoff_max: float = 600
     retry_jitter: bool = True
-    rate_limit: str | None = None
+    rate_limit: str | float | None = None
 
     def __post_init__(self) -> None:
         # Celery 5.7 split acks_on_failure_or_timeout in two; each defaults to the old one.
         for name in ("acks_on_failure", "acks_on_timeout"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, self.acks_on_failure_or_timeout)
+        parse_rate(self.rate_limit)  # a bad rate fails where the task is declared
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> TaskOptions:
@@ -66,21 +76,54 @@ class TaskOptions:
         return cls(**options)
 
 
+_OPTION_NAMES = frozenset(f.name for f in fields(TaskOptions))
+
+
 class Task(Generic[P, R]):
     """A registered task. Call it to run the function here; ``delay``/``apply_async`` to send it.
 
     With ``bind=True`` the function receives the task as its first argument, so it can read
-    ``self.request`` as in Celery.
+    ``self.request`` and call ``self.retry()`` as in Celery.
+
+    As in Celery, a subclass passed as ``@app.task(base=...)`` can set options as class
+    attributes (``acks_late = True``, ``max_retries = 5``, ...; the decorator's keywords win)
+    and override the hooks :meth:`on_success`, :meth:`on_failure`, :meth:`on_retry` and
+    :meth:`after_return`, with plain or ``async`` methods. A plain hook runs in the task
+    thread pool, an ``async`` one on the event loop; ``self.request`` is the run's request.
     """
+
+    #: How many times the task may be retried; ``None`` for no limit (option ``max_retries``).
+    max_retries: int | None
+    #: Seconds before a retry with neither countdown nor ETA (option ``default_retry_delay``).
+    default_retry_delay: float
 
     def __init__(self, app: App, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.options = options
+        self.max_retries = options.max_retries
+        self.default_retry_delay = options.default_retry_delay
         self.is_coroutine = inspect.iscoroutinefunction(fn)
+        self._check_arguments = ArgumentCheck(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+
+    @classmethod
+    def class_options(cls) -> dict[str, Any]:
+        """The options this class sets as class attributes (``max_retries = 5``), by name."""
+        found: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__[: cls.__mro__.index(Task)]):
+            found.update((k, v) for k, v in vars(klass).items() if k in _OPTION_NAMES)
+        return found
+
+    @functools.cached_property
+    def parameters(self) -> inspect.Signature | None:
+        """The function's signature as callers see it: without ``self`` for a bound task."""
+        signature = self._check_arguments.signature
+        if signature is None or not self.options.bind:
+            return signature
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
 
     @property
     def request(self) -> Request:
@@ -111,15 +154,90 @@ class Task(Generic[P, R]):
         """A signature with options (``queue``, ``task_id``, ``link``, ...), as Celery's."""
         return Signature(self.name, tuple(args), kwargs or {}, options)
 
-    def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def bind_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Check that the arguments fit the signature (Celery's ``typing=True``).
 
-        Raises ``TypeError`` saying what does not fit, before the task runs.
+        Raises the ``TypeError`` calling the function would raise (what a Celery worker
+        stores), without calling it.
         """
         if not self.options.typing:
             return
-        call_args = (self, *args) if self.options.bind else args
-        inspect.signature(self.fn).bind(*call_args, **kwargs)
+        if self.options.bind:
+            self._check_arguments(self, *args, **kwargs)
+        else:
+            self._check_arguments(*args, **kwargs)
+
+    def retry(  # noqa: PLR0917 - Celery's signature
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Run the task again later, as Celery's ``Task.retry``: ``raise self.retry(...)``.
+
+        The retry is the same task id with ``retries + 1``, due ``countdown`` seconds from now
+        (``default_retry_delay`` if neither it nor ``eta`` is given), with ``args``/``kwargs``
+        in place of the current ones where given; the worker publishes it once this run is
+        over, to the queue it came from (or ``queue=``), and records RETRY. ``options`` may
+        also set ``priority``, ``time_limit``, ``soft_time_limit``, ``expires``,
+        ``serializer``, ``exchange`` and ``routing_key``.
+
+        Raises :class:`~runtime.exceptions.Retry`, or returns it with ``throw=False`` (the
+        retry is sent all the same). With no retry left (``max_retries``, this call's or the
+        task's; ``None`` is no limit) raises ``exc`` if given, else
+        :class:`~runtime.exceptions.MaxRetriesExceededError`. Outside a worker's run of this
+        task there is nothing to retry: raises ``exc``, or ``Retry``.
+        """
+        request = current_request.get()
+        if request is None or request.task != self.name:
+            raise exc if exc is not None else Retry("Task can be retried", None)
+        retry = plan_retry(
+            self,
+            request,
+            args=args,
+            kwargs=kwargs,
+            exc=exc,
+            eta=eta,
+            countdown=countdown,
+            max_retries=max_retries,
+            options=options,
+        )
+        if throw:
+            raise retry
+        return retry
+
+    # -- hooks: override in a subclass; plain or async ----------------------------------------
+
+    def on_success(
+        self, retval: Any, task_id: str, args: Any, kwargs: Any
+    ) -> Awaitable[None] | None:
+        """Called after a successful run, once its result is stored."""
+        return None
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: ExcInfo
+    ) -> Awaitable[None] | None:
+        """Called after a failed run (the time limit included), once the FAILURE is stored."""
+        return None
+
+    def on_retry(
+        self, exc: BaseException | None, task_id: str, args: Any, kwargs: Any, einfo: ExcInfo
+    ) -> Awaitable[None] | None:
+        """Called after a run that ends in a retry, once RETRY is stored: ``exc`` is what
+        ``retry(exc=...)`` was given, ``einfo`` describes the ``Retry``."""
+        return None
+
+    def after_return(  # noqa: PLR0917 - Celery's signature
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: None
+    ) -> Awaitable[None] | None:
+        """Called last after every run: ``retval`` is the return value, the exception, or the
+        ``Retry``; ``einfo`` is always ``None``, as Celery 5.7 passes it."""
+        return None
 
     async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
         """Send the task with these arguments; return a handle on its result."""
@@ -131,7 +249,12 @@ class Task(Generic[P, R]):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult:
-        """Send the task (options as :meth:`App.send_task`); return a handle on its result."""
+        """Send the task (options as :meth:`App.send_task`); return a handle on its result.
+
+        With ``typing`` (the default) arguments that do not fit the signature raise
+        ``TypeError`` here, before anything is sent, as in Celery.
+        """
+        self.bind_arguments(tuple(args), kwargs or {})
         options.setdefault("queue", self.options.queue)
         options.setdefault("ignore_result", self.options.ignore_result)
         options.setdefault("serializer", self.options.serializer)

@@ -9,13 +9,21 @@ free slots (prefetch 1 per slot).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 from protocol import WireMessage
 
-__all__ = ["Capacity", "Delivery", "QueueSpec", "Transport", "wait_free_unless_closed"]
+__all__ = [
+    "Broadcasting",
+    "Capacity",
+    "Delivery",
+    "QueueSpec",
+    "Transport",
+    "wait_free_unless_closed",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,15 @@ class Transport(Protocol):
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to ``<queue>.dead`` with ``reason`` in its headers, then settle it."""
 
+    async def defer(self, delivery: Delivery, eta: datetime) -> None:
+        """Give the message to the broker to deliver again at ``eta``, then settle it.
+
+        It comes back unchanged (its ``eta`` header too) no later than ``eta`` and at most
+        about a second before it, so the worker holds it only briefly; meanwhile it is
+        neither held by this worker nor counted against its prefetch, and it survives a
+        restart of the worker.
+        """
+
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Publish a message (to the default exchange: ``routing_key`` is the queue name)."""
 
@@ -103,21 +120,47 @@ class Transport(Protocol):
         """Stop consuming and close; unsettled deliveries go back to the broker."""
 
 
+@runtime_checkable
+class Broadcasting(Protocol):
+    """What a transport with fanout adds for remote control (AMQP, Redis, memory; SQS has none).
+
+    Broadcasts are fire-and-forget: nothing is acknowledged, and what arrives while nobody
+    listens is lost, as with kombu's mailboxes.
+    """
+
+    async def broadcasts(self, exchange: str, queue: str) -> AsyncGenerator[WireMessage, None]:
+        """Start listening to fanout ``exchange``; iterate the result to receive.
+
+        ``queue`` is this node's own queue where the broker needs one (AMQP: declared as
+        Celery declares ``<nodename>.celery.pidbox``). Raises ``BrokerConnectionError`` if the
+        broker refuses, e.g. because another node of the same name holds the queue. Ending
+        the iteration stops listening.
+        """
+
+    async def broadcast(self, message: WireMessage, *, exchange: str) -> None:
+        """Publish ``message`` to every listener of fanout ``exchange``."""
+
+    async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Publish to direct ``exchange`` (non-durable, as kombu's reply exchanges) with
+        ``routing_key``; a reply whose queue has gone (its sender stopped waiting) is dropped."""
+
+
 async def wait_free_unless_closed(capacity: Capacity, closed: asyncio.Event) -> bool:
     """Wait for a free slot: ``True`` once there is one, ``False`` if ``closed`` is set first.
 
     A consumer whose slots are all taken must still notice ``aclose()``: the worker may close a
     transport while an iteration waits here, and the iteration must then end.
     """
-    if closed.is_set():
-        return False
-    if capacity.free > 0:
-        return True
-    free = asyncio.ensure_future(capacity.wait_free())
-    closing = asyncio.ensure_future(closed.wait())
-    try:
-        await asyncio.wait((free, closing), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        free.cancel()
-        closing.cancel()
-    return not closed.is_set()
+    # A loop, not one wait: a slot freed while this task was waking up may be taken first by
+    # another of the worker's tasks (a task held for its ETA taking its slot back).
+    while not closed.is_set():
+        if capacity.free > 0:
+            return True
+        free = asyncio.ensure_future(capacity.wait_free())
+        closing = asyncio.ensure_future(closed.wait())
+        try:
+            await asyncio.wait((free, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            free.cancel()
+            closing.cancel()
+    return False

@@ -2,9 +2,14 @@
 
 Flow control lives in the transport (it never holds more unsettled deliveries than there are
 free slots); the worker takes a slot for each delivery and gives it back when the message is
-settled and the result stored. Lifecycle: :meth:`Worker.stop` stops consuming and lets running
-tasks finish within ``grace`` seconds (what they have not started goes back to the broker);
-:meth:`Worker.terminate` ends at once, so ``acks_late`` messages are redelivered.
+settled and the result stored. A task due later (``eta``/``countdown``) never keeps a slot:
+one due within :data:`ETA_HOLD_WINDOW` is held here, unacknowledged and slot-free, up to
+``max_held_eta`` at once; any other goes back to the broker with :meth:`Transport.defer`,
+which returns it shortly before it is due.
+
+Lifecycle: :meth:`Worker.stop` stops consuming and lets running tasks finish within ``grace``
+seconds (what they have not started goes back to the broker); :meth:`Worker.terminate` ends
+at once, so ``acks_late`` messages are redelivered.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,33 +42,51 @@ from .app import App
 from .backend import RedisResultBackend
 from .brokers import transport_for_url
 from .capacity import Slots
-from .errors import BackendError
+from .commands import COMMANDS
+from .control import RemoteControl, RunningTask
+from .errors import BackendError, BrokerConnectionError
 from .exceptions import NotRegistered
 from .execution import Executor, Outcome
+from .hooks import call_hooks
 from .policy import TimeLimits
+from .ratelimit import RateLimits
 from .request import Request
+from .retry import RetryPublisher, resolve_retry
+from .revocation import Revocations, RevokedStore
 from .task import Task
-from .transport import Delivery, Transport
+from .transport import Broadcasting, Delivery, Transport
 from .workflow import Workflow
 
-__all__ = ["Worker"]
+__all__ = ["DEFAULT_MAX_HELD_ETA", "ETA_HOLD_WINDOW", "Worker"]
+
+#: Seconds before its ETA within which a task is held by the worker rather than deferred to
+#: the broker (transports return deferred messages at most about a second early).
+ETA_HOLD_WINDOW = 2.0
+#: How many tasks waiting for their ETA a worker holds at most (unacknowledged, slot-free).
+DEFAULT_MAX_HELD_ETA = 1000
 
 
 class _Handling:
     """One delivery being handled: the slot it holds (given back once) and whether it is
     settled, so that an unexpected error can still settle it."""
 
-    def __init__(self, delivery: Delivery, slots: Slots) -> None:
+    def __init__(self, delivery: Delivery, slots: Slots, *, held: bool = True) -> None:
         self.delivery = delivery
         self.settled = False
         self._slots = slots
-        self._held = True
+        self._held = held
 
     def release(self) -> None:
         """Give the slot back, if not done already."""
         if self._held:
             self._held = False
             self._slots.give_back()
+
+    async def reacquire(self) -> None:
+        """Take a slot again (after :meth:`release`, or for a delivery that came without one)."""
+        if not self._held:
+            await self._slots.acquire()
+            self._held = True
 
 
 class Worker:
@@ -77,6 +102,7 @@ class Worker:
         transport: Transport | None = None,
         backend: RedisResultBackend | None = None,
         grace: float = 30.0,
+        max_held_eta: int = DEFAULT_MAX_HELD_ETA,
         logger: Any = None,
     ) -> None:
         self.app = app
@@ -88,6 +114,9 @@ class Worker:
         )
         self.backend = backend if backend is not None else app.backend
         self.grace = grace
+        if max_held_eta < 0:
+            raise ValueError(f"max_held_eta must be 0 or more, not {max_held_eta}")
+        self.max_held_eta = max_held_eta
         self.log = logger or structlog.get_logger("celeriac.worker")
         self.workflow = Workflow(app, self.backend, hostname=hostname, log=self.log)
         self._executor = Executor(threads=concurrency)
@@ -95,14 +124,28 @@ class Worker:
         self._consuming: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._waiting_eta: set[asyncio.Task[Any]] = set()
+        self._held: dict[asyncio.Task[Any], Request] = {}  # held for their ETA, by handler
+        self.rate_limits = RateLimits()
+        self._retries = RetryPublisher(self.transport, app.queue_spec)
         self.ready = asyncio.Event()
         self.processed = 0
+        self.started_at = time.time()
+        #: Tasks started, by name (``inspect stats``' ``total``).
+        self.total: Counter[str] = Counter()
+        #: The tasks executing now, by id (``inspect active``, ``revoke(terminate=True)``).
+        self.running: dict[str, RunningTask] = {}
+        self.revocations = Revocations(
+            RevokedStore.for_backend(self.backend) if self.backend is not None else None
+        )
+        self._control: RemoteControl | None = None
 
     async def run(self) -> None:
         """Connect, declare the queues, and work until :meth:`stop` or :meth:`terminate`."""
         await self.transport.connect()
         try:
             await self.transport.declare([self.app.queue_spec(q) for q in self.queues])
+            await self.revocations.load()
+            await self._start_remote_control()
             self.log.info(
                 "worker_ready",
                 hostname=self.hostname,
@@ -123,9 +166,45 @@ class Worker:
                         raise
             await self._drain()
         finally:
+            if self._control is not None:
+                await self._control.aclose()
             await self.transport.aclose()
             self._executor.shutdown()
             self.log.info("worker_stopped", processed=self.processed)
+
+    async def _start_remote_control(self) -> None:
+        if not isinstance(self.transport, Broadcasting):
+            self.log.warning("remote_control_unavailable", reason="the broker has no fanout")
+            return
+        control = RemoteControl(self, self.transport, COMMANDS)
+        if await control.start():
+            self._control = control
+
+    def is_revoked(self, task_id: str) -> bool:
+        """Whether ``task_id`` is revoked: a message for it is acked and never run."""
+        return task_id in self.revocations
+
+    def terminate_task(self, task_id: str, signal: str = "SIGTERM") -> bool:
+        """End the running task ``task_id`` (``revoke(terminate=True)``); ``False`` if it is
+        not running here.
+
+        A coroutine is cancelled whatever ``signal`` says. A thread gets ``TimeLimitExceeded``
+        raised at its next Python bytecode, so one blocked in C code runs on until it returns
+        to Python; its slot is freed at once either way. REVOKED ``terminated`` is stored.
+        """
+        running = self.running.get(task_id)
+        if running is None:
+            return False
+        if not running.terminated:
+            self.log.info("task_terminating", task_id=task_id, signal=signal)
+            running.terminated = True
+            running.runner.cancel()
+        return True
+
+    def scheduled_requests(self) -> list[Request]:
+        """The requests this worker holds for their ETA (``inspect scheduled``); those
+        deferred to the broker are the broker's, not listed."""
+        return list(self._held.values())
 
     @property
     def unfinished(self) -> int:
@@ -152,8 +231,9 @@ class Worker:
 
     async def _consume(self) -> None:
         async for delivery in self.transport.consume(self.queues, self.slots):
-            self.slots.take()
-            handler = asyncio.create_task(self._handle(delivery))
+            # False when a task that waited without its slot took the free one meanwhile.
+            slotted = self.slots.try_take()
+            handler = asyncio.create_task(self._handle(delivery, slotted))
             self._running.add(handler)
             handler.add_done_callback(self._running.discard)
 
@@ -165,9 +245,11 @@ class Worker:
             if late:
                 await asyncio.wait(late, timeout=1)
 
-    async def _handle(self, delivery: Delivery) -> None:
-        handling = _Handling(delivery, self.slots)
+    async def _handle(self, delivery: Delivery, slotted: bool = True) -> None:
+        handling = _Handling(delivery, self.slots, held=slotted)
         try:
+            if not slotted:
+                await handling.reacquire()
             await self._process(handling)
         except Exception as exc:  # a bug or a broker error here must not lose the message
             self.log.exception("delivery_failed", queue=delivery.queue, error=repr(exc))
@@ -222,32 +304,96 @@ class Worker:
         except TypeError as exc:
             log.error("task_arguments_invalid", error=str(exc))
             await self._ack(handling)
-            await self._record(task, message, delivery, Outcome.failed(exc))
+            request = self._request(message, delivery)
+            await self._conclude(task, request, delivery, Outcome.failed(exc), log)
             return
-        if message.eta is not None:
-            await self._wait_for_eta(message.eta)
-        if message.expires is not None and message.expires <= datetime.now(UTC):
-            log.info("task_expired", expires=message.expires.isoformat())
-            expired = ExceptionInfo("TaskRevokedError", ("expired",), "celery.exceptions")
-            await self._store(message, delivery, State.REVOKED, expired)
-            await self.workflow.ended(message, State.REVOKED, expired)
-            await self._ack(handling)
-            return
-        await self._run(task, message, handling, log)
+        if await self._admitted(task, message, handling, log):
+            await self._run(task, message, handling, log)
 
-    async def _wait_for_eta(self, eta: datetime) -> None:
-        """Hold the delivery, unacknowledged, until it is due (a delay store comes later).
+    async def _admitted(
+        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any
+    ) -> bool:
+        """Whether the task may start now: not revoked or expired (checked on arrival and
+        again just before it starts, as Celery does), due, and within its rate limit. When
+        not, the message has been settled or deferred here."""
+        if await self._revoked_or_expired(task, message, handling, log):
+            return False
+        if message.eta is not None and not await self._until_due(message, handling, log):
+            return False
+        if task.options.rate_limit:
+            await self._wait_for_rate_limit(task, handling)
+        return not await self._revoked_or_expired(task, message, handling, log)
 
-        :meth:`stop` cancels the wait, so the message goes back to the broker unstarted.
+    async def _revoked_or_expired(
+        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any
+    ) -> bool:
+        if self.is_revoked(message.id):
+            await self._revoked(task, message, handling, log, reason="revoked")
+            return True
+        return await self._expired(message, handling, log)
+
+    async def _expired(self, message: TaskMessage, handling: _Handling, log: Any) -> bool:
+        """If ``message`` has expired: store REVOKED ``expired`` as Celery does, ack it."""
+        if message.expires is None or message.expires > datetime.now(UTC):
+            return False
+        log.info("task_expired", expires=message.expires.isoformat())
+        expired = ExceptionInfo("TaskRevokedError", ("expired",), "celery.exceptions")
+        await self._store(message, handling.delivery, State.REVOKED, expired)
+        await self.workflow.ended(message, State.REVOKED, expired)
+        await self._ack(handling)
+        return True
+
+    async def _until_due(self, message: TaskMessage, handling: _Handling, log: Any) -> bool:
+        """Wait for ``eta`` without a slot: ``True`` once due (a slot taken again), ``False``
+        if the message went back to the broker to wait there (it is settled here).
+
+        A task due within :data:`ETA_HOLD_WINDOW` is held, up to ``max_held_eta`` of them;
+        any other is deferred. If the broker cannot take it back, it is held all the same:
+        holding loses nothing, as the broker redelivers what a lost connection held.
+        :meth:`stop` cancels the wait, so a held message goes back unstarted.
         """
+        assert message.eta is not None
+        eta = message.eta
         delay = (eta - datetime.now(UTC)).total_seconds()
         if delay <= 0:
-            return
+            return True
+        if delay > ETA_HOLD_WINDOW or len(self._waiting_eta) >= self.max_held_eta:
+            try:
+                await self.transport.defer(handling.delivery, eta)
+            except BrokerConnectionError as exc:
+                log.warning("task_defer_failed", eta=eta.isoformat(), error=str(exc))
+            else:
+                handling.settled = True
+                log.info("task_deferred", eta=eta.isoformat())
+                return False
+        current = asyncio.current_task()
+        assert current is not None
+        handling.release()
+        self._waiting_eta.add(current)
+        self._held[current] = self._request(message, handling.delivery)
+        try:
+            # The loop's timers may fire a little early by the wall clock: never start early.
+            while (left := (eta - datetime.now(UTC)).total_seconds()) > 0:
+                await asyncio.sleep(left)
+            await handling.reacquire()
+        finally:
+            self._waiting_eta.discard(current)
+            self._held.pop(current, None)
+        return True
+
+    async def _wait_for_rate_limit(self, task: Task[Any, Any], handling: _Handling) -> None:
+        """Wait for a token of the task's rate limit; :meth:`stop` cancels the wait, as the
+        ETA's (see :mod:`runtime.ratelimit` for when the slot is given back meanwhile)."""
         current = asyncio.current_task()
         assert current is not None
         self._waiting_eta.add(current)
         try:
-            await asyncio.sleep(delay)
+            await self.rate_limits.wait(
+                task.name,
+                task.options.rate_limit,
+                release=handling.release,
+                reacquire=handling.reacquire,
+            )
         finally:
             self._waiting_eta.discard(current)
 
@@ -269,7 +415,74 @@ class Worker:
             hard=message.time_limit or task.options.time_limit,
         )
         limits = self.app.queue_policy.effective(delivery.queue, requested)
-        request = Request(
+        request = self._request(message, delivery)
+        log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
+        executed = await self._execute(task, request, limits)
+        if executed is None:
+            await self._revoked(task, message, handling, log, reason="terminated")
+            return
+        outcome = resolve_retry(task, request, executed)
+        if outcome.state is State.SUCCESS:
+            log.info("task_succeeded", runtime=round(outcome.runtime, 6))
+        elif outcome.state is State.FAILURE:
+            log.error(
+                "task_failed", exception=repr(outcome.exception), runtime=round(outcome.runtime, 6)
+            )
+        outcome = await self._conclude(task, request, delivery, outcome, log)
+        if acks_late:
+            # The task is over: free the slot first, so settling needs no prefetch change.
+            handling.release()
+            await self._settle_late(task, handling, outcome)
+
+    async def _execute(
+        self, task: Task[Any, Any], request: Request, limits: TimeLimits
+    ) -> Outcome | None:
+        """Run the task, listed in :attr:`running`; ``None`` if :meth:`terminate_task` ended it."""
+        runner = asyncio.current_task()
+        assert runner is not None
+        running = RunningTask(request, runner, time.time(), not task.options.acks_late)
+        self.running[request.id] = running
+        self.total[task.name] += 1
+        try:
+            return await self._executor.run(task, request, limits)
+        except asyncio.CancelledError:
+            if not running.terminated:
+                raise
+            runner.uncancel()
+            return None
+        finally:
+            if self.running.get(request.id) is running:
+                del self.running[request.id]
+
+    async def _revoked(
+        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any, *,
+        reason: str,
+    ) -> None:  # fmt: skip
+        """Store REVOKED ``TaskRevokedError(reason)`` and ack, as Celery's ``_announce_revoked``."""
+        log.info("task_revoked", reason=reason)
+        revoked = ExceptionInfo("TaskRevokedError", (reason,), "celery.exceptions")
+        if not _ignores_result(task, message) or task.options.store_errors_even_if_ignored:
+            await self._store(message, handling.delivery, State.REVOKED, revoked)
+        await self.workflow.ended(message, State.REVOKED, revoked)
+        if not handling.settled:
+            await self._ack(handling)
+
+    async def _settle_late(
+        self, task: Task[Any, Any], handling: _Handling, outcome: Outcome
+    ) -> None:
+        """Ack or reject an ``acks_late`` message as Celery 5.7 does after the task ended."""
+        options = task.options
+        if outcome.state in (State.SUCCESS, State.RETRY):
+            await self._ack(handling)
+        elif outcome.timed_out and not options.acks_on_timeout:
+            await self._reject(handling, requeue=True)
+        elif not outcome.timed_out and not options.acks_on_failure:
+            await self._reject(handling, requeue=False)
+        else:
+            await self._ack(handling)
+
+    def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
+        return Request(
             message,
             hostname=self.hostname,
             delivery_info={
@@ -279,61 +492,67 @@ class Worker:
                 "redelivered": delivery.redelivered,
             },
         )
-        log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
-        outcome = await self._executor.run(task, request, limits)
-        if outcome.state is State.SUCCESS:
-            log.info("task_succeeded", runtime=round(outcome.runtime, 6))
-        else:
-            log.error(
-                "task_failed", exception=repr(outcome.exception), runtime=round(outcome.runtime, 6)
-            )
-        await self._record(task, message, delivery, outcome)
-        if acks_late:
-            # The task is over: free the slot first, so settling needs no prefetch change.
-            handling.release()
-            await self._settle_late(task, handling, outcome)
 
-    async def _settle_late(
-        self, task: Task[Any, Any], handling: _Handling, outcome: Outcome
-    ) -> None:
-        """Ack or reject an ``acks_late`` message as Celery 5.7 does after the task ended."""
-        options = task.options
-        if outcome.state is State.SUCCESS:
-            await self._ack(handling)
-        elif outcome.timed_out and not options.acks_on_timeout:
-            await self._reject(handling, requeue=True)
-        elif not outcome.timed_out and not options.acks_on_failure:
-            await self._reject(handling, requeue=False)
-        else:
-            await self._ack(handling)
+    async def _conclude(
+        self,
+        task: Task[Any, Any],
+        request: Request,
+        delivery: Delivery,
+        outcome: Outcome,
+        log: Any,
+    ) -> Outcome:
+        """After a run: send the retries it asked for, store its outcome, call the task's
+        hooks. The outcome is FAILURE instead of RETRY if the retry could not be sent."""
+        outcome = await self._retries.send(request, outcome, log)
+        sent = tuple(ResultRef(retry.message.id) for retry in request.outbox)
+        outcome = await self._record(task, request.message, delivery, outcome, children=sent)
+        await call_hooks(task, request, outcome, self._executor.call, log)
+        return outcome
 
     async def _record(
-        self, task: Task[Any, Any], message: TaskMessage, delivery: Delivery, outcome: Outcome
-    ) -> None:
-        """Store the outcome; around it, what the canvas needs (:mod:`runtime.workflow`)."""
-        children: tuple[ResultRef, ...] = ()
+        self,
+        task: Task[Any, Any],
+        message: TaskMessage,
+        delivery: Delivery,
+        outcome: Outcome,
+        children: tuple[ResultRef, ...] = (),
+    ) -> Outcome:
+        """Store the outcome; around it, what the canvas needs (:mod:`runtime.workflow`).
+        Returns it as stored: FAILURE if its callbacks or its value could not be sent."""
         if outcome.state is State.SUCCESS:
             try:  # callbacks and the chain's next step go first: they are the children
-                children = await self.workflow.succeeded(message, outcome.value)
+                children += await self.workflow.succeeded(message, outcome.value)
             except Exception as exc:  # as in Celery, what cannot be sent fails the task
                 outcome = Outcome.failed(exc)
+        ignored = _ignores_result(task, message)
         if outcome.state is State.SUCCESS:
             try:
-                if not _ignores_result(task, message):
+                if not ignored:
                     value = outcome.value
                     await self._store(message, delivery, State.SUCCESS, value, children=children)
             except EncodeError as exc:  # the value cannot be serialised: say so, as Celery does
                 outcome = Outcome(State.FAILURE, exception=exc)
             else:
                 await self.workflow.ended(message, State.SUCCESS, outcome.value)
-                return
+                return outcome
+        stored = not ignored or task.options.store_errors_even_if_ignored
+        if outcome.state is State.RETRY:
+            reason = getattr(outcome.exception, "exc", None)
+            info = None
+            if reason is not None:
+                info = ExceptionInfo.from_exception(reason, serializer=self.app.result_serializer)
+            if stored:
+                await self._store(
+                    message, delivery, State.RETRY, info, outcome.traceback, children=children
+                )
+            return outcome
         assert outcome.exception is not None
         error, traceback = outcome.exception, outcome.traceback
         info = ExceptionInfo.from_exception(error, serializer=self.app.result_serializer)
-        stored = not _ignores_result(task, message) or task.options.store_errors_even_if_ignored
         if stored:
             await self._store(message, delivery, State.FAILURE, info, traceback)
         await self.workflow.failed(message, info, error, traceback, stored=stored)
+        return outcome
 
     async def _store(
         self,

@@ -46,7 +46,7 @@ def _broker_url(broker: brokers.Broker) -> Iterator[str]:
 def redis_url() -> Iterator[str]:
     """URL of a Redis server shared by the whole session. Isolate data by key
     (see ``unique_name``); never flush the server. Keys named after a ``unique_name``
-    (``t-<hex>...``) are deleted at the end of the session."""
+    (``t-<session>-<hex>...``) are deleted at the end of the session."""
     for url in _broker_url(brokers.REDIS):
         yield url
         asyncio.run(_delete_redis_names(url))
@@ -54,13 +54,16 @@ def redis_url() -> Iterator[str]:
 
 async def _delete_redis_names(url: str) -> None:
     async with redis.asyncio.Redis.from_url(url) as client:
-        keys = [key async for key in client.scan_iter(match="t-*", count=1000)]
+        pattern = f"t-{_SESSION}-*"  # this session's only: others may be running beside it
+        keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
         for start in range(0, len(keys), 1000):
             await client.delete(*keys[start : start + 1000])
 
 
 #: Every name ``unique_name`` handed out this session, for the clean-up in ``amqp_url``.
 _NAMES: list[str] = []
+#: In every ``unique_name`` of this session, so that its clean-up spares concurrent sessions.
+_SESSION = uuid.uuid4().hex[:6]
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +92,7 @@ async def _delete_amqp_names(url: str, names: list[str]) -> None:
 @pytest.fixture
 def unique_name() -> str:
     """A short name unique to this test, for queues, exchanges and keys."""
-    name = f"t-{uuid.uuid4().hex[:12]}"
+    name = f"t-{_SESSION}-{uuid.uuid4().hex[:8]}"
     _NAMES.append(name)
     return name
 

@@ -15,6 +15,7 @@ import pytest
 from runtime import cli, serve
 from runtime.brokers import transport_for_url
 from runtime.redis_transport import RedisTransport
+from runtime.worker import DEFAULT_MAX_HELD_ETA
 from tests.protocol.oracle import capture, make_app
 
 
@@ -193,3 +194,41 @@ def test_bench_hands_its_arguments_to_the_suite() -> None:
 
     assert done.returncode == 2
     assert done.stderr.decode().strip() == "python -m benchmarks: unknown broker or scenario: nope"
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["--max-held-eta", "50"], {}, 50),
+        ([], {"CELERIAC_MAX_HELD_ETA": "0"}, 0),
+        (["--max-held-eta", "7"], {"CELERIAC_MAX_HELD_ETA": "9"}, 7),
+        ([], {}, DEFAULT_MAX_HELD_ETA),
+    ],
+)
+def test_the_held_eta_bound_reaches_the_worker(
+    argv: list[str], environ: dict[str, str], expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CELERIAC_MAX_HELD_ETA", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    seen: list[serve.WorkerOptions] = []
+    monkeypatch.setattr(serve, "serve", lambda options: seen.append(options) or 0)
+    monkeypatch.setattr(serve, "configure_logging", lambda *args: None)  # process-wide
+
+    assert cli.main(["worker", "-A", "examples.tasks:app", *argv]) == 0
+
+    assert [options.max_held_eta for options in seen] == [expected]
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "2.5"])
+def test_worker_refuses_a_held_eta_bound_that_is_not_a_whole_number(value: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "worker", "-A", "examples.tasks:app",
+         "--max-held-eta", value],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"celeriac: --max-held-eta must be a whole number, 0 or more, not {value!r}"
+    )

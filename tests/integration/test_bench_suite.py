@@ -20,8 +20,8 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     tmp_path: Path, amqp_url: str, redis_url: str
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--families", "celeriac", "--quiet",
-         "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks", "--tiny", "--brokers", "amqp,redis", "--families",
+         "celeriac", "--quiet", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
         env={"PATH": "/usr/bin:/bin", "CELERIAC_BENCH_AMQP_URL": amqp_url,
              "CELERIAC_BENCH_REDIS_URL": redis_url},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import aio_pika
@@ -281,3 +282,48 @@ async def test_a_crashed_consumers_message_is_redelivered(broker: Broker, unique
 
     assert again.message.body == held.message.body
     assert again.redelivered
+
+
+async def test_defer_brings_the_message_back_whole_by_its_eta(
+    make: Factory, unique_name: str
+) -> None:
+    """Deferred, a message is neither held nor waiting in its queue; it comes back unchanged
+    at most about a second before its ETA and never after it."""
+    transport = await make()
+    await transport.publish(_message(1), routing_key=unique_name)
+    slots = Slots(1)
+    consumer = SlotConsumer(transport, [unique_name], slots, settle=1.0)
+    eta = datetime.now(UTC) + timedelta(seconds=2.5)
+
+    await transport.defer(await consumer.get(), eta)
+    slots.give_back()
+    await consumer.nothing_more()  # not back a second after being deferred
+    assert await _ready(transport, unique_name) == 0
+    back = await consumer.get()
+    arrived = datetime.now(UTC)
+
+    assert eta - timedelta(seconds=1.2) <= arrived <= eta + timedelta(seconds=0.7)
+    assert back.message.body == _message(1).body
+    # RabbitMQ's delay queues dead-letter it on: it comes back with their x-death records.
+    headers = {k: v for k, v in back.message.headers.items() if "death" not in k}
+    assert headers == _message(1).headers
+    assert (back.queue, back.routing_key) == (unique_name, unique_name)
+    await transport.ack(back)
+    await consumer.stop()
+
+
+async def test_a_deferred_message_outlives_the_transport_that_deferred_it(
+    make: Factory, unique_name: str
+) -> None:
+    first = await make()
+    await first.publish(_message(1), routing_key=unique_name)
+    consumer = SlotConsumer(first, [unique_name], Slots(1))
+    await first.defer(await consumer.get(), datetime.now(UTC) + timedelta(seconds=1.5))
+    await consumer.stop()
+    await first.aclose()
+
+    second = await make()
+    back = await SlotConsumer(second, [unique_name], Slots(1)).get(timeout=5)
+
+    assert back.message.body == _message(1).body
+    await second.ack(back)

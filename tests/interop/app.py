@@ -12,7 +12,10 @@ import redis.asyncio
 
 from runtime import App, SoftTimeLimitExceeded
 
-app = App("interop")
+# INTEROP_MAX_PRIORITY declares the worker's queues with x-max-priority (Celery's
+# task_queue_max_priority), for the priority tests.
+_max_priority = os.environ.get("INTEROP_MAX_PRIORITY")
+app = App("interop", task_queue_max_priority=int(_max_priority) if _max_priority else None)
 
 
 class PaymentDeclined(Exception):
@@ -127,3 +130,9 @@ async def on_error(request: Any, exc: BaseException, traceback: str | None, key:
     exception and the traceback: note them at ``key``."""
     seen = {"id": request.id, "exc": type(exc).__name__, "args": list(exc.args)}
     await _redis().set(key, json.dumps(seen))
+
+
+@app.task(name="interop.started_at")
+async def started_at() -> float:
+    """When this run started (unix seconds): for tests on when a task runs."""
+    return time.time()

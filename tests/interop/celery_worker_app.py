@@ -1,12 +1,11 @@
-"""The Celery side of the mixed-fleet and reverse-canvas tests: a stock Celery worker's tasks.
+"""The Celery side of the interop tests: a stock Celery worker runs these tasks.
 
-Broker and result backend come from ``INTEROP_BROKER_URL`` / ``INTEROP_REDIS_URL``; the broker's
-transport options (a Redis ``global_keyprefix``) from ``INTEROP_BROKER_OPTIONS`` (JSON).
+Broker, result backend and Redis key prefix come from ``INTEROP_BROKER_URL``,
+``INTEROP_REDIS_URL`` and ``INTEROP_KEYPREFIX`` (none by default).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -18,11 +17,9 @@ app = Celery(
     broker=os.environ.get("INTEROP_BROKER_URL", "redis://127.0.0.1:6379/0"),
     backend=os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/0"),
 )
-app.conf.update(
-    worker_hijack_root_logger=False,
-    worker_prefetch_multiplier=1,
-    broker_transport_options=json.loads(os.environ.get("INTEROP_BROKER_OPTIONS", "{}")),
-)
+app.conf.update(worker_hijack_root_logger=False, worker_prefetch_multiplier=1)
+if os.environ.get("INTEROP_KEYPREFIX"):
+    app.conf.broker_transport_options = {"global_keyprefix": os.environ["INTEROP_KEYPREFIX"]}
 _counter = redis.Redis.from_url(os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/0"))
 
 

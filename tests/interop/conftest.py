@@ -16,14 +16,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import redis
 from celery import Celery
 from kombu import Connection
 
@@ -95,32 +97,41 @@ class WorkerProcess:
             self.proc.stderr.close()
 
 
+def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait until ``condition()`` holds; fail (naming it) if it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {condition}")
+        time.sleep(0.05)
+
+
 @contextmanager
-def celery_worker_process(queue: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    """A stock ``celery worker`` on ``tests.interop.celery_worker_app`` (prefork, 2 processes,
-    prefetch multiplier 1) consuming ``queue``, its broker and backend from ``env``; yields
-    once it says it is ready, stops it (SIGTERM) afterwards."""
+def celery_worker_process(
+    app: str, queue: str, env: dict[str, str], *, pool: str = "solo", concurrency: int = 1,
+    mingle: bool = False,
+) -> Iterator[subprocess.Popen[str]]:  # fmt: skip
+    """A stock ``celery worker -A app`` on ``queue`` (``env`` added to the environment), for a
+    ``with`` block; returns once it says it is ready, and stops it (SIGTERM) at the end."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.interop.celery_worker_app", "worker",
-         "-Q", queue, "-c", "2", "-P", "prefork", "-l", "info", "-n", f"{queue}@%h",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
+         "-c", str(concurrency), "-P", pool, "-l", "info", "-n", f"{queue}@%h",
+         "--without-gossip", "--without-heartbeat", *([] if mingle else ["--without-mingle"])],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     ready = threading.Event()
-    lines: list[str] = []
 
     def read() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            lines.append(line)
             if " ready." in line:
                 ready.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert ready.wait(60), "celery worker did not become ready:\n" + "".join(lines)
+        assert ready.wait(60), "celery worker did not become ready"
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -204,7 +215,8 @@ def broker(request: pytest.FixtureRequest, unique_name: str) -> Iterator[Broker]
 
 @pytest.fixture
 def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``celeriac worker -A tests.interop.app:app`` on the test's broker."""
+    """Start ``celeriac worker -A tests.interop.app:app`` (or ``app=...``) on the test's broker
+    (node name ``hostname``, else celeriac's default)."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -212,9 +224,11 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
         concurrency: int = 2,
         env: dict[str, str] | None = None,
         broker_url: str | None = None,
+        app: str = "tests.interop.app:app",
+        hostname: str | None = None,
     ) -> WorkerProcess:
         args = [
-            "-A", "tests.interop.app:app",
+            "-A", app,
             "-Q", ",".join(queues),
             "-c", str(concurrency),
             "--broker", broker_url or broker.url,
@@ -222,6 +236,8 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
             "--log-format", "json",
             "--grace", "10",
         ]  # fmt: skip
+        if hostname is not None:
+            args += ["-n", hostname]
         base = {**os.environ, "PYTHONPATH": str(ROOT), "INTEROP_REDIS_URL": redis_url}
         worker = WorkerProcess(args, {**base, **(env or {})})
         started.append(worker)
@@ -244,3 +260,77 @@ def celery_client(broker: Broker, redis_url: str) -> Iterator[Celery]:
     )
     yield app
     app.backend.client.close()
+
+
+class Marks:
+    """What tasks recorded on Redis lists (``tests.interop.retry_app.mark``), for one test.
+
+    Keys are ``marks:<unique_name>:<label>``: not ``t-*``, which every test session deletes
+    when it ends, other sessions' tests included. The test's keys are deleted after it.
+    """
+
+    def __init__(self, client: redis.Redis, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    def key(self, label: str) -> str:
+        """The list a task given this key appends to."""
+        return f"marks:{self._name}:{label}"
+
+    def read(self, key: str, count: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
+        """The entries on ``key``, oldest first, once there are ``count`` (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self._client.llen(key) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [json.loads(entry) for entry in self._client.lrange(key, 0, -1)]
+
+    def delete(self) -> None:
+        """Delete the test's keys."""
+        keys = list(self._client.scan_iter(match=f"marks:{self._name}:*"))
+        if keys:
+            self._client.delete(*keys)
+
+
+@pytest.fixture
+def marks(redis_url: str, unique_name: str) -> Iterator[Marks]:
+    """The test's :class:`Marks`."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield Marks(client, unique_name)
+    finally:
+        Marks(client, unique_name).delete()
+        client.close()
+
+
+@pytest.fixture
+def counts(redis_url: str, unique_name: str) -> Iterator[Callable[[], dict[str, int]]]:
+    """Runs per task id, as ``interop.count`` records them in hash ``<unique_name>:runs``."""
+    client = redis.Redis.from_url(redis_url)
+
+    def read() -> dict[str, int]:
+        return {
+            key.decode(): int(value) for key, value in client.hgetall(f"{unique_name}:runs").items()
+        }
+
+    yield read
+    client.close()
+
+
+@pytest.fixture
+def start_celery_worker(redis_url: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start a stock ``celery worker -A tests.interop.celery_worker_app`` (prefork, prefetch
+    multiplier 1, without gossip and heartbeats; with mingle if asked) on ``queue``, named
+    ``<queue>@%h``; returns once it says it is ready. Stopped with SIGTERM after the test."""
+    with ExitStack() as stack:
+
+        def start(
+            queue: str, *, broker_url: str, keyprefix: str = "", concurrency: int = 2,
+            mingle: bool = False,
+        ) -> subprocess.Popen[str]:  # fmt: skip
+            env = {"INTEROP_BROKER_URL": broker_url, "INTEROP_REDIS_URL": redis_url,
+                   "INTEROP_KEYPREFIX": keyprefix}  # fmt: skip
+            return stack.enter_context(celery_worker_process(
+                "tests.interop.celery_worker_app", queue, env, pool="prefork",
+                concurrency=concurrency, mingle=mingle))  # fmt: skip
+
+        yield start

@@ -5,9 +5,9 @@ worker, on RabbitMQ and on Redis, results in Redis."""
 from __future__ import annotations
 
 import asyncio
-import json
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,21 +16,18 @@ import redis
 from protocol import Signature
 from runtime import App, GroupResult, chain, chord, group
 
-from .conftest import Broker, celery_worker_process
+from .conftest import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
 
 @pytest.fixture
-def celery_worker(broker: Broker, redis_url: str, unique_name: str) -> Iterator[None]:
-    """A stock ``celery worker`` on the test's broker and queue."""
-    env = {
-        "INTEROP_BROKER_URL": broker.client_url,
-        "INTEROP_BROKER_OPTIONS": json.dumps(broker.client_options),
-        "INTEROP_REDIS_URL": redis_url,
-    }
-    with celery_worker_process(unique_name, env):
-        yield
+def celery_worker(
+    start_celery_worker: Callable[..., subprocess.Popen[str]], broker: Broker, unique_name: str
+) -> None:
+    """A stock ``celery worker`` (prefork, 2 processes) on the test's broker and queue."""
+    prefix = broker.client_options.get("global_keyprefix", "")
+    start_celery_worker(unique_name, broker_url=broker.client_url, keyprefix=prefix)
 
 
 def _sig(queue: str, name: str, *args: Any, immutable: bool = False, **options: Any) -> Signature:

@@ -11,7 +11,7 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -20,7 +20,7 @@ from kombu import Connection
 
 from runtime import App
 
-from .conftest import REDIS_VISIBILITY_TIMEOUT, Broker, WorkerProcess, celery_worker_process
+from .conftest import REDIS_VISIBILITY_TIMEOUT, Broker, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
@@ -28,25 +28,12 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def counts(redis_url: str, unique_name: str) -> Iterator[Callable[[], dict[str, int]]]:
-    """Runs per task id, as ``interop.count`` records them in hash ``<unique_name>:runs``."""
-    client = redis.Redis.from_url(redis_url)
-
-    def read() -> dict[str, int]:
-        return {
-            key.decode(): int(value) for key, value in client.hgetall(f"{unique_name}:runs").items()
-        }
-
-    yield read
-    client.close()
-
-
-@pytest.fixture
-def celery_worker(redis_url: str, unique_name: str) -> Iterator[subprocess.Popen[str]]:
-    """A stock ``celery worker`` on the queue, with the default Redis layout (no key prefix)."""
-    env = {"INTEROP_BROKER_URL": redis_url, "INTEROP_REDIS_URL": redis_url}
-    with celery_worker_process(unique_name, env) as proc:
-        yield proc
+def celery_worker(
+    start_celery_worker: Callable[..., subprocess.Popen[str]], redis_url: str, unique_name: str
+) -> subprocess.Popen[str]:
+    """A stock ``celery worker`` (prefork, 2 processes, prefetch multiplier 1) on the queue,
+    with the default Redis layout (no key prefix); returns once it says it is ready."""
+    return start_celery_worker(unique_name, broker_url=redis_url)
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)

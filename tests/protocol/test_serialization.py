@@ -53,6 +53,30 @@ def test_json_tags_match_kombu(value: Any) -> None:
     assert jsontags.loads(ours) == expected
 
 
+TAG = '{"__type__": "date", "__value__": "2024-01-02"}'
+ESCAPED_TAG = '{"\\u005f_type__": "date", "\\u005f_value__": "2024-01-02"}'
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        TAG,
+        TAG.encode(),
+        ESCAPED_TAG,  # a tag whose keys are spelled with escapes is still a tag
+        ESCAPED_TAG.encode(),
+        TAG.encode("utf-16"),  # json.loads reads UTF-16 bytes; the marker hides behind zeros
+    ],
+    ids=["str", "bytes", "escaped str", "escaped bytes", "utf-16 bytes"],
+)
+def test_json_tags_are_read_however_the_document_is_spelled(document: str | bytes) -> None:
+    assert jsontags.loads(document) == date(2024, 1, 2)
+
+
+@pytest.mark.parametrize("document", ['{"a": [1, {"b": 2}]}', b'{"a": [1, {"b": 2}]}'])
+def test_json_without_tags_is_plain_json(document: str | bytes) -> None:
+    assert jsontags.loads(document) == {"a": [1, {"b": 2}]}
+
+
 def test_json_uses_dunder_json_and_read_only_mappings() -> None:
     class Reduces:
         def __json__(self) -> dict[str, int]:
