@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-
-import redis.asyncio
+from typing import TYPE_CHECKING
 
 from runtime import App
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 app = App("bench", result_backend=os.environ.get("BENCH_RESULT_BACKEND") or None)
 _stamps: redis.asyncio.Redis | None = None
@@ -27,6 +29,8 @@ async def noop() -> None:
 def _redis() -> redis.asyncio.Redis:
     global _stamps  # noqa: PLW0603 - one client per worker process
     if _stamps is None:
+        import redis.asyncio  # noqa: PLC0415 - a worker that never stamps never loads redis-py
+
         # Thousands of tasks share it: wait for one of 50 connections rather than fail.
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), max_connections=50

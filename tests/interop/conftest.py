@@ -325,10 +325,11 @@ def start_celery_worker(redis_url: str) -> Iterator[Callable[..., subprocess.Pop
 
         def start(
             queue: str, *, broker_url: str, keyprefix: str = "", concurrency: int = 2,
-            mingle: bool = False,
+            mingle: bool = False, max_priority: int | None = None,
         ) -> subprocess.Popen[str]:  # fmt: skip
+            priority = "" if max_priority is None else str(max_priority)
             env = {"INTEROP_BROKER_URL": broker_url, "INTEROP_REDIS_URL": redis_url,
-                   "INTEROP_KEYPREFIX": keyprefix}  # fmt: skip
+                   "INTEROP_KEYPREFIX": keyprefix, "INTEROP_MAX_PRIORITY": priority}  # fmt: skip
             return stack.enter_context(celery_worker_process(
                 "tests.interop.celery_worker_app", queue, env, pool="prefork",
                 concurrency=concurrency, mingle=mingle))  # fmt: skip
