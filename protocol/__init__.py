@@ -24,12 +24,15 @@ from .errors import (
 from .excinfo import ExceptionInfo
 from .limits import DEFAULT_LIMITS, Limits
 from .results import (
+    ChordPart,
     ExtendedInfo,
     ResultKeys,
     ResultMeta,
     ResultRef,
+    decode_chord_part,
     decode_group,
     decode_result,
+    encode_chord_part,
     encode_group,
     encode_result,
 )
@@ -49,6 +52,7 @@ __all__ = [
     "UNREADY_STATES",
     "AcceptPolicy",
     "CeleriacError",
+    "ChordPart",
     "ContentDisallowed",
     "EncodeError",
     "Envelope",
@@ -67,11 +71,13 @@ __all__ = [
     "TaskMessage",
     "WireMessage",
     "amqp_properties",
+    "decode_chord_part",
     "decode_envelope",
     "decode_group",
     "decode_result",
     "decode_sqs_body",
     "decode_task",
+    "encode_chord_part",
     "encode_envelope",
     "encode_group",
     "encode_result",

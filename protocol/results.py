@@ -23,12 +23,15 @@ from .states import EXCEPTION_STATES, State
 
 __all__ = [
     "COMPRESSED_MAGIC",
+    "ChordPart",
     "ExtendedInfo",
     "ResultKeys",
     "ResultMeta",
     "ResultRef",
+    "decode_chord_part",
     "decode_group",
     "decode_result",
+    "encode_chord_part",
     "encode_group",
     "encode_result",
 ]
@@ -215,6 +218,20 @@ def _deserialize(data: bytes, serializer: str, accept: AcceptPolicy, limits: Lim
     return value
 
 
+def _state(value: Any, field: str) -> State:
+    try:
+        return State(_fields.text(value, field))
+    except ValueError:
+        raise MalformedMessage(f"unknown state {_fields.short(value)}", field=field) from None
+
+
+def _outcome(status: State, result: Any, field: str) -> Any:
+    """The stored result; an :class:`ExceptionInfo` for an exception state."""
+    if status in EXCEPTION_STATES and result:  # Celery too reads a falsy one as no exception
+        return ExceptionInfo.from_wire(result, field)
+    return result
+
+
 _EXTENDED_KEYS = frozenset(("name", "args", "kwargs", "worker", "retries", "queue"))
 
 
@@ -230,15 +247,8 @@ def decode_result(
     ``accept`` is Celery's ``result_accept_content``: pickle is refused unless listed.
     """
     raw = _fields.mapping(_deserialize(data, serializer, accept, limits), "result")
-    try:
-        status = State(_fields.text(raw.get("status"), "status"))
-    except ValueError:
-        raise MalformedMessage(
-            f"unknown state {_fields.short(raw.get('status'))}", field="status"
-        ) from None
-    result = raw.get("result")
-    if status in EXCEPTION_STATES and result:  # Celery too reads a falsy one as no exception
-        result = ExceptionInfo.from_wire(result)
+    status = _state(raw.get("status"), "status")
+    result = _outcome(status, raw.get("result"), "result")
     children = raw.get("children")
     extended = None
     if raw.keys() >= _EXTENDED_KEYS:
@@ -291,3 +301,44 @@ def decode_group(
     if ref.children is None:
         raise MalformedMessage("a group record lists its members", field="group.result")
     return ref
+
+
+@dataclass(frozen=True, slots=True)
+class ChordPart:
+    """One header task's entry in a chord's ``.j`` sorted set, ``[1, task_id, state, result]``
+    as Celery's Redis backend writes it (``on_chord_part_return``).
+
+    For RETRY, FAILURE and REVOKED ``result`` is an :class:`ExceptionInfo`.
+    """
+
+    task_id: str
+    status: State
+    result: Any = None
+
+    @property
+    def exception(self) -> ExceptionInfo | None:
+        """The stored exception for an exception state, else ``None``."""
+        return self.result if isinstance(self.result, ExceptionInfo) else None
+
+
+def encode_chord_part(part: ChordPart, *, serializer: str = "json") -> bytes:
+    """The bytes Celery stores for ``part`` (the result as ``encode_result`` would store it)."""
+    result = part.result.to_dict() if isinstance(part.result, ExceptionInfo) else part.result
+    return _serialize([1, part.task_id, part.status.value, result], serializer, None)
+
+
+def decode_chord_part(
+    data: bytes,
+    *,
+    serializer: str = "json",
+    accept: AcceptPolicy = DEFAULT_ACCEPT,
+    limits: Limits = DEFAULT_LIMITS,
+) -> ChordPart:
+    """Parse one ``.j`` entry; raise :class:`MalformedMessage` if it is not one."""
+    raw = _fields.sequence(_deserialize(data, serializer, accept, limits), "chord part")
+    if len(raw) != 4:
+        raise MalformedMessage("a chord part is [1, task_id, state, result]", field="chord part")
+    _, task_id, status_name, result = raw
+    status = _state(status_name, "chord part.state")
+    result = _outcome(status, result, "chord part.result")
+    return ChordPart(_fields.name(task_id, "chord part.task_id"), status, result)

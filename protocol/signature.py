@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import _fields
@@ -32,6 +32,17 @@ class Signature:
         """The pre-assigned task id a client may already be waiting on, if any."""
         value = self.options.get("task_id")
         return value if isinstance(value, str) else None
+
+    def set(self, *, immutable: bool | None = None, **options: Any) -> Signature:
+        """A copy with ``options`` added (and ``immutable`` changed, if given).
+
+        Celery's ``Signature.set`` changes the signature in place; this one is a value.
+        """
+        return replace(
+            self,
+            options={**self.options, **options},
+            immutable=self.immutable if immutable is None else immutable,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form, key for key what ``celery.canvas.Signature`` serialises to."""

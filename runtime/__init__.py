@@ -10,13 +10,15 @@ from .exceptions import (
 )
 from .hooks import ExcInfo
 from .request import Request, current_request
-from .result import AsyncResult
+from .result import AsyncResult, GroupResult
+from .signatures import chain, chord, group
 from .task import Task
 
 __all__ = [
     "App",
     "AsyncResult",
     "ExcInfo",
+    "GroupResult",
     "MaxRetriesExceededError",
     "NotRegistered",
     "Request",
@@ -24,5 +26,8 @@ __all__ = [
     "SoftTimeLimitExceeded",
     "Task",
     "TimeLimitExceeded",
+    "chain",
+    "chord",
     "current_request",
+    "group",
 ]

@@ -11,19 +11,22 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from protocol import AcceptPolicy, TaskMessage, encode_task
+from protocol import AcceptPolicy, ResultRef, Signature, TaskMessage, encode_task
 from protocol.control import ControlRequest, LamportClock, Mailbox, encode_control
 
 from . import result
 from .backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
 from .brokers import DEFAULT_BROKER, transport_for_url
+from .canvas import Planner
 from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
 from .revocation import RevokedStore
+from .signatures import signatures
 from .task import Task, TaskOptions
 from .transport import Broadcasting, QueueSpec, Transport
 
 if TYPE_CHECKING:
+    from .chords import RedisChords
     from .worker import Worker
 
 __all__ = ["App"]
@@ -166,10 +169,19 @@ class App:
         headers: dict[str, Any] | None = None,
         serializer: str | None = None,
         ignore_result: bool | None = None,
+        link: Signature | Sequence[Signature] | None = None,
+        link_error: Signature | Sequence[Signature] | None = None,
+        chain: Sequence[Signature] = (),
     ) -> result.AsyncResult:
         """Send a task by name, as Celery's ``send_task`` does; return a handle on its result.
 
         Inside a running task the new task becomes its child (``parent_id``/``root_id``).
+        ``link`` is applied with the result on success, ``link_error`` with the task's id on
+        failure (see :mod:`runtime.canvas` for signatures: ``task.s(...)``). ``chain`` lists
+        the signatures to run after this task, in the order they run, each given the result
+        of the one before (the message carries them reversed, as Celery's does); to wait for
+        the last one, give it a ``task_id`` (or send a :func:`~runtime.canvas.chain` with
+        :meth:`send_signature`).
         """
         now = datetime.now(UTC)
         if countdown is not None:
@@ -194,12 +206,61 @@ class App:
             ignore_result=ignore_result,
             origin=f"gen{os.getpid()}@{socket.gethostname()}",
             headers=headers or {},
+            callbacks=signatures(link, "link"),
+            errbacks=signatures(link_error, "link_error"),
+            chain=tuple(reversed(signatures(chain, "chain"))),
         )
-        wire = encode_task(message, serializer=serializer or self.task_serializer, now=now)
+        await self.publish(message, queue=queue, serializer=serializer, now=now)
+        return result.AsyncResult(task_id, self.backend)
+
+    async def publish(
+        self,
+        message: TaskMessage,
+        *,
+        queue: str | None = None,
+        serializer: str | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Encode ``message`` and publish it to ``queue`` (declared first, once)."""
+        wire = encode_task(
+            message, serializer=serializer or self.task_serializer, now=now or datetime.now(UTC)
+        )
         target = queue or self.default_queue
         producer = await self.connect([target])
         await producer.publish(wire, routing_key=target)
-        return result.AsyncResult(task_id, self.backend)
+
+    async def send_signature(
+        self,
+        signature: Signature,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> result.AsyncResult | result.GroupResult:
+        """Apply a task signature, or a chain, group or chord of them, as Celery's
+        ``signature.apply_async(args, kwargs, **options)`` does; a handle on its result:
+        the last task's for a chain, the body's for a chord, a :class:`GroupResult` for a
+        group.
+        """
+        from .workflow import carry_out, context_for  # noqa: PLC0415 - it imports this module
+
+        parent = current_request.get()
+        planner = Planner(context_for(self, parent.message if parent else None))
+        ref = planner.apply(signature, args, kwargs, **options)
+        await carry_out(self, planner.actions, self._chords())
+        if ref is None:
+            raise ValueError("an empty chain has no result")
+        return self._handle(ref)
+
+    def _handle(self, ref: ResultRef) -> result.AsyncResult | result.GroupResult:
+        if ref.children is None:
+            return result.AsyncResult(ref.id, self.backend)
+        return result.GroupResult(ref.id, [self._handle(child) for child in ref.children])
+
+    def _chords(self) -> RedisChords | None:
+        from .chords import RedisChords  # noqa: PLC0415 - only chords need it
+
+        backend = self.backend
+        return None if backend is None else RedisChords(backend)
 
     async def revoke(
         self, task_id: str | Sequence[str], *, terminate: bool = False, signal: str = "SIGTERM"

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "ChordError",
     "MaxRetriesExceededError",
     "NotRegistered",
     "Retry",
@@ -43,6 +44,12 @@ class TaskCancelled(Exception):
 
 class NotRegistered(KeyError):
     """A message named a task this worker does not know."""
+
+    __module__ = "celery.exceptions"
+
+
+class ChordError(Exception):
+    """Recorded for a chord's body when a header task failed, or the body could not be sent."""
 
     __module__ = "celery.exceptions"
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from protocol import PROPAGATE_STATES, READY_STATES, ResultMeta, State
 
 from .backend import RedisResultBackend
 
-__all__ = ["AsyncResult"]
+__all__ = ["AsyncResult", "GroupResult"]
 
 
 class AsyncResult:
@@ -52,3 +54,23 @@ class AsyncResult:
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
+
+
+class GroupResult:
+    """The results of a group's tasks (Celery's ``GroupResult``).
+
+    ``await handle.get(timeout=10)`` returns their values in the group's order, or raises the
+    first failed task's exception.
+    """
+
+    def __init__(self, group_id: str, results: Sequence[AsyncResult | GroupResult]) -> None:
+        self.id = group_id
+        self.results = list(results)
+
+    async def get(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
+        """Wait for every task; their values in order. Raises ``TimeoutError``."""
+        async with asyncio.timeout(timeout):
+            return [await result.get(propagate=propagate) for result in self.results]
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} {self.results!r}>"

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from protocol import Signature
+
 from .arguments import ArgumentCheck
 from .exceptions import Retry
 from .ratelimit import parse_rate
@@ -133,6 +135,24 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these arguments (Celery's ``task.s``), for
+        ``link=``, ``chain=`` and the constructors of :mod:`runtime.canvas`."""
+        return Signature(self.name, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: it ignores the result a chain or callback would pass."""
+        return Signature(self.name, args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """A signature with options (``queue``, ``task_id``, ``link``, ...), as Celery's."""
+        return Signature(self.name, tuple(args), kwargs or {}, options)
 
     def bind_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Check that the arguments fit the signature (Celery's ``typing=True``).

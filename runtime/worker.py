@@ -55,6 +55,7 @@ from .retry import RetryPublisher, resolve_retry
 from .revocation import Revocations, RevokedStore
 from .task import Task
 from .transport import Broadcasting, Delivery, Transport
+from .workflow import Workflow
 
 __all__ = ["DEFAULT_MAX_HELD_ETA", "ETA_HOLD_WINDOW", "Worker"]
 
@@ -117,6 +118,7 @@ class Worker:
             raise ValueError(f"max_held_eta must be 0 or more, not {max_held_eta}")
         self.max_held_eta = max_held_eta
         self.log = logger or structlog.get_logger("celeriac.worker")
+        self.workflow = Workflow(app, self.backend, hostname=hostname, log=self.log)
         self._executor = Executor(threads=concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._consuming: asyncio.Task[None] | None = None
@@ -337,6 +339,7 @@ class Worker:
         log.info("task_expired", expires=message.expires.isoformat())
         expired = ExceptionInfo("TaskRevokedError", ("expired",), "celery.exceptions")
         await self._store(message, handling.delivery, State.REVOKED, expired)
+        await self.workflow.ended(message, State.REVOKED, expired)
         await self._ack(handling)
         return True
 
@@ -457,9 +460,10 @@ class Worker:
     ) -> None:  # fmt: skip
         """Store REVOKED ``TaskRevokedError(reason)`` and ack, as Celery's ``_announce_revoked``."""
         log.info("task_revoked", reason=reason)
+        revoked = ExceptionInfo("TaskRevokedError", (reason,), "celery.exceptions")
         if not _ignores_result(task, message) or task.options.store_errors_even_if_ignored:
-            revoked = ExceptionInfo("TaskRevokedError", (reason,), "celery.exceptions")
             await self._store(message, handling.delivery, State.REVOKED, revoked)
+        await self.workflow.ended(message, State.REVOKED, revoked)
         if not handling.settled:
             await self._ack(handling)
 
@@ -501,7 +505,7 @@ class Worker:
         hooks. The outcome is FAILURE instead of RETRY if the retry could not be sent."""
         outcome = await self._retries.send(request, outcome, log)
         sent = tuple(ResultRef(retry.message.id) for retry in request.outbox)
-        await self._record(task, request.message, delivery, outcome, children=sent)
+        outcome = await self._record(task, request.message, delivery, outcome, children=sent)
         await call_hooks(task, request, outcome, self._executor.call, log)
         return outcome
 
@@ -512,32 +516,43 @@ class Worker:
         delivery: Delivery,
         outcome: Outcome,
         children: tuple[ResultRef, ...] = (),
-    ) -> None:
-        failed = outcome.state is not State.SUCCESS
-        if _ignores_result(task, message) and not (
-            failed and task.options.store_errors_even_if_ignored
-        ):
-            return
+    ) -> Outcome:
+        """Store the outcome; around it, what the canvas needs (:mod:`runtime.workflow`).
+        Returns it as stored: FAILURE if its callbacks or its value could not be sent."""
+        if outcome.state is State.SUCCESS:
+            try:  # callbacks and the chain's next step go first: they are the children
+                children += await self.workflow.succeeded(message, outcome.value)
+            except Exception as exc:  # as in Celery, what cannot be sent fails the task
+                outcome = Outcome.failed(exc)
+        ignored = _ignores_result(task, message)
+        if outcome.state is State.SUCCESS:
+            try:
+                if not ignored:
+                    value = outcome.value
+                    await self._store(message, delivery, State.SUCCESS, value, children=children)
+            except EncodeError as exc:  # the value cannot be serialised: say so, as Celery does
+                outcome = Outcome(State.FAILURE, exception=exc)
+            else:
+                await self.workflow.ended(message, State.SUCCESS, outcome.value)
+                return outcome
+        stored = not ignored or task.options.store_errors_even_if_ignored
         if outcome.state is State.RETRY:
             reason = getattr(outcome.exception, "exc", None)
             info = None
             if reason is not None:
                 info = ExceptionInfo.from_exception(reason, serializer=self.app.result_serializer)
-            await self._store(
-                message, delivery, State.RETRY, info, outcome.traceback, children=children
-            )
-            return
-        if failed:
-            assert outcome.exception is not None
-            info = ExceptionInfo.from_exception(
-                outcome.exception, serializer=self.app.result_serializer
-            )
-            await self._store(message, delivery, State.FAILURE, info, outcome.traceback)
-            return
-        try:
-            await self._store(message, delivery, State.SUCCESS, outcome.value)
-        except EncodeError as exc:  # the return value cannot be serialised: say so, as Celery does
-            await self._store(message, delivery, State.FAILURE, ExceptionInfo.from_exception(exc))
+            if stored:
+                await self._store(
+                    message, delivery, State.RETRY, info, outcome.traceback, children=children
+                )
+            return outcome
+        assert outcome.exception is not None
+        error, traceback = outcome.exception, outcome.traceback
+        info = ExceptionInfo.from_exception(error, serializer=self.app.result_serializer)
+        if stored:
+            await self._store(message, delivery, State.FAILURE, info, traceback)
+        await self.workflow.failed(message, info, error, traceback, stored=stored)
+        return outcome
 
     async def _store(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from typing import Any
@@ -94,14 +95,41 @@ async def quiet() -> str:
 _counter: redis.asyncio.Redis | None = None
 
 
-@app.task(name="interop.count", bind=True)
-async def count(self: Any, key: str) -> str:
-    """Count this run of this task id in hash ``key`` (on the result backend's Redis)."""
+def _redis() -> redis.asyncio.Redis:
+    """One client per worker process, on the result backend's Redis."""
     global _counter  # noqa: PLW0603 - one client per worker process
     if _counter is None:
         _counter = redis.asyncio.Redis.from_url(os.environ["INTEROP_REDIS_URL"])
-    await _counter.hincrby(key, self.request.id, 1)
+    return _counter
+
+
+@app.task(name="interop.count", bind=True)
+async def count(self: Any, key: str) -> str:
+    """Count this run of this task id in hash ``key`` (on the result backend's Redis)."""
+    await _redis().hincrby(key, self.request.id, 1)
     return "celeriac"
+
+
+@app.task(name="interop.tsum")
+async def tsum(numbers: list[int]) -> int:
+    """A chord body: the sum of the header's results."""
+    return sum(numbers)
+
+
+@app.task(name="interop.mark")
+async def mark(task_id: str, key: str) -> str:
+    """An errback of Celery's old style (one argument: the failed task's id): note who failed
+    at ``key``."""
+    await _redis().set(key, task_id)
+    return task_id
+
+
+@app.task(name="interop.on_error")
+async def on_error(request: Any, exc: BaseException, traceback: str | None, key: str) -> None:
+    """An errback of Celery's new style, called in the worker with the failed request, the
+    exception and the traceback: note them at ``key``."""
+    seen = {"id": request.id, "exc": type(exc).__name__, "args": list(exc.args)}
+    await _redis().set(key, json.dumps(seen))
 
 
 @app.task(name="interop.started_at")

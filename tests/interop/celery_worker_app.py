@@ -34,6 +34,29 @@ def count(self: Any, key: str) -> str:
     return "celery"
 
 
+@app.task(name="interop.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="interop.tsum")
+def tsum(numbers: list[int]) -> int:
+    """A chord body: the sum of the header's results."""
+    return sum(numbers)
+
+
+@app.task(name="interop.decline")
+def decline(reason: str) -> None:
+    raise ValueError(reason)
+
+
+@app.task(name="interop.mark")
+def mark(task_id: str, key: str) -> str:
+    """An old-style errback: note the failed task's id at ``key``."""
+    _counter.set(key, task_id)
+    return task_id
+
+
 @app.task(name="interop.started_at")
 def started_at() -> float:
     """When this run started (unix seconds)."""
