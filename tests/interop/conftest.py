@@ -259,6 +259,9 @@ def celery_client(broker: Broker, redis_url: str) -> Iterator[Celery]:
         broker_transport_options=broker.client_options,
     )
     yield app
+    # The result consumer's pub/sub connection is its own: left open, its socket is collected
+    # during some later test, whose ResourceWarning then fails that test.
+    app.backend.result_consumer.stop()
     app.backend.client.close()
 
 
