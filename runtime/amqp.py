@@ -50,9 +50,10 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq import spec as amqp_spec
 
 from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
-from protocol.delayed import DelayedDelivery, delay_routing_key, strip_delay
+from protocol.delayed import delay_routing_key, strip_delay
 
 from . import amqp_fanout
+from .amqp_delayed import DELAYED_DELIVERY, DelayedQueues
 from .errors import BrokerConnectionError, translate_amqp_errors
 from .reconnect import BackoffConnection
 from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
@@ -70,9 +71,7 @@ CONNECT_TIMEOUT = 10.0
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
 _PROPERTIES = ("correlation_id", "reply_to", "delivery_mode", "priority", "expiration")
 _CLASSIC = QueueSpec("")
-#: Celery's delayed delivery layout under celeriac's own names, on classic queues: see
-#: :meth:`AmqpTransport.defer` for why not Celery's quorum queues.
-DELAYED_DELIVERY = DelayedDelivery(prefix="celeriac", queue_type="classic")
+
 # How long an idle fetching consumer waits between polls: short at first, then backing off.
 _FETCH_IDLE_MIN = 0.005
 _FETCH_IDLE_MAX = 0.1
@@ -132,10 +131,7 @@ class AmqpTransport:
         self._regulator: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()  # set with _closing, for waits that must end on close
-        self._delayed = DELAYED_DELIVERY
-        self._delayed_declared = False
-        self._delayed_queues: set[str] = set()  # bound to the delayed delivery exchange
-        self._delayed_lock = asyncio.Lock()
+        self._delayed = DelayedQueues(DELAYED_DELIVERY)
 
     async def connect(self) -> None:
         """Connect, failing fast with :class:`BrokerConnectionError` naming ``host:port``.
@@ -321,49 +317,13 @@ class AmqpTransport:
         fails in the middle of moving it from one level to the next.
         """
         seconds = max(1, math.floor((eta - datetime.now(UTC)).total_seconds()))
-        await self._prepare_delayed(delivery.queue)
+        await self._delayed.prepare(self._require(), delivery.queue)
         properties = _outgoing(delivery.message)
         properties.pop("expiration", None)
         copy = aio_pika.Message(delivery.message.body, **properties)
         key = delay_routing_key(seconds, delivery.queue)
-        await self._send(copy, self._delayed.entry, key, mandatory=True)
+        await self._send(copy, self._delayed.layout.entry, key, mandatory=True)
         await self.ack(delivery)
-
-    async def _prepare_delayed(self, queue: str) -> None:
-        """Declare the delayed delivery topology once, and bind ``queue`` to its exit."""
-        if queue in self._delayed_queues:
-            return
-        async with self._delayed_lock:
-            if not self._delayed_declared:
-                await self._declare_delayed()
-                self._delayed_declared = True
-            if queue not in self._delayed_queues:
-                binding = self._delayed.destination_binding(queue)
-                with translate_amqp_errors(f"bind queue {queue!r} for delayed delivery"):
-                    async with aio_pika.Channel(self._require(), publisher_confirms=False) as ch:
-                        raw = await ch.get_underlay_channel()
-                        await raw.queue_bind(queue, self._delayed.delivery, routing_key=binding)
-                self._delayed_queues.add(queue)
-
-    async def _declare_delayed(self) -> None:
-        topology = self._delayed.topology()
-        with translate_amqp_errors("declare the delayed delivery topology"):
-            async with aio_pika.Channel(self._require(), publisher_confirms=False) as channel:
-                raw = await channel.get_underlay_channel()
-                for name in topology.exchanges:
-                    await raw.exchange_declare(name, exchange_type="topic", durable=True)
-                for name, arguments in topology.queues:
-                    try:
-                        await raw.queue_declare(name, durable=True, arguments=arguments)
-                    except aiormq.exceptions.ChannelPreconditionFailed:
-                        # Declared by a Celery set up otherwise (classic level queues): use it.
-                        log.info("delayed delivery queue %r exists as declared elsewhere", name)
-                        await channel.reopen()
-                        raw = await channel.get_underlay_channel()
-                for queue, exchange, key in topology.queue_bindings:
-                    await raw.queue_bind(queue, exchange, routing_key=key)
-                for destination, source, key in topology.exchange_bindings:
-                    await raw.exchange_bind(destination, source, routing_key=key)
 
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Publish and wait for the broker's confirm (``exchange=""``: to queue ``routing_key``)."""

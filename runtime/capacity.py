@@ -1,12 +1,17 @@
-"""The worker's slots: how many tasks may run at once, and who is told when that changes."""
+"""The worker's slots: how many tasks may run at once, who is told when that changes, and
+the slot one delivery holds while it is handled (:class:`Handling`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-__all__ = ["Slots"]
+if TYPE_CHECKING:
+    from .transport import Delivery
+
+__all__ = ["Handling", "Slots"]
 
 
 class Slots:
@@ -98,3 +103,26 @@ class Slots:
     def _notify(self) -> None:
         for listener in list(self._listeners):
             listener()
+
+
+class Handling:
+    """One delivery being handled: the slot it holds (given back once) and whether it is
+    settled, so that an unexpected error can still settle it."""
+
+    def __init__(self, delivery: Delivery, slots: Slots, *, held: bool = True) -> None:
+        self.delivery = delivery
+        self.settled = False
+        self._slots = slots
+        self._held = held
+
+    def release(self) -> None:
+        """Give the slot back, if not done already."""
+        if self._held:
+            self._held = False
+            self._slots.give_back()
+
+    async def reacquire(self) -> None:
+        """Take a slot again (after :meth:`release`, or for a delivery that came without one)."""
+        if not self._held:
+            await self._slots.acquire()
+            self._held = True

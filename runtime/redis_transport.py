@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, cast
@@ -63,7 +61,9 @@ from protocol.kombu_redis import (
 
 from .brokers import transport_options
 from .errors import BrokerConnectionError, translate_redis_errors
+from .redis_claims import Claim, Settlement, payload_priority_of, with_redelivered_flags
 from .redis_client import client_for
+from .redis_delayed import RedisDelayStore
 from .redis_fanout import RedisFanout
 from .redis_options import OPTION_NAMES, RedisOptions
 from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
@@ -76,13 +76,6 @@ _CLAIM = (files("runtime") / "lua" / "redis_claim.lua").read_text()
 _SETTLE = (files("runtime") / "lua" / "redis_settle.lua").read_text()
 _RESTORE = (files("runtime") / "lua" / "redis_restore.lua").read_text()
 _ACK = (files("runtime") / "lua" / "redis_ack.lua").read_text()
-_DEFER = (files("runtime") / "lua" / "redis_defer.lua").read_text()
-_DUE = (files("runtime") / "lua" / "redis_due.lua").read_text()
-#: Delayed messages go back onto their lists this long before they are due (the worker holds
-#: them the rest of the way), checked at least this often, this many per script call.
-_DUE_AHEAD = 1.0
-_DUE_EVERY = 0.5
-_DUE_PER_CALL = 200
 #: The most acks one script call settles: a long script would hold up every other client.
 _ACKS_PER_CALL = 500
 
@@ -93,28 +86,6 @@ _IDLE_WAIT = 0.1
 #: Stale deliveries examined per page of a sweep.
 _SWEEP_PAGE = 100
 _RETRY_MIN, _RETRY_MAX = 0.5, 10.0
-
-
-@dataclass(slots=True, eq=False)
-class _Claim:
-    """A delivery this transport recorded as unacked: its tag, queue and payload bytes.
-
-    The tag stays the bytes Redis holds: a publisher's tag need not be UTF-8, and settling
-    must name exactly the field the claim wrote.
-    """
-
-    tag: bytes
-    queue: str
-    payload: bytes
-    settled: bool = False
-
-
-@dataclass(slots=True)
-class _Settlement:
-    claim: _Claim
-    keys: list[str]
-    command: str
-    payload: bytes
 
 
 class RedisTransport(RedisFanout):
@@ -138,9 +109,9 @@ class RedisTransport(RedisFanout):
         self._where = f"{split.hostname or 'localhost'}:{split.port or 6379}"
         self._given_client = client
         self._client: redis.asyncio.Redis | None = client
-        self._unsettled: dict[bytes, _Claim] = {}
-        self._pending: list[_Settlement] = []
-        self._acks: list[tuple[_Claim, asyncio.Future[None]]] = []  # not yet sent to Redis
+        self._unsettled: dict[bytes, Claim] = {}
+        self._pending: list[Settlement] = []
+        self._acks: list[tuple[Claim, asyncio.Future[None]]] = []  # not yet sent to Redis
         self._acking: asyncio.Task[None] | None = None
         self._consumer_id = uuid.uuid4().hex
         self._consuming: list[str] = []
@@ -169,8 +140,7 @@ class RedisTransport(RedisFanout):
         self._claim = self._client.register_script(_CLAIM)
         self._settle_script = self._client.register_script(_SETTLE)
         self._ack_script = self._client.register_script(_ACK)
-        self._defer_script = self._client.register_script(_DEFER)
-        self._due_script = self._client.register_script(_DUE)
+        self._delay_store = RedisDelayStore(self._client, self.layout)
         self._restore = self._client.register_script(_RESTORE)
 
     def _require(self) -> redis.asyncio.Redis:
@@ -250,7 +220,9 @@ class RedisTransport(RedisFanout):
             with self._translate(f"consume from {', '.join(names)}"):
                 await self._register(names)
             self._maintainer = asyncio.create_task(self._maintain(), name="celeriac-redis")
-            self._mover = asyncio.create_task(self._move_due(), name="celeriac-redis-due")
+            self._mover = asyncio.create_task(
+                self._delay_store.move_due(self._closed), name="celeriac-redis-due"
+            )
             while not self._closing:
                 if not await wait_free_unless_closed(capacity, self._closed):
                     return
@@ -317,7 +289,7 @@ class RedisTransport(RedisFanout):
             log.error("moved a message that is not a kombu envelope from %r to %r.dead",
                       queue, queue)  # fmt: skip
             return None
-        claim = _Claim(tag=bytes(item[2]), queue=queue, payload=payload)
+        claim = Claim(tag=bytes(item[2]), queue=queue, payload=payload)
         self._unsettled[claim.tag] = claim
         try:
             envelope = decode_envelope(payload)
@@ -345,8 +317,8 @@ class RedisTransport(RedisFanout):
             queue, item = self._batch.pop()  # the newest first: the oldest ends up at the head
             if len(item) < 3:
                 continue  # already moved to .dead by the script
-            claim = _Claim(bytes(item[2]), queue, bytes(item[1]))
-            priority = _priority(claim.payload)
+            claim = Claim(bytes(item[2]), queue, bytes(item[1]))
+            priority = payload_priority_of(claim.payload)
             await self._settle(
                 claim, "RPUSH", [self.layout.queue_key(claim.queue, priority)], claim.payload
             )
@@ -360,7 +332,7 @@ class RedisTransport(RedisFanout):
         call (:meth:`_send_acks`); this returns once Redis has ours, or once it is kept to be
         retried because Redis is away.
         """
-        claim: _Claim = delivery.handle
+        claim: Claim = delivery.handle
         if claim.settled:
             return
         claim.settled = True
@@ -380,7 +352,7 @@ class RedisTransport(RedisFanout):
                     await self._ack_claims(claims)
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                     log.warning("Redis ack of %d deliveries will be retried: %s", len(claims), exc)
-                    self._pending.extend(_Settlement(claim, [], "LPUSH", b"") for claim in claims)
+                    self._pending.extend(Settlement(claim, [], "LPUSH", b"") for claim in claims)
                 except BaseException as exc:
                     for claim, done in batch:
                         claim.settled = False
@@ -395,7 +367,7 @@ class RedisTransport(RedisFanout):
         finally:
             self._acking = None
 
-    async def _ack_claims(self, claims: list[_Claim]) -> None:
+    async def _ack_claims(self, claims: list[Claim]) -> None:
         lapsed = await self._ack_script(
             keys=[self.layout.unacked, self.layout.unacked_index],
             args=[claim.tag for claim in claims],
@@ -411,32 +383,32 @@ class RedisTransport(RedisFanout):
 
     async def reject(self, delivery: Delivery, *, requeue: bool) -> None:
         """Drop the message, or requeue it behind the waiting ones (LPUSH, as kombu does)."""
-        claim: _Claim = delivery.handle
+        claim: Claim = delivery.handle
         if not requeue:
             await self._settle(claim, "LPUSH", [], b"")
             return
-        payload, priority = _redelivered(claim.payload)
+        payload, priority = with_redelivered_flags(claim.payload)
         await self._settle(claim, "LPUSH", [self.layout.queue_key(claim.queue, priority)], payload)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to the ``<queue>.dead`` list with ``reason`` in its headers."""
-        claim: _Claim = delivery.handle
+        claim: Claim = delivery.handle
         payload = dead_letter_payload(claim.payload, reason, claim.queue)
         await self._settle(claim, "LPUSH", [self.layout.dead_key(claim.queue)], payload)
 
-    async def _settle(self, claim: _Claim, command: str, keys: list[str], payload: bytes) -> None:
+    async def _settle(self, claim: Claim, command: str, keys: list[str], payload: bytes) -> None:
         """Settle ``claim`` now, or (Redis away) keep it to retry and renew it meanwhile."""
         if claim.settled:
             return  # settling twice is harmless, as with the other transports
         claim.settled = True
-        settlement = _Settlement(claim, keys, command, payload)
+        settlement = Settlement(claim, keys, command, payload)
         try:
             await self._apply(settlement)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("Redis settle of %s will be retried: %s", claim.tag, exc)
             self._pending.append(settlement)
 
-    async def _apply(self, settlement: _Settlement) -> None:
+    async def _apply(self, settlement: Settlement) -> None:
         claim = settlement.claim
         keys = [self.layout.unacked, self.layout.unacked_index, *settlement.keys]
         owned = await self._settle_script(
@@ -453,50 +425,20 @@ class RedisTransport(RedisFanout):
     # -- delaying ----------------------------------------------------------------------------
 
     async def defer(self, delivery: Delivery, eta: datetime) -> None:
-        """Move the message into celeriac's delay store in Redis, in one step with its unacked
-        record (``lua/redis_defer.lua``): exactly once, even if the worker dies.
-
-        Every consuming celeriac worker on this Redis moves due messages back onto their
-        lists (:meth:`_move_due`), a second before they are due; while no worker runs, they
-        wait in the store (``_celeriac.delayed``). Celery workers do not read the store.
-        """
-        claim: _Claim = delivery.handle
+        """Move the message into celeriac's delay store in Redis (:mod:`runtime.redis_delayed`),
+        in one step with its unacked record: exactly once, even if the worker dies."""
+        claim: Claim = delivery.handle
         if claim.settled:
             return
         claim.settled = True
-        target = self.layout.queue_key(claim.queue, _priority(claim.payload))
-        keys = [self.layout.unacked, self.layout.unacked_index, self.layout.delayed,
-                self.layout.delayed_messages]  # fmt: skip
-        args: list[bytes | str | float] = [
-            claim.tag, eta.timestamp(), uuid.uuid4().hex, target, claim.payload
-        ]  # fmt: skip
+        target = self.layout.queue_key(claim.queue, payload_priority_of(claim.payload))
         try:
             with self._translate(f"defer a message from {claim.queue!r}"):
-                await self._defer_script(keys=keys, args=args)
+                await self._delay_store.defer(claim.tag, eta, target, claim.payload)
         except BaseException:
             claim.settled = False
             raise
         self._unsettled.pop(claim.tag, None)
-
-    async def _move_due(self) -> None:
-        """Push delayed messages back onto their lists as they fall due (see ``defer``)."""
-        keys = [self.layout.delayed, self.layout.delayed_messages]
-        while not self._closing:
-            pause = _DUE_EVERY
-            try:
-                moved, following = await self._due_script(
-                    keys=keys, args=[time.time() + _DUE_AHEAD, _DUE_PER_CALL]
-                )
-                if int(moved) == _DUE_PER_CALL:
-                    continue  # more are due
-                if following is not None:
-                    until = float(following) - _DUE_AHEAD - time.time()
-                    pause = max(0.01, min(pause, until))
-            except redis.exceptions.RedisError as exc:
-                log.warning("Redis delayed delivery will retry: %s", exc)
-                pause = 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), pause)
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -639,29 +581,10 @@ class RedisTransport(RedisFanout):
                 await self._apply(pending)
             self._pending.clear()
             for claim in list(self._unsettled.values()):
-                payload, priority = _redelivered(claim.payload)
+                payload, priority = with_redelivered_flags(claim.payload)
                 await self._settle(
                     claim, "RPUSH", [self.layout.queue_key(claim.queue, priority)], payload
                 )
         if self._given_client is None:
             await self._client.aclose()
         self._client = None
-
-
-def _priority(payload: bytes) -> int:
-    try:
-        document = json.loads(payload)
-    except ValueError:
-        return 0
-    return payload_priority(document) if isinstance(document, dict) else 0
-
-
-def _redelivered(payload: bytes) -> tuple[bytes, int]:
-    """``payload`` with kombu's redelivered flags, and its priority."""
-    try:
-        document = json.loads(payload)
-    except ValueError:
-        return payload, 0
-    if not isinstance(document, dict):
-        return payload, 0
-    return redelivered_payload(document), payload_priority(document)

@@ -41,7 +41,7 @@ from protocol import (
 from .app import App
 from .backend import RedisResultBackend
 from .brokers import transport_for_url
-from .capacity import Slots
+from .capacity import Handling, Slots
 from .commands import COMMANDS
 from .control import RemoteControl, RunningTask
 from .errors import BackendError, BrokerConnectionError
@@ -64,29 +64,6 @@ __all__ = ["DEFAULT_MAX_HELD_ETA", "ETA_HOLD_WINDOW", "Worker"]
 ETA_HOLD_WINDOW = 2.0
 #: How many tasks waiting for their ETA a worker holds at most (unacknowledged, slot-free).
 DEFAULT_MAX_HELD_ETA = 1000
-
-
-class _Handling:
-    """One delivery being handled: the slot it holds (given back once) and whether it is
-    settled, so that an unexpected error can still settle it."""
-
-    def __init__(self, delivery: Delivery, slots: Slots, *, held: bool = True) -> None:
-        self.delivery = delivery
-        self.settled = False
-        self._slots = slots
-        self._held = held
-
-    def release(self) -> None:
-        """Give the slot back, if not done already."""
-        if self._held:
-            self._held = False
-            self._slots.give_back()
-
-    async def reacquire(self) -> None:
-        """Take a slot again (after :meth:`release`, or for a delivery that came without one)."""
-        if not self._held:
-            await self._slots.acquire()
-            self._held = True
 
 
 class Worker:
@@ -246,7 +223,7 @@ class Worker:
                 await asyncio.wait(late, timeout=1)
 
     async def _handle(self, delivery: Delivery, slotted: bool = True) -> None:
-        handling = _Handling(delivery, self.slots, held=slotted)
+        handling = Handling(delivery, self.slots, held=slotted)
         try:
             if not slotted:
                 await handling.reacquire()
@@ -258,7 +235,7 @@ class Worker:
             handling.release()
             self.processed += 1
 
-    async def _settle_after_error(self, handling: _Handling, exc: Exception) -> None:
+    async def _settle_after_error(self, handling: Handling, exc: Exception) -> None:
         if handling.settled:
             return
         try:
@@ -267,19 +244,19 @@ class Worker:
             with contextlib.suppress(Exception):  # last resort: give it back to the broker
                 await self.transport.reject(handling.delivery, requeue=True)
 
-    async def _ack(self, handling: _Handling) -> None:
+    async def _ack(self, handling: Handling) -> None:
         handling.settled = True
         await self.transport.ack(handling.delivery)
 
-    async def _reject(self, handling: _Handling, *, requeue: bool) -> None:
+    async def _reject(self, handling: Handling, *, requeue: bool) -> None:
         handling.settled = True
         await self.transport.reject(handling.delivery, requeue=requeue)
 
-    async def _dead_letter(self, handling: _Handling, reason: str) -> None:
+    async def _dead_letter(self, handling: Handling, reason: str) -> None:
         await self.transport.dead_letter(handling.delivery, reason)
         handling.settled = True
 
-    async def _process(self, handling: _Handling) -> None:
+    async def _process(self, handling: Handling) -> None:
         delivery = handling.delivery
         try:
             message = decode_task(delivery.message, accept=self.app.accept)
@@ -311,7 +288,7 @@ class Worker:
             await self._run(task, message, handling, log)
 
     async def _admitted(
-        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any
+        self, task: Task[Any, Any], message: TaskMessage, handling: Handling, log: Any
     ) -> bool:
         """Whether the task may start now: not revoked or expired (checked on arrival and
         again just before it starts, as Celery does), due, and within its rate limit. When
@@ -325,14 +302,14 @@ class Worker:
         return not await self._revoked_or_expired(task, message, handling, log)
 
     async def _revoked_or_expired(
-        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any
+        self, task: Task[Any, Any], message: TaskMessage, handling: Handling, log: Any
     ) -> bool:
         if self.is_revoked(message.id):
             await self._revoked(task, message, handling, log, reason="revoked")
             return True
         return await self._expired(message, handling, log)
 
-    async def _expired(self, message: TaskMessage, handling: _Handling, log: Any) -> bool:
+    async def _expired(self, message: TaskMessage, handling: Handling, log: Any) -> bool:
         """If ``message`` has expired: store REVOKED ``expired`` as Celery does, ack it."""
         if message.expires is None or message.expires > datetime.now(UTC):
             return False
@@ -343,7 +320,7 @@ class Worker:
         await self._ack(handling)
         return True
 
-    async def _until_due(self, message: TaskMessage, handling: _Handling, log: Any) -> bool:
+    async def _until_due(self, message: TaskMessage, handling: Handling, log: Any) -> bool:
         """Wait for ``eta`` without a slot: ``True`` once due (a slot taken again), ``False``
         if the message went back to the broker to wait there (it is settled here).
 
@@ -381,7 +358,7 @@ class Worker:
             self._held.pop(current, None)
         return True
 
-    async def _wait_for_rate_limit(self, task: Task[Any, Any], handling: _Handling) -> None:
+    async def _wait_for_rate_limit(self, task: Task[Any, Any], handling: Handling) -> None:
         """Wait for a token of the task's rate limit; :meth:`stop` cancels the wait, as the
         ETA's (see :mod:`runtime.ratelimit` for when the slot is given back meanwhile)."""
         current = asyncio.current_task()
@@ -398,7 +375,7 @@ class Worker:
             self._waiting_eta.discard(current)
 
     async def _run(
-        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any
+        self, task: Task[Any, Any], message: TaskMessage, handling: Handling, log: Any
     ) -> None:
         delivery = handling.delivery
         acks_late = task.options.acks_late
@@ -455,7 +432,7 @@ class Worker:
                 del self.running[request.id]
 
     async def _revoked(
-        self, task: Task[Any, Any], message: TaskMessage, handling: _Handling, log: Any, *,
+        self, task: Task[Any, Any], message: TaskMessage, handling: Handling, log: Any, *,
         reason: str,
     ) -> None:  # fmt: skip
         """Store REVOKED ``TaskRevokedError(reason)`` and ack, as Celery's ``_announce_revoked``."""
@@ -468,7 +445,7 @@ class Worker:
             await self._ack(handling)
 
     async def _settle_late(
-        self, task: Task[Any, Any], handling: _Handling, outcome: Outcome
+        self, task: Task[Any, Any], handling: Handling, outcome: Outcome
     ) -> None:
         """Ack or reject an ``acks_late`` message as Celery 5.7 does after the task ended."""
         options = task.options
