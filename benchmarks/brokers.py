@@ -37,9 +37,10 @@ NOTES = {
     "(compare celeriac with the floor, not with the other brokers). No Celery rows: Celery's "
     "SQS consumer (kombu's) needs pycurl, which is not installed; aio-celery is AMQP only. "
     "No io: moto serves far fewer messages per second than the ideal rate.",
-    "memory": "memory is celeriac's worker embedded with runtime.memory.MemoryTransport, the "
-    "tasks pre-loaded in its own process: celeriac's per-task cost with no broker at all, a "
-    "ceiling. Its RSS includes the pre-loaded messages. No other system has this row.",
+    "memory": "memory is celeriac's worker embedded with "
+    "runtime.transports.memory.MemoryTransport, the tasks pre-loaded in its own process: "
+    "celeriac's per-task cost with no broker at all, a ceiling. Its RSS includes the "
+    "pre-loaded messages. No other system has this row.",
 }
 
 

@@ -2,10 +2,10 @@
 
     python -m benchmarks.embedded --queue Q -c N --tasks T [--sleep SECONDS]
 
-Puts T messages in queue Q of an in-process memory broker (``runtime.memory``): ``noop``, or
-``bench.sleep(SECONDS)`` with ``--sleep``. Then runs celeriac's :class:`~runtime.worker.Worker`
-(the class ``celeriac worker`` runs, on the benchmark app) with N slots on that queue until it
-has handled all T, and prints one JSON line on stdout::
+Puts T messages in queue Q of an in-process memory broker (``runtime.transports.memory``):
+``noop``, or ``bench.sleep(SECONDS)`` with ``--sleep``. Then runs celeriac's
+:class:`~runtime.worker.Worker` (the class ``celeriac worker`` runs, on the benchmark app) with
+N slots on that queue until it has handled all T, and prints one JSON line on stdout::
 
     {"tasks": T, "seconds": ..., "cpu_seconds": ...}
 
@@ -21,8 +21,8 @@ import asyncio
 import json
 import time
 
-from runtime.memory import MemoryTransport
 from runtime.serve import configure_logging
+from runtime.transports.memory import MemoryTransport
 from runtime.worker import Worker
 
 from .celeriac_app import app

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from runtime.sqs import MAX_MESSAGES
+from runtime.transports.sqs import MAX_MESSAGES
 
 from .sqs_queues import queue_url, sqs_client
 

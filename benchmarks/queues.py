@@ -22,8 +22,8 @@ import redis.asyncio
 
 from protocol import TaskMessage, WireMessage, amqp_properties, encode_envelope, encode_task
 from protocol.kombu_redis import RedisLayout
-from runtime.amqp import AmqpTransport
-from runtime.transport import QueueSpec
+from runtime.transports.amqp.transport import AmqpTransport
+from runtime.transports.base import QueueSpec
 
 __all__ = ["POLL", "Watch", "delete", "kind", "preload", "task"]
 

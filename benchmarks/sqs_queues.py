@@ -1,8 +1,8 @@
 """Filling, watching and removing the benchmark queues on SQS (aiobotocore; the sqs extra).
 
 A celeriac queue ``q`` is kombu's SQS queue ``sqs_queue_name(q)``; its messages are kombu's
-envelope, base64-encoded once more, exactly as :class:`runtime.sqs.SqsTransport` publishes
-them. Pre-loading sends ``SendMessageBatch`` calls of ten, a few at once.
+envelope, base64-encoded once more, exactly as :class:`runtime.transports.sqs.SqsTransport`
+publishes them. Pre-loading sends ``SendMessageBatch`` calls of ten, a few at once.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from urllib.parse import quote, urlsplit
 from aiobotocore.session import get_session
 
 from protocol import WireMessage, encode_envelope, encode_sqs_body
-from runtime.sqs import MAX_MESSAGES, SqsOptions, SqsTransport, sqs_queue_name
-from runtime.transport import QueueSpec
+from runtime.transports.base import QueueSpec
+from runtime.transports.sqs import MAX_MESSAGES, SqsOptions, SqsTransport, sqs_queue_name
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient

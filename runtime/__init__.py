@@ -1,17 +1,18 @@
 """celeriac's asyncio runtime: the app, tasks, worker, transports and result backend."""
 
+from runtime.canvas.signatures import chain, chord, group
+from runtime.results.handles import AsyncResult, GroupResult
+
 from .app import App
 from .exceptions import (
+    ExcInfo,
     MaxRetriesExceededError,
     NotRegistered,
     Retry,
     SoftTimeLimitExceeded,
     TimeLimitExceeded,
 )
-from .hooks import ExcInfo
 from .request import Request, current_request
-from .result import AsyncResult, GroupResult
-from .signatures import chain, chord, group
 from .task import Task
 
 __all__ = [

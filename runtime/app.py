@@ -6,28 +6,29 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from protocol import AcceptPolicy, ResultRef, Signature, TaskMessage, encode_task
 from protocol.control import ControlRequest, LamportClock, Mailbox, encode_control
+from runtime.canvas.chords import RedisChords
+from runtime.canvas.planner import Planner
+from runtime.canvas.signatures import signatures
+from runtime.canvas.workflow import carry_out, context_for
+from runtime.results import handles as result
+from runtime.results.backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
+from runtime.results.revoked import RevokedStore
+from runtime.transports.base import Broadcasting, QueueSpec, Transport
+from runtime.transports.urls import DEFAULT_BROKER, transport_for_url
 
-from . import result
-from .backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
-from .brokers import DEFAULT_BROKER, transport_for_url
-from .canvas import Planner
 from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
-from .revocation import RevokedStore
-from .signatures import signatures
 from .task import Task, TaskOptions
-from .transport import Broadcasting, QueueSpec, Transport
 
 if TYPE_CHECKING:
-    from .chords import RedisChords
-    from .worker import Worker
+    from runtime.worker import Worker
 
 __all__ = ["App"]
 
@@ -41,7 +42,7 @@ class App:
     ``broker`` and ``result_backend`` are URLs (``amqp://``, ``redis://``); with no broker the
     local RabbitMQ is used, as Celery does; with no result backend results are not stored.
     ``broker_transport_options`` is Celery's setting of that name (``visibility_timeout``,
-    ``global_keyprefix``, ...; see :mod:`runtime.brokers`). Nothing connects until something
+    ``global_keyprefix``, ...; see :mod:`runtime.transports.urls`). Nothing connects until something
     is sent or a worker starts.
     """
 
@@ -241,8 +242,6 @@ class App:
         the last task's for a chain, the body's for a chord, a :class:`GroupResult` for a
         group.
         """
-        from .workflow import carry_out, context_for  # noqa: PLC0415 - it imports this module
-
         parent = current_request.get()
         planner = Planner(context_for(self, parent.message if parent else None))
         ref = planner.apply(signature, args, kwargs, **options)
@@ -257,8 +256,6 @@ class App:
         return result.GroupResult(ref.id, [self._handle(child) for child in ref.children])
 
     def _chords(self) -> RedisChords | None:
-        from .chords import RedisChords  # noqa: PLC0415 - only chords need it
-
         backend = self.backend
         return None if backend is None else RedisChords(backend)
 
@@ -325,8 +322,7 @@ class App:
                 self._declared.update(missing)
             return self._producer
 
-    @asynccontextmanager
-    async def worker(
+    def worker(
         self,
         queues: Sequence[str] | None = None,
         *,
@@ -334,36 +330,24 @@ class App:
         hostname: str | None = None,
         grace: float = 30.0,
         max_held_eta: int | None = None,
-    ) -> AsyncIterator[Worker]:
+    ) -> AbstractAsyncContextManager[Worker]:
         """Run a worker inside the caller's event loop for the ``async with`` block.
 
         It installs no signal handlers; leaving the block stops it as SIGTERM would (running
-        tasks get ``grace`` seconds). Raises at once if the broker cannot be reached.
+        tasks get ``grace`` seconds). Raises at once if the broker cannot be reached. This is
+        :func:`runtime.worker.embedded` with this app.
         """
-        from .worker import (  # noqa: PLC0415 - the worker module imports this one
-            DEFAULT_MAX_HELD_ETA,
-            Worker,
-        )
+        # The one import that points up (the worker imports the app): see the README's layout.
+        from runtime.worker import embedded  # noqa: PLC0415
 
-        worker = Worker(
+        return embedded(
             self,
-            queues=queues or [self.default_queue],
+            queues,
             concurrency=concurrency,
-            hostname=hostname or f"celeriac@{socket.gethostname()}",
+            hostname=hostname,
             grace=grace,
-            max_held_eta=DEFAULT_MAX_HELD_ETA if max_held_eta is None else max_held_eta,
+            max_held_eta=max_held_eta,
         )
-        running = asyncio.create_task(worker.run(), name="celeriac-worker")
-        ready = asyncio.create_task(worker.ready.wait())
-        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if running.done():
-            ready.cancel()
-            running.result()  # the reason it could not start
-        try:
-            yield worker
-        finally:
-            worker.stop()
-            await running
 
     async def aclose(self) -> None:
         """Close the producer connection and the result backend."""

@@ -29,11 +29,11 @@ from protocol import (
     decode_sqs_body,
     decode_task,
 )
+from runtime.transports.urls import DEFAULT_BROKER
+from runtime.worker import DEFAULT_MAX_HELD_ETA
 
 from . import serve
-from .brokers import DEFAULT_BROKER
 from .errors import BackendError, BrokerConnectionError
-from .worker import DEFAULT_MAX_HELD_ETA
 
 if TYPE_CHECKING:
     from . import load

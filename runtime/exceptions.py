@@ -1,6 +1,7 @@
-"""Exceptions tasks see and results record, named as Celery's clients know them.
+"""Exceptions tasks see and results record, named as Celery's clients know them, and
+:class:`ExcInfo`, a failed run's exception as a task's hooks receive it.
 
-Each class takes the module of its Celery/billiard namesake, so a FAILURE record of it
+Each exception class takes the module of its Celery/billiard namesake, so a FAILURE record of it
 (``{"exc_type": "TimeLimitExceeded", "exc_module": "billiard.exceptions", ...}``) is rebuilt
 as Celery's own class by a Celery client, exactly as if a Celery worker had stored it.
 """
@@ -8,11 +9,13 @@ as Celery's own class by a Celery client, exactly as if a Celery worker had stor
 from __future__ import annotations
 
 import numbers
+import traceback
 from datetime import datetime
 from typing import Any
 
 __all__ = [
     "ChordError",
+    "ExcInfo",
     "MaxRetriesExceededError",
     "NotRegistered",
     "Retry",
@@ -110,3 +113,24 @@ class MaxRetriesExceededError(Exception):
         self.task_args = [] if task_args is None else task_args
         self.task_kwargs = {} if task_kwargs is None else task_kwargs
         super().__init__(*args)
+
+
+class ExcInfo:
+    """A failed run's exception, as Celery's hooks receive it (billiard's ``ExceptionInfo``):
+    ``exception``, ``type``, ``tb`` (the traceback object) and ``traceback`` (the text)."""
+
+    __slots__ = ("exception", "tb", "traceback", "type")
+
+    def __init__(self, exception: BaseException, text: str | None = None) -> None:
+        self.exception = exception
+        self.type = type(exception)
+        self.tb = exception.__traceback__
+        self.traceback = text or "".join(traceback.format_exception(exception))
+
+    @property
+    def exc_info(self) -> tuple[type[BaseException], BaseException, Any]:
+        """``(type, exception, traceback object)``, as ``sys.exc_info()`` gives them."""
+        return (self.type, self.exception, self.tb)
+
+    def __str__(self) -> str:
+        return self.traceback

@@ -1,19 +1,46 @@
-"""The request a task runs for: what Celery calls ``task.request``, in a context variable."""
+"""The request a task runs for: what Celery calls ``task.request``, in a context variable, and
+the messages a run asks to send once it is over (:class:`Republish`, from ``self.retry()``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from protocol import TaskMessage
+from protocol import TaskMessage, WireMessage, encode_task
 
-if TYPE_CHECKING:
-    from .retry import Republish
+__all__ = ["Republish", "Request", "current_request"]
 
-__all__ = ["Request", "current_request"]
+
+@dataclass(frozen=True, slots=True)
+class Republish:
+    """A retry's message, and where it goes: published by the worker once the run is over.
+
+    ``declare`` names a queue to declare first (``retry(queue=...)``), as Celery creates a
+    missing queue it is asked to send to.
+    """
+
+    message: TaskMessage
+    serializer: str
+    exchange: str
+    routing_key: str
+    declare: str | None = None
+
+    def encode(self, now: datetime) -> WireMessage:
+        """The wire message, as Celery's worker publishes a retry.
+
+        Celery passes the run's ``origin`` to kombu as a publish option too, which kombu keeps
+        as a message property (after ``reply_to``): the Redis envelope carries it, AMQP drops it.
+        """
+        wire = encode_task(self.message, serializer=self.serializer, now=now)
+        properties: dict[str, Any] = {}
+        for name, value in wire.properties.items():
+            properties[name] = value
+            if name == "reply_to":
+                properties["origin"] = self.message.origin
+        return replace(wire, properties=properties)
 
 
 @dataclass(frozen=True, slots=True)

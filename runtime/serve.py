@@ -20,9 +20,10 @@ from typing import Any
 
 import structlog
 
+from runtime.worker import DEFAULT_MAX_HELD_ETA, Worker
+
 from .app import App
 from .errors import BrokerConnectionError
-from .worker import DEFAULT_MAX_HELD_ETA, Worker
 
 __all__ = ["WorkerOptions", "configure_logging", "load_app", "serve"]
 

@@ -1,28 +1,43 @@
-"""Tasks: a function registered under a name, with Celery's options."""
+"""Tasks: a function registered under a name, with Celery's options, and what ``Task.retry``
+plans.
+
+``Task.retry`` runs inside the task (in its thread, for a plain function), where nothing can be
+awaited: :func:`plan_retry` plans the retry's message on the run's request
+(:attr:`Request.outbox`) and the task raises :class:`~runtime.exceptions.Retry`; the worker
+publishes what the run planned once it is over (:mod:`runtime.worker.retries`), then records
+RETRY. The message is the one Celery's worker publishes for the same retry
+(``signature_from_request`` then ``apply_async``): same id, ``retries + 1``, the ETA, the run's
+arguments unless new ones are given, its time limits, expiry, priority, custom headers, links,
+chain, chord and stamps, this task as its parent, to the exchange and routing key it came from,
+serialised with the task's serializer.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import os
+import socket
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
-from protocol import Signature
+from protocol import Signature, TaskMessage
 
-from .arguments import ArgumentCheck
-from .exceptions import Retry
+from .arguments import ArgumentCheck, retry_arguments
+from .exceptions import MaxRetriesExceededError, Retry
 from .ratelimit import parse_rate
-from .request import Request, current_request
-from .retry import plan_retry
+from .request import Republish, Request, current_request
 
 if TYPE_CHECKING:
-    from .app import App
-    from .hooks import ExcInfo
-    from .result import AsyncResult
+    from .exceptions import ExcInfo
+    from .results.handles import AsyncResult
 
-__all__ = ["Task", "TaskOptions"]
+__all__ = ["Task", "TaskApp", "TaskOptions", "plan_retry"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,6 +94,33 @@ class TaskOptions:
 _OPTION_NAMES = frozenset(f.name for f in fields(TaskOptions))
 
 
+class TaskApp(Protocol):
+    """What a task needs of the app it is registered on: :class:`runtime.App` is one.
+
+    A protocol, not the class, so that the arrow runs one way: the app module imports the task
+    module, never the reverse. At run time ``task.app`` is the app itself.
+    """
+
+    @property
+    def oid(self) -> str:
+        """The app's reply address, which the messages it sends carry."""
+
+    @property
+    def default_queue(self) -> str:
+        """Where a task with no queue of its own is sent."""
+
+    @property
+    def task_serializer(self) -> str:
+        """The serializer of the messages the app sends."""
+
+    @property
+    def send_task(self) -> Callable[..., Awaitable[AsyncResult]]:
+        """Send a task by name (:meth:`runtime.App.send_task`)."""
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:
+        """A handle on the result of ``task_id``."""
+
+
 class Task(Generic[P, R]):
     """A registered task. Call it to run the function here; ``delay``/``apply_async`` to send it.
 
@@ -97,7 +139,7 @@ class Task(Generic[P, R]):
     #: Seconds before a retry with neither countdown nor ETA (option ``default_retry_delay``).
     default_retry_delay: float
 
-    def __init__(self, app: App, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+    def __init__(self, app: TaskApp, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.name = name
@@ -265,3 +307,118 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+
+# What retry(**options) may change in the message, as apply_async options.
+_OPTIONS = frozenset(
+    ("queue", "exchange", "routing_key", "priority", "time_limit", "soft_time_limit",
+     "expires", "serializer")
+)  # fmt: skip
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def plan_retry(
+    task: Task[Any, Any],
+    request: Request,
+    *,
+    args: tuple[Any, ...] | list[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    exc: BaseException | None = None,
+    eta: datetime | None = None,
+    countdown: float | None = None,
+    max_retries: int | None = None,
+    options: Mapping[str, Any] = MappingProxyType({}),
+) -> Retry:
+    """What ``Task.retry`` does in a worker: the :class:`Retry` to raise, its message planned
+    on ``request.outbox``. Raises ``exc`` (or ``MaxRetriesExceededError``) with no retry left,
+    ``TypeError`` for an unknown option or arguments that do not fit (with ``typing``)."""
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(f"retry() got unknown option(s) {', '.join(unknown)}")
+    retries = request.retries + 1
+    limit = task.max_retries if max_retries is None else max_retries
+    if not eta and countdown is None:
+        countdown = task.default_retry_delay
+    inherited = (request.args, request.kwargs)
+    new_args, new_kwargs = retry_arguments(task.parameters, inherited, args, kwargs)
+    if limit is not None and retries > limit:
+        if exc is not None:
+            handling = sys.exc_info()[1]
+            if handling is None or handling is exc:
+                raise exc
+            raise exc from handling  # as Celery's raise_with_context
+        raise MaxRetriesExceededError(
+            f"Can't retry {task.name}[{request.id}] args:{new_args} kwargs:{new_kwargs}",
+            task_args=new_args,
+            task_kwargs=new_kwargs,
+        )
+    task.bind_arguments(new_args, new_kwargs)  # Celery checks the retry when it sends it
+    now = _now()
+    due = now + timedelta(seconds=countdown) if countdown else eta  # 0: no ETA, as Celery
+    message = _retry_message(
+        task, request, args=new_args, kwargs=new_kwargs, retries=retries, eta=due,
+        options=options, now=now,
+    )  # fmt: skip
+    request.outbox.append(_route(task, request, message, options))
+    return Retry(exc=exc, when=eta or countdown)
+
+
+def _retry_message(
+    task: Task[Any, Any],
+    request: Request,
+    *,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retries: int,
+    eta: datetime | None,
+    options: Mapping[str, Any],
+    now: datetime,
+) -> TaskMessage:
+    message = request.message
+    expires = options.get("expires", message.expires)
+    if isinstance(expires, int | float):
+        expires = now + timedelta(seconds=expires)
+    priority = message.priority if message.priority is not None else task.options.priority
+    return dataclasses.replace(
+        message,
+        args=args,
+        kwargs=kwargs,
+        retries=retries,
+        eta=eta,
+        expires=expires,
+        time_limit=options.get("time_limit", message.time_limit),
+        soft_time_limit=options.get("soft_time_limit", message.soft_time_limit),
+        priority=options.get("priority", priority),
+        ignore_result=task.options.ignore_result
+        if message.ignore_result is None
+        else message.ignore_result,
+        root_id=message.root_id or message.id,
+        parent_id=message.parent_id or message.id,  # sent from the run: its child
+        origin=message.origin or f"gen{os.getpid()}@{socket.gethostname()}",
+        reply_to=message.reply_to or task.app.oid,
+        correlation_id=None,
+        argsrepr=None,
+        kwargsrepr=None,
+        headers=MappingProxyType({k: v for k, v in message.headers.items() if k != "x-death"}),
+        protocol=2,
+    )
+
+
+def _route(
+    task: Task[Any, Any], request: Request, message: TaskMessage, options: Mapping[str, Any]
+) -> Republish:
+    """Where Celery sends a retry: ``queue=``, else back where the message came from."""
+    serializer = options.get("serializer") or task.options.serializer or task.app.task_serializer
+    queue = options.get("queue")
+    if queue:
+        return Republish(message, serializer, "", queue, declare=queue)
+    info = request.delivery_info
+    exchange = options.get("exchange", info.get("exchange") or "")
+    routing_key = options.get("routing_key", info.get("routing_key"))
+    if not routing_key:
+        queue = task.options.queue or task.app.default_queue
+        return Republish(message, serializer, "", queue, declare=queue)
+    return Republish(message, serializer, exchange, routing_key)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from runtime.capacity import Slots
-from runtime.transport import Delivery, Transport
+from runtime.transports.base import Delivery, Transport
+from runtime.worker.slots import Slots
 
 __all__ = ["SlotConsumer"]
 

@@ -91,7 +91,7 @@ def sqs_url_for(endpoint: str) -> str:
 
 async def delete_sqs_queues(url: str, queues: list[str]) -> None:
     """Delete the SQS queues of celeriac queues ``queues`` (missing ones are fine)."""
-    from runtime.sqs import SqsTransport, sqs_queue_name  # noqa: PLC0415 - needs the sqs extra
+    from runtime.transports.sqs import SqsTransport, sqs_queue_name  # noqa: PLC0415 - needs the sqs extra
 
     transport = SqsTransport(url)
     try:

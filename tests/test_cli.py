@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from runtime import cli, serve
-from runtime.brokers import transport_for_url
-from runtime.redis_transport import RedisTransport
+from runtime.transports.redis.transport import RedisTransport
+from runtime.transports.urls import transport_for_url
 from runtime.worker import DEFAULT_MAX_HELD_ETA
 from tests.protocol.oracle import capture, make_app
 

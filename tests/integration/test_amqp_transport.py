@@ -17,10 +17,10 @@ import pytest
 from celery import Celery
 
 from protocol import DEFAULT_LIMITS, WireMessage, decode_task
-from runtime.amqp import AmqpTransport
-from runtime.capacity import Slots
 from runtime.errors import BrokerConnectionError
-from runtime.transport import Delivery, QueueSpec
+from runtime.transports.amqp.transport import AmqpTransport
+from runtime.transports.base import Delivery, QueueSpec
+from runtime.worker.slots import Slots
 from tests.consumer import SlotConsumer
 
 pytestmark = [pytest.mark.integration]

@@ -14,8 +14,8 @@ from celery import Celery
 from celery.app.task import Context
 
 from protocol import ChordPart, ExceptionInfo, State
-from runtime.backend import RedisResultBackend
-from runtime.chords import RedisChords
+from runtime.canvas.chords import RedisChords
+from runtime.results.backend import RedisResultBackend
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 

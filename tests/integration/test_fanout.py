@@ -14,11 +14,11 @@ import pytest
 import redis.asyncio
 
 from protocol import WireMessage
-from runtime.amqp import AmqpTransport
 from runtime.errors import BrokerConnectionError
-from runtime.redis_options import RedisOptions
-from runtime.redis_transport import RedisTransport
-from runtime.revocation import RevokedStore
+from runtime.results.revoked import RevokedStore
+from runtime.transports.amqp.transport import AmqpTransport
+from runtime.transports.redis.options import RedisOptions
+from runtime.transports.redis.transport import RedisTransport
 from tests.proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration]

@@ -19,11 +19,11 @@ from kombu import Connection
 
 from protocol import WireMessage
 from protocol.kombu_redis import RedisLayout
-from runtime.capacity import Slots
 from runtime.errors import BrokerConnectionError
-from runtime.redis_options import RedisOptions
-from runtime.redis_transport import RedisTransport
-from runtime.transport import QueueSpec
+from runtime.transports.base import QueueSpec
+from runtime.transports.redis.options import RedisOptions
+from runtime.transports.redis.transport import RedisTransport
+from runtime.worker.slots import Slots
 from tests.consumer import SlotConsumer
 from tests.proxy import TcpProxy
 

@@ -13,8 +13,8 @@ import redis
 from celery import Celery
 
 from protocol import ExceptionInfo, ResultMeta, State
-from runtime.backend import RedisResultBackend
 from runtime.errors import BackendError
+from runtime.results.backend import RedisResultBackend
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 

@@ -19,10 +19,10 @@ from kombu import Connection, Producer
 from kombu.transport.SQS import Channel as KombuSqsChannel
 
 from protocol import WireMessage
-from runtime.capacity import Slots
 from runtime.errors import BrokerConnectionError
-from runtime.sqs import SqsTransport, sqs_queue_name
-from runtime.transport import QueueSpec
+from runtime.transports.base import QueueSpec
+from runtime.transports.sqs import SqsTransport, sqs_queue_name
+from runtime.worker.slots import Slots
 from tests.consumer import SlotConsumer
 from tests.sqs_server import ACCESS_KEY, REGION, SECRET_KEY
 

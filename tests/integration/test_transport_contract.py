@@ -1,6 +1,6 @@
 """One contract for every transport: the same tests over each broker.
 
-Each test speaks only the :class:`runtime.transport.Transport` interface, as the worker does.
+Each test speaks only the :class:`runtime.transports.base.Transport` interface, as the worker does.
 A broker joins the contract with one entry in ``_OPENERS``: an async context manager that
 yields a function opening a new transport on that broker, and removes what the test left
 behind when it exits.
@@ -19,12 +19,12 @@ import pytest
 import redis.asyncio
 
 from protocol import WireMessage
-from runtime.amqp import AmqpTransport
-from runtime.capacity import Slots
-from runtime.memory import MemoryBroker, MemoryTransport
-from runtime.redis_transport import RedisTransport
-from runtime.sqs import SqsTransport
-from runtime.transport import QueueSpec, Transport
+from runtime.transports.amqp.transport import AmqpTransport
+from runtime.transports.base import QueueSpec, Transport
+from runtime.transports.memory import MemoryBroker, MemoryTransport
+from runtime.transports.redis.transport import RedisTransport
+from runtime.transports.sqs import SqsTransport
+from runtime.worker.slots import Slots
 from tests.consumer import SlotConsumer
 from tests.proxy import TcpProxy
 from tests.sqs_server import delete_sqs_queues

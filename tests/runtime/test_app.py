@@ -9,7 +9,7 @@ import pytest
 
 from runtime import App
 from runtime import app as app_module
-from runtime.memory import MemoryTransport
+from runtime.transports.memory import MemoryTransport
 
 
 def test_task_options_use_celerys_names_and_reject_unknown_ones() -> None:

@@ -7,8 +7,8 @@ import random
 import pytest
 from celery.utils.time import get_exponential_backoff_interval
 
-from runtime.retry import autoretry_countdown, backoff_delay
 from runtime.task import TaskOptions
+from runtime.worker.retries import autoretry_countdown, backoff_delay
 
 
 @pytest.mark.parametrize("factor", [0, 1, 3, 10])

@@ -8,8 +8,8 @@ import itertools
 from typing import Any
 
 from protocol import Signature
-from runtime.canvas import Context, Planner, Publish, SetChordSize
-from runtime.signatures import chain, chord
+from runtime.canvas.planner import Context, Planner, Publish, SetChordSize
+from runtime.canvas.signatures import chain, chord
 
 
 def _planner(**context: Any) -> Planner:
@@ -83,7 +83,7 @@ def test_a_chain_of_3000_is_planned_without_recursion() -> None:
 
 def test_runtime_exports_the_constructors_even_once_its_modules_are_imported() -> None:
     import runtime  # noqa: PLC0415
-    import runtime.chords  # noqa: PLC0415 - a submodule of the same name would shadow it
+    import runtime.canvas.chords  # noqa: PLC0415 - a submodule of the same name would shadow it
 
     assert runtime.chord is chord
     assert runtime.chain is chain

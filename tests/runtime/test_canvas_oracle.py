@@ -20,7 +20,7 @@ from celery._state import _set_current_app, get_current_app
 from kombu.utils.json import dumps as kombu_dumps
 
 from protocol import encode_task
-from runtime.canvas import Context, Planner, Publish, SaveGroup, SetChordSize
+from runtime.canvas.planner import Context, Planner, Publish, SaveGroup, SetChordSize
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from runtime.capacity import Slots
+from runtime.worker.slots import Slots
 
 
 def test_try_take_takes_a_free_slot_and_says_so() -> None:

@@ -17,7 +17,7 @@ import pytest
 from protocol import WireMessage
 from protocol.control import ControlRequest, ReplyTo, encode_control
 from runtime import App
-from runtime.memory import MemoryTransport
+from runtime.transports.memory import MemoryTransport
 from runtime.worker import Worker
 
 NODE = "w1@test"

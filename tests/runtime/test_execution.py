@@ -13,9 +13,9 @@ import pytest
 from protocol import State, TaskMessage
 from runtime import App, SoftTimeLimitExceeded, TimeLimitExceeded, current_request
 from runtime.exceptions import TaskCancelled
-from runtime.execution import Executor
 from runtime.policy import TimeLimits
 from runtime.request import Request
+from runtime.worker.execution import Executor
 
 app = App("tests")
 

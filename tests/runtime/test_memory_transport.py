@@ -10,9 +10,9 @@ import pytest
 
 from protocol import WireMessage
 from runtime import App
-from runtime.capacity import Slots
-from runtime.memory import MemoryTransport
-from runtime.transport import QueueSpec
+from runtime.transports.base import QueueSpec
+from runtime.transports.memory import MemoryTransport
+from runtime.worker.slots import Slots
 from tests.consumer import SlotConsumer
 
 

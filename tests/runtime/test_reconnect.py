@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from runtime.reconnect import RECONNECT_BASE, RECONNECT_CAP, reconnect_delay
+from runtime.transports.reconnect import RECONNECT_BASE, RECONNECT_CAP, reconnect_delay
 
 
 def test_waits_double_the_time_disconnected() -> None:

@@ -17,9 +17,9 @@ import pytest
 
 from protocol import decode_task, encode_envelope
 from runtime import App, current_request
-from runtime import retry as retry_module
+from runtime import task as task_module
 from runtime.exceptions import MaxRetriesExceededError, Retry
-from runtime.request import Request
+from runtime.request import Republish, Request
 from tests.protocol.oracle import (
     NOW,
     Captured,
@@ -64,7 +64,7 @@ def celeriac_retry(
     def flaky(self: Any, x: int, y: int = 1, *, z: int = 0) -> None:
         raise AssertionError("not run here")
 
-    monkeypatch.setattr(retry_module, "_now", lambda: NOW)
+    monkeypatch.setattr(task_module, "_now", lambda: NOW)
     message = decode_task(original.wire(), accept=app.accept)
     request = Request(
         message,
@@ -81,7 +81,7 @@ def celeriac_retry(
     return planned_envelope(planned, delivery_tag="tag"), request
 
 
-def planned_envelope(planned: retry_module.Republish, delivery_tag: str) -> bytes:
+def planned_envelope(planned: Republish, delivery_tag: str) -> bytes:
     return encode_envelope(
         planned.encode(NOW),
         exchange=planned.exchange,

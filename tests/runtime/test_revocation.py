@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from runtime.errors import BackendError
-from runtime.revocation import REVOKE_EXPIRES, REVOKES_MAX, Revocations, RevokedIds
+from runtime.results.revoked import REVOKE_EXPIRES, REVOKES_MAX, Revocations, RevokedIds
 
 
 class Clock:
@@ -112,7 +112,7 @@ async def test_without_a_store_ids_live_in_memory_only() -> None:
     ],
 )
 def test_stats_describe_the_broker_as_kombu(url: str, expected: tuple[Any, ...]) -> None:
-    from runtime.commands import _broker_info  # noqa: PLC0415
+    from runtime.control.commands import _broker_info  # noqa: PLC0415
 
     info = _broker_info(url)
 
@@ -131,6 +131,6 @@ def test_stats_describe_the_broker_as_kombu(url: str, expected: tuple[Any, ...])
     ],
 )
 def test_conf_masks_passwords_as_celery(url: str | None, masked: str | None) -> None:
-    from runtime.commands import _masked  # noqa: PLC0415
+    from runtime.control.commands import _masked  # noqa: PLC0415
 
     assert _masked(url) == masked

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from runtime.brokers import transport_for_url
-from runtime.sqs import SqsOptions, SqsTransport
+from runtime.transports.sqs import SqsOptions, SqsTransport
+from runtime.transports.urls import transport_for_url
 
 
 def test_defaults_are_kombus() -> None:
@@ -81,7 +81,7 @@ def test_without_the_extra_the_error_says_what_to_install(monkeypatch: pytest.Mo
     for name in [name for name in sys.modules if name.split(".")[0] == "aiobotocore"]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "aiobotocore", None)
-    monkeypatch.delitem(sys.modules, "runtime.sqs")
+    monkeypatch.delitem(sys.modules, "runtime.transports.sqs")
 
     with pytest.raises(ImportError, match=r"pip install 'celeriac\[sqs\]'"):
         transport_for_url("sqs://")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from protocol import TaskMessage, WireMessage, encode_task
 from runtime import App
-from runtime.transport import Capacity, Delivery, QueueSpec
+from runtime.transports.base import Capacity, Delivery, QueueSpec
 from runtime.worker import Worker
 
 

@@ -4,7 +4,8 @@ A :class:`Planner` applies a signature (a task, or a chain, group or chord of th
 partial arguments and options, following ``apply_async`` of ``celery.canvas``'s ``Signature``,
 ``_chain``, ``group`` and ``_chord`` step by step, and records what has to happen, in order:
 messages to publish, chord sizes to set, group results to save. It does no I/O (ids and time
-come from its :class:`~runtime.messages.Context`); :mod:`runtime.workflow` carries a plan out.
+come from its :class:`~runtime.canvas.messages.Context`); :mod:`runtime.canvas.workflow`
+carries a plan out.
 Where Celery freezes a signature in place (assigning ids), the planner returns the frozen copy.
 """
 

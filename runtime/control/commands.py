@@ -25,11 +25,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from protocol import ExceptionInfo, MalformedMessage, ResultMeta, State
+from runtime.errors import BackendError
+from runtime.request import Request
+from runtime.transports.base import QueueSpec
 
-from .control import NO_REPLY, Command, RemoteControl
-from .errors import BackendError
-from .request import Request
-from .transport import QueueSpec
+from .mailbox import NO_REPLY, Command, RemoteControl
 
 __all__ = ["COMMANDS"]
 
@@ -80,15 +80,15 @@ async def stats(control: RemoteControl, **_: Any) -> Any:
         "clock": str(control.clock.value),
         "uptime": round(time.time() - worker.started_at),
         "pool": {
-            "implementation": "runtime.execution:Executor",
-            "max-concurrency": worker.slots.total,
+            "implementation": "runtime.worker.execution:Executor",
+            "max-concurrency": worker.concurrency,
             "processes": [os.getpid()],
             "max-tasks-per-child": "N/A",
             "put-guarded-by-semaphore": False,
             "timeouts": [0, 0],
         },
         "broker": _broker_info(worker.app.broker_url),
-        "prefetch_count": worker.slots.total,
+        "prefetch_count": worker.concurrency,
         "rusage": _rusage(),
     }
 
@@ -192,7 +192,7 @@ async def conf(control: RemoteControl, with_defaults: bool = False, **_: Any) ->
         "task_default_queue": app.default_queue,
         "task_default_queue_type": app.task_default_queue_type,
         "task_queue_max_priority": app.task_queue_max_priority,
-        "worker_concurrency": worker.slots.total,
+        "worker_concurrency": worker.concurrency,
         "worker_prefetch_multiplier": 1,
     }
 

@@ -4,8 +4,8 @@
   several of them as one group, then the next step of the chain with the rest of the chain;
   what that publishes becomes the record's ``children``.
 * Any end of a chord header task (``RedisBackend.on_chord_part_return``) adds its result to
-  the chord (:mod:`runtime.chords`); the last one publishes the body with the ordered results,
-  or, if a task failed, records ``ChordError`` for the body and runs the body's errbacks.
+  the chord (:mod:`runtime.canvas.chords`); the last one publishes the body with the ordered
+  results, or, if a task failed, records ``ChordError`` for the body and runs the body's errbacks.
 * Failure (``Backend.mark_as_failure``): the rest of the chain gets the same FAILURE, then the
   errbacks run. New-style errbacks (tasks taking more than one argument, registered here) are
   called in the worker with the request, the exception and the traceback; the others are
@@ -24,7 +24,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from protocol import (
     PROPAGATE_STATES,
@@ -37,27 +37,49 @@ from protocol import (
     State,
     TaskMessage,
 )
+from runtime.exceptions import ChordError
+from runtime.request import Request
+from runtime.results.backend import RedisResultBackend
 
-from .backend import RedisResultBackend
-from .canvas import Action, Planner, Publish, SetChordSize
 from .chords import RedisChords
-from .exceptions import ChordError
 from .messages import Context
-from .request import Request
+from .planner import Action, Planner, Publish, SetChordSize
 from .signatures import CHORD, GROUP, CanvasError, group, signatures
 
 if TYPE_CHECKING:
-    from .app import App
-    from .task import Task
+    from runtime.task import Task
 
-__all__ = ["Workflow", "carry_out", "context_for"]
+__all__ = ["CanvasApp", "Workflow", "carry_out", "context_for"]
 
 #: Celery's ``result_chord_join_timeout``: how long the body's worker waits for the results
 #: of a header whose members are groups.
 JOIN_TIMEOUT = 3.0
 
 
-def context_for(app: App, parent: TaskMessage | None) -> Context:
+class CanvasApp(Protocol):
+    """What the canvas needs of an app (:class:`runtime.App` is one): its registry, its
+    routing defaults and its producer. A protocol, so that the app imports the canvas and not
+    the reverse."""
+
+    @property
+    def tasks(self) -> Mapping[str, Task[Any, Any]]:
+        """The registered tasks, by name."""
+
+    @property
+    def default_queue(self) -> str:
+        """Where a signature with no queue is sent."""
+
+    @property
+    def oid(self) -> str:
+        """The app's reply address, which the messages it sends carry."""
+
+    async def publish(
+        self, message: TaskMessage, *, queue: str | None = None, serializer: str | None = None
+    ) -> None:
+        """Encode ``message`` and publish it to ``queue``."""
+
+
+def context_for(app: CanvasApp, parent: TaskMessage | None) -> Context:
     """Where ``app`` plans: its routing and registry, with ``parent`` as the running task."""
 
     def task_options(name: str) -> Mapping[str, Any] | None:
@@ -90,7 +112,7 @@ def context_for(app: App, parent: TaskMessage | None) -> Context:
     )
 
 
-async def carry_out(app: App, actions: Sequence[Action], chords: RedisChords | None) -> None:
+async def carry_out(app: CanvasApp, actions: Sequence[Action], chords: RedisChords | None) -> None:
     """Do what a plan says, in order: publish, set chord sizes, save group results."""
     for action in actions:
         if isinstance(action, Publish):
@@ -121,7 +143,7 @@ class Workflow:
     ``backend`` (chords need it), errors logged to ``log``."""
 
     def __init__(
-        self, app: App, backend: RedisResultBackend | None, *, hostname: str, log: Any
+        self, app: CanvasApp, backend: RedisResultBackend | None, *, hostname: str, log: Any
     ) -> None:
         self.app = app
         self.backend = backend

@@ -57,11 +57,10 @@ from protocol import (
     encode_envelope,
     encode_sqs_body,
 )
+from runtime.errors import BrokerConnectionError, translate_aws_errors
 
-from .brokers import transport_options
-from .errors import BrokerConnectionError, translate_aws_errors
+from .base import Capacity, Delivery, QueueSpec, transport_options, wait_free_unless_closed
 from .reconnect import reconnect_delay
-from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -182,7 +181,7 @@ class _Receipt:
 
 
 class SqsTransport:
-    """A :class:`~runtime.transport.Transport` for SQS; see the module docstring."""
+    """A :class:`~runtime.transports.base.Transport` for SQS; see the module docstring."""
 
     def __init__(
         self,

@@ -37,25 +37,26 @@ from protocol import (
     TaskMessage,
     decode_task,
 )
+from runtime.app import App
+from runtime.canvas.workflow import Workflow
+from runtime.control.commands import COMMANDS
+from runtime.control.controlled import RunningTask
+from runtime.control.mailbox import RemoteControl
+from runtime.errors import BackendError, BrokerConnectionError
+from runtime.exceptions import NotRegistered
+from runtime.policy import TimeLimits
+from runtime.ratelimit import RateLimits
+from runtime.request import Request
+from runtime.results.backend import RedisResultBackend
+from runtime.results.revoked import Revocations, RevokedStore
+from runtime.task import Task
+from runtime.transports.base import Broadcasting, Delivery, Transport
+from runtime.transports.urls import transport_for_url
 
-from .app import App
-from .backend import RedisResultBackend
-from .brokers import transport_for_url
-from .capacity import Handling, Slots
-from .commands import COMMANDS
-from .control import RemoteControl, RunningTask
-from .errors import BackendError, BrokerConnectionError
-from .exceptions import NotRegistered
 from .execution import Executor, Outcome
 from .hooks import call_hooks
-from .policy import TimeLimits
-from .ratelimit import RateLimits
-from .request import Request
-from .retry import RetryPublisher, resolve_retry
-from .revocation import Revocations, RevokedStore
-from .task import Task
-from .transport import Broadcasting, Delivery, Transport
-from .workflow import Workflow
+from .retries import RetryPublisher, resolve_retry
+from .slots import Handling, Slots
 
 __all__ = ["DEFAULT_MAX_HELD_ETA", "ETA_HOLD_WINDOW", "Worker"]
 
@@ -182,6 +183,11 @@ class Worker:
         """The requests this worker holds for their ETA (``inspect scheduled``); those
         deferred to the broker are the broker's, not listed."""
         return list(self._held.values())
+
+    @property
+    def concurrency(self) -> int:
+        """How many tasks run at once: the number of slots."""
+        return self.slots.total
 
     @property
     def unfinished(self) -> int:
@@ -494,7 +500,7 @@ class Worker:
         outcome: Outcome,
         children: tuple[ResultRef, ...] = (),
     ) -> Outcome:
-        """Store the outcome; around it, what the canvas needs (:mod:`runtime.workflow`).
+        """Store the outcome; around it, what the canvas needs (:mod:`runtime.canvas.workflow`).
         Returns it as stored: FAILURE if its callbacks or its value could not be sent."""
         if outcome.state is State.SUCCESS:
             try:  # callbacks and the chain's next step go first: they are the children

@@ -3,7 +3,7 @@
 :class:`RemoteControl` listens on Celery's mailbox (``celery.pidbox``, through the node queue
 ``<nodename>.celery.pidbox`` on RabbitMQ, or kombu's PSUBSCRIBE on Redis), acts on the
 requests addressed to this node (destination, or pattern and matcher), runs the command
-(:mod:`runtime.commands`) and, when the sender waits, replies ``{nodename: value}`` to its
+(:mod:`runtime.control.commands`) and, when the sender waits, replies ``{nodename: value}`` to its
 reply queue, as kombu's ``Node`` does. A failing command replies ``{"error": repr(exc)}``; an
 unknown one ``{"error": "KeyError('name')"}``; ``shutdown`` replies nothing.
 
@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -29,15 +28,12 @@ from protocol.control import (
     decode_control,
     encode_control_reply,
 )
+from runtime.errors import BrokerConnectionError
+from runtime.transports.base import Broadcasting
 
-from .errors import BrokerConnectionError
-from .request import Request
-from .transport import Broadcasting
+from .controlled import ControlledWorker
 
-if TYPE_CHECKING:
-    from .worker import Worker
-
-__all__ = ["NO_REPLY", "Command", "RemoteControl", "RunningTask"]
+__all__ = ["NO_REPLY", "Command", "RemoteControl"]
 
 #: What a command returns to send no reply (``shutdown``, as Celery's raises WorkerShutdown).
 NO_REPLY: Any = object()
@@ -46,27 +42,15 @@ NO_REPLY: Any = object()
 Command = Callable[..., Awaitable[Any]]
 
 
-@dataclass(slots=True, eq=False)
-class RunningTask:
-    """A task the worker is executing: what ``inspect active`` lists and ``revoke(...,
-    terminate=True)`` ends. ``started`` is a Unix time."""
-
-    request: Request
-    runner: asyncio.Task[Any] = field(repr=False)
-    started: float
-    acknowledged: bool
-    terminated: bool = False
-
-
 class RemoteControl:
     """Serves the remote-control mailbox of ``worker``; see the module docstring.
 
-    ``commands`` maps method names to commands (:data:`runtime.commands.COMMANDS`).
+    ``commands`` maps method names to commands (:data:`runtime.control.commands.COMMANDS`).
     """
 
     def __init__(
         self,
-        worker: Worker,
+        worker: ControlledWorker,
         transport: Broadcasting,
         commands: dict[str, Command],
         *,

@@ -4,7 +4,7 @@
 ``sqs://`` needs the optional extra ``celeriac[sqs]`` (aiobotocore); the others need nothing
 more. Transport options are Celery's ``broker_transport_options`` (``visibility_timeout``,
 ``global_keyprefix``, ``queue_name_prefix``, ...): what each transport reads is in its own
-module (:mod:`runtime.sqs` for SQS). As kombu does,
+module (:mod:`runtime.transports.sqs` for SQS). As kombu does,
 options given in the URL's query string (``redis://host/0?visibility_timeout=60``) are read
 too, and win over the mapping.
 """
@@ -13,19 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
-from .transport import Transport
+from .base import Transport, transport_options
 
-__all__ = ["DEFAULT_BROKER", "transport_for_url", "transport_options"]
+__all__ = ["DEFAULT_BROKER", "transport_for_url"]
 
 #: Celery's default broker: RabbitMQ on this machine as guest.
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def transport_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``options`` updated with the URL's query string (values stay strings there)."""
-    return {**(options or {}), **dict(parse_qsl(urlsplit(url).query))}
 
 
 def transport_for_url(url: str, options: Mapping[str, Any] | None = None) -> Transport:
@@ -37,11 +32,11 @@ def transport_for_url(url: str, options: Mapping[str, Any] | None = None) -> Tra
 
         return MemoryTransport(url)
     if scheme in ("amqp", "amqps", "pyamqp"):
-        from .amqp import AmqpTransport  # noqa: PLC0415 - imported only when used
+        from runtime.transports.amqp.transport import AmqpTransport  # noqa: PLC0415 - imported only when used
 
         return AmqpTransport(url.replace("pyamqp://", "amqp://", 1))
     if scheme in ("redis", "rediss", "unix"):
-        from .redis_transport import RedisTransport  # noqa: PLC0415 - imported only when used
+        from runtime.transports.redis.transport import RedisTransport  # noqa: PLC0415 - imported only when used
 
         return RedisTransport(url, options)
     if scheme == "sqs":

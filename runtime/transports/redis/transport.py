@@ -58,24 +58,29 @@ from protocol.kombu_redis import (
     payload_priority,
     redelivered_payload,
 )
+from runtime.errors import BrokerConnectionError, translate_redis_errors
+from runtime.redis_client import client_for
+from runtime.transports.base import (
+    Capacity,
+    Delivery,
+    QueueSpec,
+    transport_options,
+    wait_free_unless_closed,
+)
 
-from .brokers import transport_options
-from .errors import BrokerConnectionError, translate_redis_errors
-from .redis_claims import Claim, Settlement, payload_priority_of, with_redelivered_flags
-from .redis_client import client_for
-from .redis_delayed import RedisDelayStore
-from .redis_fanout import RedisFanout
-from .redis_options import OPTION_NAMES, RedisOptions
-from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
+from .claims import Claim, Settlement, payload_priority_of, with_redelivered_flags
+from .delayed import RedisDelayStore
+from .fanout import RedisFanout
+from .options import OPTION_NAMES, RedisOptions
 
 __all__ = ["RedisTransport"]
 
 log = logging.getLogger(__name__)
 
-_CLAIM = (files("runtime") / "lua" / "redis_claim.lua").read_text()
-_SETTLE = (files("runtime") / "lua" / "redis_settle.lua").read_text()
-_RESTORE = (files("runtime") / "lua" / "redis_restore.lua").read_text()
-_ACK = (files("runtime") / "lua" / "redis_ack.lua").read_text()
+_CLAIM = (files("runtime.transports.redis") / "lua" / "redis_claim.lua").read_text()
+_SETTLE = (files("runtime.transports.redis") / "lua" / "redis_settle.lua").read_text()
+_RESTORE = (files("runtime.transports.redis") / "lua" / "redis_restore.lua").read_text()
+_ACK = (files("runtime.transports.redis") / "lua" / "redis_ack.lua").read_text()
 #: The most acks one script call settles: a long script would hold up every other client.
 _ACKS_PER_CALL = 500
 
@@ -89,8 +94,8 @@ _RETRY_MIN, _RETRY_MAX = 0.5, 10.0
 
 
 class RedisTransport(RedisFanout):
-    """A :class:`~runtime.transport.Transport` for Redis; see the module docstring. Remote
-    control's fanout comes from :class:`~runtime.redis_fanout.RedisFanout`."""
+    """A :class:`~runtime.transports.base.Transport` for Redis; see the module docstring. Remote
+    control's fanout comes from :class:`~runtime.transports.redis.fanout.RedisFanout`."""
 
     def __init__(
         self,
@@ -425,8 +430,8 @@ class RedisTransport(RedisFanout):
     # -- delaying ----------------------------------------------------------------------------
 
     async def defer(self, delivery: Delivery, eta: datetime) -> None:
-        """Move the message into celeriac's delay store in Redis (:mod:`runtime.redis_delayed`),
-        in one step with its unacked record: exactly once, even if the worker dies."""
+        """Move the message into celeriac's delay store in Redis (:mod:`.delayed`), in one step
+        with its unacked record: exactly once, even if the worker dies."""
         claim: Claim = delivery.handle
         if claim.settled:
             return

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from protocol import WireMessage
 
-from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
+from .base import Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
 
@@ -79,7 +79,7 @@ class _Handle:
 
 
 class MemoryTransport:
-    """A :class:`~runtime.transport.Transport` on a :class:`MemoryBroker`."""
+    """A :class:`~runtime.transports.base.Transport` on a :class:`MemoryBroker`."""
 
     def __init__(self, url: str = "memory://", *, broker: MemoryBroker | None = None) -> None:
         self.broker = broker or broker_for(url)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .transport import Delivery
+    from runtime.transports.base import Delivery
 
 __all__ = ["Handling", "Slots"]
 

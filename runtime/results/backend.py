@@ -23,7 +23,7 @@ from protocol import (
     encode_result,
 )
 
-from .errors import translate_redis_errors
+from runtime.errors import translate_redis_errors
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -33,7 +33,7 @@ __all__ = ["DEFAULT_RESULT_EXPIRES", "RedisResultBackend"]
 #: Celery's ``result_expires`` default: one day.
 DEFAULT_RESULT_EXPIRES = 86_400.0
 
-_STORE_SCRIPT = (files("runtime") / "lua" / "store_result.lua").read_text()
+_STORE_SCRIPT = (files("runtime.results") / "lua" / "store_result.lua").read_text()
 
 
 class RedisResultBackend:
@@ -65,7 +65,7 @@ class RedisResultBackend:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisResultBackend:
         """Connect lazily to the Redis server at ``url`` (``redis://``, ``rediss://``)."""
-        from .redis_client import client_for  # noqa: PLC0415 - loads redis-py, only if used
+        from runtime.redis_client import client_for  # noqa: PLC0415 - loads redis-py, only if used
 
         return cls(client_for(url), **options)
 

@@ -10,7 +10,7 @@ exactly its lifetime, the same in memory and in Redis.
 (:attr:`protocol.ResultKeys.revoked`, ``celeriac-revoked``) scored by each id's expiry time,
 trimmed to the same bound. Celery keeps revoked ids in worker memory (or a ``--statedb``
 file) and hands them to a starting worker over mingle; celeriac answers mingle's ``hello``
-too (:mod:`runtime.commands`).
+too (:mod:`runtime.control.commands`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
-from .errors import BackendError, translate_redis_errors
+from runtime.errors import BackendError, translate_redis_errors
 
 if TYPE_CHECKING:
     import redis.asyncio

@@ -31,8 +31,8 @@ __all__ = ["DUE_AHEAD", "RedisDelayStore"]
 
 log = logging.getLogger(__name__)
 
-_DEFER = (files("runtime") / "lua" / "redis_defer.lua").read_text()
-_DUE = (files("runtime") / "lua" / "redis_due.lua").read_text()
+_DEFER = (files("runtime.transports.redis") / "lua" / "redis_defer.lua").read_text()
+_DUE = (files("runtime.transports.redis") / "lua" / "redis_due.lua").read_text()
 #: Delayed messages go back onto their lists this long before they are due (the worker holds
 #: them the rest of the way), checked at least every ``_DUE_EVERY`` s, ``_DUE_PER_CALL`` a call.
 DUE_AHEAD = 1.0

@@ -45,11 +45,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import State
-
-from .exceptions import SoftTimeLimitExceeded, TaskCancelled, TimeLimitExceeded
-from .policy import TimeLimits
-from .request import Request, current_request
-from .task import Task
+from runtime.exceptions import SoftTimeLimitExceeded, TaskCancelled, TimeLimitExceeded
+from runtime.policy import TimeLimits
+from runtime.request import Request, current_request
+from runtime.task import Task
 
 __all__ = ["Executor", "Outcome"]
 

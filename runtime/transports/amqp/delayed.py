@@ -11,15 +11,14 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractRobustConnection
 
 from protocol.delayed import DelayedDelivery
-
-from .errors import translate_amqp_errors
+from runtime.errors import translate_amqp_errors
 
 __all__ = ["DELAYED_DELIVERY", "DelayedQueues"]
 
 log = logging.getLogger(__name__)
 
 #: Celery's delayed delivery layout under celeriac's own names, on classic queues: see
-#: :meth:`runtime.amqp.AmqpTransport.defer` for why not Celery's quorum queues.
+#: :meth:`runtime.transports.amqp.transport.AmqpTransport.defer` for why not Celery's quorum queues.
 DELAYED_DELIVERY = DelayedDelivery(prefix="celeriac", queue_type="classic")
 
 

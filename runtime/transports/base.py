@@ -9,10 +9,11 @@ free slots (prefetch 1 per slot).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, urlsplit
 
 from protocol import WireMessage
 
@@ -22,6 +23,7 @@ __all__ = [
     "Delivery",
     "QueueSpec",
     "Transport",
+    "transport_options",
     "wait_free_unless_closed",
 ]
 
@@ -66,7 +68,7 @@ class Delivery:
 
 
 class Capacity(Protocol):
-    """What the worker tells a transport about its slots (see :class:`runtime.capacity.Slots`)."""
+    """What the worker tells a transport about its slots (:class:`runtime.worker.slots.Slots`)."""
 
     @property
     def free(self) -> int:
@@ -164,3 +166,8 @@ async def wait_free_unless_closed(capacity: Capacity, closed: asyncio.Event) -> 
             free.cancel()
             closing.cancel()
     return False
+
+
+def transport_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``options`` updated with the URL's query string (values stay strings there)."""
+    return {**(options or {}), **dict(parse_qsl(urlsplit(url).query))}

@@ -6,7 +6,7 @@ scored by its group index; the one whose result completes the set claims ``.c`` 
 step (``lua/chord_part.lua``), reads the results in order, publishes the body, then drops the
 keys and leaves ``.c`` = ``done`` for late duplicates to see. Celery and celeriac workers can
 share one chord. What happens around these steps (joining, the body, errors) is in
-:mod:`runtime.workflow`.
+:mod:`runtime.canvas.workflow`.
 
 Only Celery's default layout is kept: results in a sorted set (``result_chord_ordered``).
 """
@@ -25,9 +25,8 @@ from protocol import (
     encode_chord_part,
     encode_group,
 )
-
-from .backend import RedisResultBackend
-from .errors import translate_redis_errors
+from runtime.errors import translate_redis_errors
+from runtime.results.backend import RedisResultBackend
 
 __all__ = ["CLAIM_SECONDS", "PartRecorded", "RedisChords"]
 
@@ -40,7 +39,7 @@ PUBLISH_CLAIM_SECONDS = 21
 #: How long ``.c`` says ``done`` after the body was published.
 DONE_SECONDS = 300
 
-_LUA = files("runtime") / "lua"
+_LUA = files("runtime.canvas") / "lua"
 
 
 @dataclass(frozen=True, slots=True)

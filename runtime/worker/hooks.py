@@ -9,42 +9,20 @@ and changes nothing: the result is stored and the message settled already or reg
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from protocol import State
+from runtime.exceptions import ExcInfo, Retry
+from runtime.request import Request
+from runtime.task import Task
 
-from .exceptions import Retry
 from .execution import Outcome
-from .request import Request
-from .task import Task
 
-__all__ = ["ExcInfo", "call_hooks"]
+__all__ = ["call_hooks"]
 
 #: Runs a hook as the task would run: ``call(hook, request, *args)``.
 HookCall = Callable[..., Awaitable[Any]]
-
-
-class ExcInfo:
-    """A failed run's exception, as Celery's hooks receive it (billiard's ``ExceptionInfo``):
-    ``exception``, ``type``, ``tb`` (the traceback object) and ``traceback`` (the text)."""
-
-    __slots__ = ("exception", "tb", "traceback", "type")
-
-    def __init__(self, exception: BaseException, text: str | None = None) -> None:
-        self.exception = exception
-        self.type = type(exception)
-        self.tb = exception.__traceback__
-        self.traceback = text or "".join(traceback.format_exception(exception))
-
-    @property
-    def exc_info(self) -> tuple[type[BaseException], BaseException, Any]:
-        """``(type, exception, traceback object)``, as ``sys.exc_info()`` gives them."""
-        return (self.type, self.exception, self.tb)
-
-    def __str__(self) -> str:
-        return self.traceback
 
 
 def _overrides(task: Task[Any, Any], name: str) -> bool:

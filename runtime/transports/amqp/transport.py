@@ -51,12 +51,12 @@ from aiormq import spec as amqp_spec
 
 from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
 from protocol.delayed import delay_routing_key, strip_delay
+from runtime.errors import BrokerConnectionError, translate_amqp_errors
+from runtime.transports.base import Capacity, Delivery, QueueSpec, wait_free_unless_closed
+from runtime.transports.reconnect import BackoffConnection
 
-from . import amqp_fanout
-from .amqp_delayed import DELAYED_DELIVERY, DelayedQueues
-from .errors import BrokerConnectionError, translate_amqp_errors
-from .reconnect import BackoffConnection
-from .transport import Capacity, Delivery, QueueSpec, wait_free_unless_closed
+from . import fanout
+from .delayed import DELAYED_DELIVERY, DelayedQueues
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpTransport", "ConnectionFactory"]
 
@@ -105,7 +105,7 @@ _Pending = tuple[_Received, bool | None, asyncio.Future[None]]
 
 
 class AmqpTransport:
-    """A :class:`~runtime.transport.Transport` for RabbitMQ; see the module docstring."""
+    """A :class:`~runtime.transports.base.Transport` for RabbitMQ; see the module docstring."""
 
     def __init__(self, url: str, *, connection_factory: ConnectionFactory | None = None) -> None:
         self._url = url
@@ -137,7 +137,7 @@ class AmqpTransport:
         """Connect, failing fast with :class:`BrokerConnectionError` naming ``host:port``.
 
         Once connected, aio-pika reconnects by itself, with exponential backoff and jitter
-        (:mod:`runtime.reconnect`), and reopens the channels.
+        (:mod:`runtime.transports.reconnect`), and reopens the channels.
         """
         split = urlsplit(self._url)
         port = split.port or (5671 if split.scheme == "amqps" else 5672)
@@ -331,8 +331,8 @@ class AmqpTransport:
         await self._send(outgoing, exchange, routing_key)
 
     async def broadcasts(self, exchange: str, queue: str) -> AsyncGenerator[WireMessage, None]:
-        """Listen to fanout ``exchange`` through node queue ``queue`` (see :mod:`.amqp_fanout`)."""
-        return await amqp_fanout.listen(self._require(), exchange, queue)
+        """Listen to fanout ``exchange`` through node queue ``queue`` (see :mod:`.fanout`)."""
+        return await fanout.listen(self._require(), exchange, queue)
 
     async def broadcast(self, message: WireMessage, *, exchange: str) -> None:
         """Publish to fanout ``exchange`` (declared first, as kombu's mailbox does)."""
@@ -347,7 +347,7 @@ class AmqpTransport:
 
     async def _declare_once(self, exchange: str, kind: aio_pika.ExchangeType) -> None:
         if exchange not in self._exchanges:
-            await amqp_fanout.declare_exchange(self._require(), exchange, kind)
+            await fanout.declare_exchange(self._require(), exchange, kind)
             self._exchanges.add(exchange)
 
     async def queue_depth(self, queue: str) -> tuple[int, int]:

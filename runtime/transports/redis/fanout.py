@@ -1,7 +1,7 @@
 """Fanout for remote control on Redis, as kombu does it: PUBLISH and PSUBSCRIBE.
 
-:class:`RedisFanout` gives :class:`~runtime.redis_transport.RedisTransport` the
-:class:`~runtime.transport.Broadcasting` methods. kombu publishes a fanout message as its JSON
+:class:`RedisFanout` gives :class:`~runtime.transports.redis.transport.RedisTransport` the
+:class:`~runtime.transports.base.Broadcasting` methods. kombu publishes a fanout message as its JSON
 envelope on channel ``/<db>.<exchange>`` (:meth:`protocol.kombu_redis.RedisLayout.fanout_channel`,
 ``global_keyprefix`` included), and a listener PSUBSCRIBEs to it. Nothing is stored: a message
 published while nobody listens is lost, as on kombu.
@@ -23,8 +23,7 @@ import redis.exceptions
 
 from protocol import CeleriacError, WireMessage, decode_envelope, encode_envelope
 from protocol.kombu_redis import RedisLayout
-
-from .errors import BrokerConnectionError, translate_redis_errors
+from runtime.errors import BrokerConnectionError, translate_redis_errors
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -40,7 +39,7 @@ _RETRY_MIN, _RETRY_MAX = 0.5, 10.0
 
 
 class RedisFanout:
-    """The :class:`~runtime.transport.Broadcasting` methods of the Redis transport.
+    """The :class:`~runtime.transports.base.Broadcasting` methods of the Redis transport.
 
     A mixin: the transport provides ``layout``, ``_closed``, its client (``_require``) and its
     direct-exchange routing (``_lookup``).

@@ -22,8 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from protocol import CeleriacError, WireMessage, from_amqp
 from protocol.control import NODE_QUEUE_ARGUMENTS
 from protocol.envelopes import AMQP_PROPERTY_NAMES
-
-from .errors import translate_amqp_errors
+from runtime.errors import translate_amqp_errors
 
 __all__ = ["declare_exchange", "listen"]
 
