@@ -33,3 +33,8 @@ def digest(text: str) -> str:
 @app.task(name="noop")
 async def noop() -> None:
     """Does nothing: the benchmarks' unit of work."""
+
+
+# Fired by `celeriac controller -A examples.tasks:app` (compose.yaml runs two controllers: one
+# fires each tick, the other takes over if it dies). Celery's `beat_schedule` format works too.
+app.add_periodic_task(300.0, digest.s("five-minute digest"), name="digest-every-5-minutes")

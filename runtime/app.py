@@ -62,6 +62,8 @@ class App:
         task_queue_max_priority: int | None = None,
         task_default_queue_type: str = "classic",
         broker_transport_options: Mapping[str, Any] | None = None,
+        beat_schedule: Mapping[str, Mapping[str, Any]] | None = None,
+        timezone: str = "UTC",
     ) -> None:
         self.main = main
         self.broker_url = broker or DEFAULT_BROKER
@@ -81,6 +83,13 @@ class App:
             )
         self.task_default_queue_type = task_default_queue_type
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: Periodic tasks, as Celery's ``beat_schedule``: name -> ``{"task", "schedule",
+        #: "args", "kwargs", "options"}``, fired by ``celeriac controller`` (or ``beat``).
+        self.beat_schedule: dict[str, dict[str, Any]] = {
+            name: dict(entry) for name, entry in (beat_schedule or {}).items()
+        }
+        #: The time zone cron schedules run in (Celery's ``timezone``).
+        self.timezone = timezone
         # A stable reply address per app, as Celery's clients send (only rpc:// reads it).
         self.oid = str(uuid.uuid4())
         self.clock = LamportClock()  # kombu's logical clock, on the commands this app sends
@@ -128,6 +137,23 @@ class App:
             return registered
 
         return register(fn) if fn is not None else register
+
+    def add_periodic_task(
+        self, schedule: Any, signature: Signature, name: str | None = None, **options: Any
+    ) -> str:
+        """Fire ``signature`` on ``schedule``, as Celery's ``app.add_periodic_task``: seconds, a
+        ``timedelta``, a cron expression (``"*/5 * * * *"``) or Celery's ``crontab(...)``;
+        ``options`` as ``apply_async``'s (``queue``, ``expires``, ``priority``, ...). Returns
+        the entry's name in :attr:`beat_schedule`."""
+        key = name or f"{signature.task}{tuple(signature.args)!r}"
+        self.beat_schedule[key] = {
+            "task": signature.task,
+            "schedule": schedule,
+            "args": tuple(signature.args),
+            "kwargs": dict(signature.kwargs),
+            "options": {**signature.options, **options},
+        }
+        return key
 
     def queue_spec(self, name: str) -> QueueSpec:
         """How ``name`` is declared: Celery's defaults, this app's max priority and queue type."""

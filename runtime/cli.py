@@ -15,7 +15,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,7 @@ from .errors import BackendError, BrokerConnectionError
 if TYPE_CHECKING:
     from . import load
 
-__all__ = ["main"]
+__all__ = ["Extension", "main"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -264,7 +264,12 @@ def _add_load_command(commands: Any) -> None:
     run.set_defaults(run=_cmd_load)
 
 
-def _parser() -> argparse.ArgumentParser:
+#: Adds sub-commands to ``celeriac``: given the table :meth:`ArgumentParser.add_subparsers`
+#: returns, each command sets its handler as ``run`` (see :func:`main`).
+Extension = Callable[[Any], None]
+
+
+def _parser(extend: Extension | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="celeriac", description="A pure-asyncio worker that speaks Celery's wire protocol."
     )
@@ -318,6 +323,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "bench", help="the benchmark suite (python -m benchmarks; see celeriac bench --help)"
     )
+    if extend is not None:
+        extend(commands)
     return parser
 
 
@@ -332,12 +339,13 @@ def _bench(argv: Sequence[str]) -> int:
     return asyncio.run(bench(argv))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``celeriac`` command line; return its exit status."""
+def main(argv: Sequence[str] | None = None, *, extend: Extension | None = None) -> int:
+    """Run the ``celeriac`` command line; return its exit status. ``extend`` adds commands
+    (the controller's: the ``celeriac`` console script is :func:`controller.cli.main`)."""
     given = list(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["bench"]:
         return _bench(given[1:])
-    args = _parser().parse_args(given)
+    args = _parser(extend).parse_args(given)
     return int(args.run(args))
 
 

@@ -25,7 +25,17 @@ from runtime.worker import DEFAULT_MAX_HELD_ETA, Worker
 from .app import App
 from .errors import BrokerConnectionError
 
-__all__ = ["WorkerOptions", "configure_logging", "load_app", "serve"]
+__all__ = [
+    "UsageError",
+    "WorkerOptions",
+    "configure_logging",
+    "first_env",
+    "import_target",
+    "load_app",
+    "loop_factory",
+    "node_name",
+    "serve",
+]
 
 
 class UsageError(Exception):
@@ -66,8 +76,10 @@ def node_name(template: str) -> str:
     return template.replace("%h", host).replace("%n", short).replace("%d", domain)
 
 
-def load_app(path: str) -> App:
-    """Import ``module:attribute`` (or ``module``, whose ``app`` is taken) as the App."""
+def import_target(path: str) -> Any:
+    """Import ``module:attribute`` (or ``module``, whose ``app`` is taken), from the current
+    directory too, as Celery's ``-A`` does: the object, or ``None`` if the module has no such
+    attribute; ``UsageError`` if the module cannot be imported."""
     module_name, _, attribute = path.partition(":")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -75,8 +87,14 @@ def load_app(path: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"cannot import {module_name!r} from -A {path}: {exc}") from None
-    app = getattr(module, attribute or "app", None)
+    return getattr(module, attribute or "app", None)
+
+
+def load_app(path: str) -> App:
+    """Import ``module:attribute`` (or ``module``, whose ``app`` is taken) as the App."""
+    app = import_target(path)
     if not isinstance(app, App):
+        module_name, _, attribute = path.partition(":")
         raise UsageError(f"-A {path}: {module_name}.{attribute or 'app'} is not a celeriac App")
     return app
 
@@ -103,7 +121,7 @@ def configure_logging(level: str, fmt: str) -> None:
     )
 
 
-def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if name == "asyncio":
         return None
     try:
@@ -139,7 +157,7 @@ def serve(options: WorkerOptions) -> int:
     """
     app = load_app(options.app_path)
     configure(app, options)
-    with asyncio.Runner(loop_factory=_loop_factory(options.loop)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(options.loop)) as runner:
         return runner.run(_run(app, options))
 
 

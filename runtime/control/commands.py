@@ -28,6 +28,7 @@ from protocol import ExceptionInfo, MalformedMessage, ResultMeta, State
 from runtime.errors import BackendError
 from runtime.request import Request
 from runtime.transports.base import QueueSpec
+from runtime.transports.urls import masked_url
 
 from .mailbox import NO_REPLY, Command, RemoteControl
 
@@ -182,8 +183,8 @@ async def conf(control: RemoteControl, with_defaults: bool = False, **_: Any) ->
     worker = control.worker
     app = worker.app
     return {
-        "broker_url": _masked(app.broker_url),
-        "result_backend": _masked(app.result_backend_url),
+        "broker_url": masked_url(app.broker_url),
+        "result_backend": masked_url(app.result_backend_url),
         "task_serializer": app.task_serializer,
         "result_serializer": app.result_serializer,
         "accept_content": sorted(app.accept.content_types),
@@ -356,17 +357,6 @@ def _broker_info(url: str) -> dict[str, Any]:
         "failover_strategy": "round-robin",
         "alternates": [],
     }
-
-
-def _masked(url: str | None) -> str | None:
-    """``url`` with its password masked as Celery masks it."""
-    if not url:
-        return url
-    split = urlsplit(url)
-    if split.password is None:
-        return url
-    netloc = f"{split.username or ''}:********@{split.netloc.rpartition('@')[2]}"
-    return split._replace(netloc=netloc).geturl()
 
 
 def _rusage() -> dict[str, Any] | str:

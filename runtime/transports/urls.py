@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from .base import Transport, transport_options
 
-__all__ = ["DEFAULT_BROKER", "transport_for_url"]
+__all__ = ["DEFAULT_BROKER", "masked_url", "transport_for_url"]
 
 #: Celery's default broker: RabbitMQ on this machine as guest.
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
@@ -57,3 +57,15 @@ def _sqs_transport(url: str, options: Mapping[str, Any]) -> Transport:
             f"sqs:// brokers need aiobotocore ({exc.name} is missing): pip install 'celeriac[sqs]'"
         ) from exc
     return SqsTransport(url, options)
+
+
+def masked_url(url: str | None) -> str | None:
+    """``url`` with its password masked as Celery masks it (``amqp://guest:********@host//``),
+    for logs, replies and tables."""
+    if not url:
+        return url
+    split = urlsplit(url)
+    if split.password is None:
+        return url
+    netloc = f"{split.username or ''}:********@{split.netloc.rpartition('@')[2]}"
+    return split._replace(netloc=netloc).geturl()

@@ -51,7 +51,7 @@ from runtime.results.backend import RedisResultBackend
 from runtime.results.revoked import Revocations, RevokedStore
 from runtime.task import Task
 from runtime.transports.base import Broadcasting, Delivery, Transport
-from runtime.transports.urls import transport_for_url
+from runtime.transports.urls import masked_url, transport_for_url
 
 from .execution import Executor, Outcome
 from .hooks import call_hooks
@@ -129,8 +129,8 @@ class Worker:
                 hostname=self.hostname,
                 queues=self.queues,
                 concurrency=self.slots.total,
-                broker=_redact(self.app.broker_url),
-                result_backend=_redact(self.app.result_backend_url) if self.backend else None,
+                broker=masked_url(self.app.broker_url),
+                result_backend=masked_url(self.app.result_backend_url) if self.backend else None,
             )
             if self.backend is None:
                 self.log.warning("no_result_backend", detail="results are not stored")
@@ -580,13 +580,3 @@ class Worker:
 
 def _ignores_result(task: Task[Any, Any], message: TaskMessage) -> bool:
     return task.options.ignore_result if message.ignore_result is None else message.ignore_result
-
-
-def _redact(url: str | None) -> str | None:
-    """``url`` without its password, for logs."""
-    if not url or "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

@@ -131,6 +131,6 @@ def test_stats_describe_the_broker_as_kombu(url: str, expected: tuple[Any, ...])
     ],
 )
 def test_conf_masks_passwords_as_celery(url: str | None, masked: str | None) -> None:
-    from runtime.control.commands import _masked  # noqa: PLC0415
+    from runtime.transports.urls import masked_url  # noqa: PLC0415
 
-    assert _masked(url) == masked
+    assert masked_url(url) == masked

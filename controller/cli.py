@@ -1,0 +1,193 @@
+"""The ``celeriac`` console script: the runtime's commands plus the controller's.
+
+``celeriac controller -A module:app`` runs the controller (today: the scheduler);
+``celeriac beat -A module:app`` runs the scheduler alone, for those who run beat as its own
+container. Both read ``-A``'s ``beat_schedule`` (a Celery app's, unchanged, or a celeriac
+app's) and ``--schedule-file``, and keep their state in Redis. ``celeriac topology check``
+lists the queues no worker group consumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime import cli as runtime_cli
+from runtime.serve import UsageError, configure_logging, first_env, import_target, loop_factory
+
+from . import process, topology
+from .project import ConfigError, load_project
+from .scheduler import DEFAULT_GRACE, DEFAULT_LEASE_TTL
+
+__all__ = ["main"]
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _add_scheduler_command(commands: Any, name: str, help_text: str) -> None:
+    command = commands.add_parser(name, help=help_text, description=help_text)
+    command.add_argument(
+        "-A", "--app", help="a celeriac App or a Celery app, as module:attribute (CELERIAC_APP)"
+    )
+    command.add_argument(
+        "--schedule-file", type=Path, help="a TOML file of [schedules.<name>] tables"
+    )
+    command.add_argument(
+        "--redis",
+        metavar="URL",
+        help="the Redis holding the controller's state (CELERIAC_CONTROLLER_REDIS; default: "
+        "the app's Redis result backend, else its Redis broker)",
+    )
+    command.add_argument("-b", "--broker", help="broker URL to publish to (CELERIAC_BROKER_URL)")
+    command.add_argument(
+        "--lease-ttl", type=_positive, default=DEFAULT_LEASE_TTL,
+        help=f"seconds a leader's lease lasts unrenewed (default {DEFAULT_LEASE_TTL:g})",
+    )  # fmt: skip
+    command.add_argument(
+        "--grace", type=_positive, default=DEFAULT_GRACE,
+        help="seconds overdue a tick still fires whatever its catch-up policy "
+        f"(default {DEFAULT_GRACE:g})",
+    )  # fmt: skip
+    command.add_argument("--no-task-check", action="store_true",
+                         help="fire tasks the app does not register")  # fmt: skip
+    command.add_argument("--id", help="this controller's id (default: controller@host.pid)")
+    command.add_argument("--prefix", default="celeriac:", help="Redis key prefix")
+    command.add_argument("-l", "--loglevel", default="info")
+    command.add_argument("--log-format", choices=["json", "console"])
+    command.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
+    command.set_defaults(run=_cmd_scheduler)
+
+
+def _cmd_scheduler(args: argparse.Namespace) -> int:
+    environ = os.environ
+    configure_logging(
+        args.loglevel, args.log_format or ("console" if sys.stderr.isatty() else "json")
+    )
+    try:
+        project = load_project(
+            args.app or first_env(environ, "CELERIAC_APP"),
+            broker=args.broker
+            or first_env(environ, "CELERIAC_BROKER_URL", "CELERY_BROKER_URL", "BROKER_URL"),
+            schedule_file=args.schedule_file,
+            check_tasks=not args.no_task_check,
+        )
+        redis_url = args.redis or first_env(environ, "CELERIAC_CONTROLLER_REDIS")
+        redis_url = redis_url or project.redis_url
+        if not redis_url:
+            raise ConfigError(
+                "the controller keeps its state in Redis: give --redis URL (or "
+                "CELERIAC_CONTROLLER_REDIS); the app has no Redis result backend or broker"
+            )
+        if not project.schedules:
+            raise ConfigError("no schedules: the app's beat_schedule and --schedule-file are empty")
+    except ConfigError as exc:
+        print(f"celeriac: {exc}", file=sys.stderr)
+        return 2
+    options = process.ControllerOptions(
+        redis_url=redis_url,
+        controller_id=args.id or process.default_controller_id(),
+        lease_ttl=args.lease_ttl,
+        grace=args.grace,
+        prefix=args.prefix,
+    )
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        return runner.run(process.run(project, options))
+
+
+def _cmd_topology_check(args: argparse.Namespace) -> int:
+    try:
+        in_use = set(topology.parse_queues(args.queues or ""))
+        if args.app:
+            target = import_target(args.app)
+            if target is None:
+                raise ConfigError(f"-A {args.app}: no such app")
+            in_use |= topology.queues_of_app(target)
+        groups = []
+        for path in args.compose or []:
+            groups += topology.groups_in_compose(_yaml(path))
+        for path in args.values or []:
+            groups += topology.groups_in_values(_yaml(path))
+        from_env = first_env(os.environ, "WORKER_QUEUES")
+        if from_env:
+            groups.append(topology.WorkerGroup("environment", topology.parse_queues(from_env)))
+        if not in_use:
+            raise ConfigError("no queues to check: give --queues and/or --app")
+        if not groups:
+            raise ConfigError("no worker groups: give --compose, --values or WORKER_QUEUES")
+    except (ConfigError, UsageError) as exc:
+        print(f"celeriac: {exc}", file=sys.stderr)
+        return 2
+    result = topology.coverage(in_use, groups)
+    for group in groups:
+        print(f"group {group.name}: {', '.join(sorted(group.queues)) or '(no queues)'}")
+    for name, queues in result.idle.items():
+        print(f"warning: group {name} consumes {', '.join(queues)}, which no task uses")
+    for queue in result.unconsumed:
+        print(f"error: no worker group consumes queue {queue}: its tasks never run")
+    if result.ok:
+        print(f"ok: all {len(in_use)} queues in use have a consumer")
+    return 0 if result.ok else 1
+
+
+def _yaml(path: Path) -> Any:
+    import yaml  # noqa: PLC0415 - only the topology check reads YAML
+
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def _add_topology_command(commands: Any) -> None:
+    topology_command = commands.add_parser(
+        "topology", help="check that every queue in use has a worker group consuming it"
+    )
+    checks = topology_command.add_subparsers(dest="check", required=True, metavar="CHECK")
+    check = checks.add_parser(
+        "check",
+        help="list every queue no worker group consumes (exit 1 if any)",
+        description="Compare the queues in use (--queues, the app's routes) with the queues "
+        "each worker group consumes (compose services, Helm-style values, WORKER_QUEUES); "
+        "print every queue no group consumes and exit 1 if there is one; warn about queues a "
+        "group consumes that no task uses.",
+    )
+    check.add_argument("--queues", help="queues in use, comma-separated")
+    check.add_argument("-A", "--app", help="a celeriac App or Celery app whose routes count")
+    check.add_argument("--compose", type=Path, action="append", help="a compose file")
+    check.add_argument("--values", type=Path, action="append", help="a Helm-style values file")
+    check.set_defaults(run=_cmd_topology_check)
+
+
+def add_commands(commands: Any) -> None:
+    """The controller's sub-commands, added to ``celeriac``'s."""
+    _add_scheduler_command(
+        commands, "controller",
+        "run the controller: fire periodic tasks (exactly one of any number of controllers "
+        "fires each tick)",
+    )  # fmt: skip
+    _add_scheduler_command(
+        commands, "beat", "fire periodic tasks only (celery beat's place, highly available)"
+    )
+    _add_topology_command(commands)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``celeriac``: the runtime's commands and the controller's; the exit status."""
+    return runtime_cli.main(argv, extend=add_commands)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
