@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from runtime import cli as runtime_cli
+from runtime.errors import BackendError
+from runtime.results.runs import Run, RunRegistry
 from runtime.serve import UsageError, configure_logging, first_env, import_target, loop_factory
 
 from . import process, topology
 from .project import ConfigError, load_project
+from .reconciler import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER
 from .scheduler import DEFAULT_GRACE, DEFAULT_LEASE_TTL
+from .schedules import ScheduleError, parse_interval
 
 __all__ = ["main"]
 
@@ -68,7 +74,50 @@ def _add_scheduler_command(commands: Any, name: str, help_text: str) -> None:
     command.add_argument("-l", "--loglevel", default="info")
     command.add_argument("--log-format", choices=["json", "console"])
     command.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
-    command.set_defaults(run=_cmd_scheduler)
+    if name == "controller":
+        _add_reconciler_arguments(command)
+    command.set_defaults(run=_cmd_scheduler, loops=_LOOPS[name])
+
+
+#: The loops each command runs.
+_LOOPS = {"controller": ("scheduler", "reconciler"), "beat": ("scheduler",)}
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_interval(text, "duration")
+    except ScheduleError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (say 45m, 90s, 2h)")
+    return seconds
+
+
+def _queue_duration(text: str) -> tuple[str, float]:
+    queue, _, duration = text.partition("=")
+    if not queue or not duration:
+        raise argparse.ArgumentTypeError(f"give QUEUE=DURATION, not {text!r}")
+    return queue, _duration(duration)
+
+
+def _add_reconciler_arguments(command: Any) -> None:
+    command.add_argument(
+        "--run-registry", metavar="URL",
+        help="the Redis where workers and producers record runs (CELERIAC_RUN_REGISTRY; "
+        "default: the app's run_registry, else the controller's Redis)",
+    )  # fmt: skip
+    command.add_argument(
+        "--stale-after", type=_duration, default=DEFAULT_STALE_AFTER,
+        help="how long a run may stay queued before it is skipped (default 45m)",
+    )  # fmt: skip
+    command.add_argument(
+        "--stale-after-queue", type=_queue_duration, action="append", default=[],
+        metavar="QUEUE=DURATION", help="the same for one queue (repeatable)",
+    )  # fmt: skip
+    command.add_argument(
+        "--reconcile-interval", type=_duration, default=DEFAULT_INTERVAL,
+        help="seconds between two reconciliation passes (default 60)",
+    )  # fmt: skip
 
 
 def _cmd_scheduler(args: argparse.Namespace) -> int:
@@ -91,18 +140,25 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
                 "the controller keeps its state in Redis: give --redis URL (or "
                 "CELERIAC_CONTROLLER_REDIS); the app has no Redis result backend or broker"
             )
-        if not project.schedules:
+        if not project.schedules and args.loops == ("scheduler",):
             raise ConfigError("no schedules: the app's beat_schedule and --schedule-file are empty")
     except ConfigError as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
         return 2
+    reconciling = "reconciler" in args.loops
     options = process.ControllerOptions(
         redis_url=redis_url,
         controller_id=args.id or process.default_controller_id(),
+        loops=args.loops,
         lease_ttl=args.lease_ttl,
         grace=args.grace,
         prefix=args.prefix,
-    )
+        run_registry_url=(args.run_registry or first_env(environ, "CELERIAC_RUN_REGISTRY")
+                          or project.app.run_registry_url) if reconciling else None,
+        stale_after=args.stale_after if reconciling else DEFAULT_STALE_AFTER,
+        stale_after_by_queue=dict(args.stale_after_queue) if reconciling else {},
+        reconcile_interval=args.reconcile_interval if reconciling else DEFAULT_INTERVAL,
+    )  # fmt: skip
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         return runner.run(process.run(project, options))
 
@@ -171,17 +227,77 @@ def _add_topology_command(commands: Any) -> None:
     check.set_defaults(run=_cmd_topology_check)
 
 
+def _cmd_runs_list(args: argparse.Namespace) -> int:
+    url = args.redis or first_env(os.environ, "CELERIAC_RUN_REGISTRY", "CELERIAC_CONTROLLER_REDIS")
+    if not url:
+        print("celeriac: give --redis URL (or CELERIAC_RUN_REGISTRY)", file=sys.stderr)
+        return 2
+
+    async def read() -> list[Run]:
+        registry = RunRegistry.from_url(url, prefix=args.prefix)
+        try:
+            return await registry.runs(state=args.state, queue=args.queue, limit=args.limit)
+        finally:
+            await registry.aclose()
+
+    try:
+        runs = asyncio.run(read())
+    except BackendError as exc:
+        print(f"celeriac: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([run.as_dict() for run in runs], indent=2))
+        return 0
+    columns = ("task_id", "task", "queue", "state", "attempt", "worker", "updated")
+    rows = [
+        (run.task_id, run.get("task") or "", run.get("queue") or "", run.state,
+         run.get("attempt") or "", run.get("worker") or "", _when(run.get("updated_at")))
+        for run in runs
+    ]  # fmt: skip
+    print(table(columns, rows))
+    return 0
+
+
+def _when(stamp: str | None) -> str:
+    if not stamp:
+        return ""
+    return datetime.fromtimestamp(float(stamp), UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """``rows`` under ``columns``, aligned, for a terminal."""
+    cells = [list(columns), *[[str(cell) for cell in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in cells]  # fmt: skip
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _add_runs_command(commands: Any) -> None:
+    runs = commands.add_parser("runs", help="the run registry: what ran, where, how it ended")
+    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the newest runs first")
+    listing.add_argument("--state", help="queued, received, started, succeeded, failed, ...")
+    listing.add_argument("--queue", help="only runs of this queue")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--redis", metavar="URL", help="the registry (CELERIAC_RUN_REGISTRY)")
+    listing.add_argument("--prefix", default="celeriac:", help="Redis key prefix")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    listing.set_defaults(run=_cmd_runs_list)
+
+
 def add_commands(commands: Any) -> None:
     """The controller's sub-commands, added to ``celeriac``'s."""
     _add_scheduler_command(
         commands, "controller",
         "run the controller: fire periodic tasks (exactly one of any number of controllers "
-        "fires each tick)",
+        "fires each tick) and skip runs queued too long",
     )  # fmt: skip
     _add_scheduler_command(
         commands, "beat", "fire periodic tasks only (celery beat's place, highly available)"
     )
     _add_topology_command(commands)
+    _add_runs_command(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

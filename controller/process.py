@@ -11,31 +11,45 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from runtime.errors import BrokerConnectionError
 from runtime.redis_client import client_for
+from runtime.results.runs import RunRegistry
 from runtime.transports.urls import masked_url
 
 from .keys import DEFAULT_PREFIX, Keys
 from .project import Project
+from .reconciler import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER, Reconciler
+from .recovery import Recovery
 from .scheduler import DEFAULT_GRACE, DEFAULT_LEASE_TTL, Scheduler
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 __all__ = ["ControllerOptions", "default_controller_id", "run"]
 
 
 @dataclass(frozen=True, slots=True)
 class ControllerOptions:
-    """How to run: the Redis holding the controller's state, and the scheduler's timings."""
+    """How to run: the Redis holding the controller's state, which loops run (``scheduler``,
+    ``reconciler``), and their timings. The run registry is in ``run_registry_url`` (the
+    controller's Redis unless said otherwise)."""
 
     redis_url: str
     controller_id: str
+    loops: tuple[str, ...] = ("scheduler",)
     lease_ttl: float = DEFAULT_LEASE_TTL
     grace: float = DEFAULT_GRACE
     prefix: str = DEFAULT_PREFIX
+    run_registry_url: str | None = None
+    stale_after: float = DEFAULT_STALE_AFTER
+    stale_after_by_queue: Mapping[str, float] = field(default_factory=dict)
+    reconcile_interval: float = DEFAULT_INTERVAL
 
 
 def default_controller_id() -> str:
@@ -47,6 +61,10 @@ async def run(project: Project, options: ControllerOptions) -> int:
     """Run the scheduler for ``project`` until SIGTERM or SIGINT; the exit status."""
     log = structlog.get_logger("celeriac.controller")
     redis = client_for(options.redis_url, socket_connect_timeout=5)
+    separate = options.run_registry_url not in (None, options.redis_url)
+    registry = (
+        client_for(options.run_registry_url) if options.run_registry_url and separate else redis
+    )
     try:
         try:
             await redis.ping()
@@ -62,7 +80,31 @@ async def run(project: Project, options: ControllerOptions) -> int:
         except BrokerConnectionError as exc:
             print(f"celeriac: cannot reach the broker: {exc}", file=sys.stderr)
             return 1
-        scheduler = Scheduler(
+        loops = _loops(project, options, redis, registry)
+        log.info(
+            "controller_started", controller=options.controller_id, loops=sorted(loops),
+            schedules=[f"{s.name}: {s.task} {s.describe}" for s in project.schedules],
+            redis=masked_url(options.redis_url), broker=masked_url(project.app.broker_url),
+        )  # fmt: skip
+        await _until_signal(_together(loops.values()), log)
+        log.info("controller_stopped", controller=options.controller_id)
+        return 0
+    finally:
+        await project.app.aclose()
+        if registry is not redis:
+            await registry.aclose()
+        await redis.aclose()
+
+
+def _loops(
+    project: Project,
+    options: ControllerOptions,
+    redis: redis.asyncio.Redis,
+    registry: redis.asyncio.Redis,
+) -> dict[str, Coroutine[Any, Any, None]]:
+    loops: dict[str, Coroutine[Any, Any, None]] = {}
+    if "scheduler" in options.loops and project.schedules:
+        loops["scheduler"] = Scheduler(
             project.schedules,
             project.app.send_task,
             redis,
@@ -71,18 +113,28 @@ async def run(project: Project, options: ControllerOptions) -> int:
             lease_ttl=options.lease_ttl,
             grace=options.grace,
             route=project.route,
-        )
-        log.info(
-            "controller_started", controller=options.controller_id,
-            schedules=[f"{s.name}: {s.task} {s.describe}" for s in project.schedules],
-            redis=masked_url(options.redis_url), broker=masked_url(project.app.broker_url),
-        )  # fmt: skip
-        await _until_signal(scheduler.run(), log)
-        log.info("controller_stopped", controller=options.controller_id, fired=scheduler.fired)
-        return 0
-    finally:
-        await project.app.aclose()
-        await redis.aclose()
+        ).run()
+    if "reconciler" in options.loops:
+        loops["recovery"] = Recovery(
+            RunRegistry(registry, prefix=options.prefix), project.app,
+            controller_id=options.controller_id,
+        ).run()  # fmt: skip
+        loops["reconciler"] = Reconciler(
+            RunRegistry(registry, prefix=options.prefix),
+            project.app,
+            controller_id=options.controller_id,
+            stale_after=options.stale_after,
+            per_queue=options.stale_after_by_queue,
+            interval=options.reconcile_interval,
+        ).run()
+    return loops
+
+
+async def _together(loops: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run the loops until one fails (its error ends the rest) or all are cancelled."""
+    async with asyncio.TaskGroup() as group:
+        for loop in loops:
+            group.create_task(loop)
 
 
 async def _until_signal(main: Any, log: Any) -> None:

@@ -57,12 +57,14 @@ def _celery_project(celery: Any, broker: str | None) -> Project:
     timezone = str(conf.timezone or "UTC")
     schedules = from_beat_schedule(dict(conf.beat_schedule or {}), timezone=timezone)
     broker_url = broker or conf.broker_url
+    backend = conf.result_backend if isinstance(conf.result_backend, str) else None
     app = App(
         str(celery.main or "celeriac"),
         broker=broker_url,
         default_queue=str(conf.task_default_queue or "celery"),
         task_serializer=str(conf.task_serializer or "json"),
         broker_transport_options=dict(conf.broker_transport_options or {}),
+        result_backend=_redis(backend),
     )
     router = celery.amqp.router
 
@@ -72,7 +74,6 @@ def _celery_project(celery: Any, broker: str | None) -> Project:
 
     celery.loader.import_default_modules()  # as a Celery worker does: the registry, complete
     names = frozenset(name for name in celery.tasks if not name.startswith("celery."))
-    backend = conf.result_backend if isinstance(conf.result_backend, str) else None
     return Project(schedules, app, route, _redis(backend) or _redis(broker_url), names)
 
 

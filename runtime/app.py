@@ -11,6 +11,8 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+import structlog
+
 from protocol import AcceptPolicy, ResultRef, Signature, TaskMessage, encode_task
 from protocol.control import ControlRequest, LamportClock, Mailbox, encode_control
 from runtime.canvas.chords import RedisChords
@@ -20,9 +22,11 @@ from runtime.canvas.workflow import carry_out, context_for
 from runtime.results import handles as result
 from runtime.results.backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
 from runtime.results.revoked import RevokedStore
+from runtime.results.runs import RunRegistry
 from runtime.transports.base import Broadcasting, QueueSpec, Transport
 from runtime.transports.urls import DEFAULT_BROKER, transport_for_url
 
+from .errors import BackendError
 from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
 from .task import Task, TaskOptions
@@ -64,6 +68,8 @@ class App:
         broker_transport_options: Mapping[str, Any] | None = None,
         beat_schedule: Mapping[str, Mapping[str, Any]] | None = None,
         timezone: str = "UTC",
+        run_registry: str | None = None,
+        run_registry_prefix: str = "celeriac:",
     ) -> None:
         self.main = main
         self.broker_url = broker or DEFAULT_BROKER
@@ -90,6 +96,11 @@ class App:
         }
         #: The time zone cron schedules run in (Celery's ``timezone``).
         self.timezone = timezone
+        #: The Redis URL of the run registry the controller reconciles (``None``: no registry).
+        self.run_registry_url = run_registry
+        #: The registry's key prefix: the controller's ``--prefix``.
+        self.run_registry_prefix = run_registry_prefix
+        self._runs: RunRegistry | None = None
         # A stable reply address per app, as Celery's clients send (only rpc:// reads it).
         self.oid = str(uuid.uuid4())
         self.clock = LamportClock()  # kombu's logical clock, on the commands this app sends
@@ -175,6 +186,16 @@ class App:
             )
         return self._backend
 
+    @property
+    def run_registry(self) -> RunRegistry | None:
+        """The run registry (:mod:`runtime.results.runs`), or ``None`` when runs are not
+        recorded."""
+        if self._runs is None and self.run_registry_url:
+            self._runs = RunRegistry.from_url(
+                self.run_registry_url, prefix=self.run_registry_prefix
+            )
+        return self._runs
+
     def AsyncResult(self, task_id: str) -> result.AsyncResult:
         """A handle on the result of ``task_id`` (Celery's ``app.AsyncResult``)."""
         return result.AsyncResult(task_id, self.backend)
@@ -255,6 +276,13 @@ class App:
         target = queue or self.default_queue
         producer = await self.connect([target])
         await producer.publish(wire, routing_key=target)
+        if self.run_registry is not None:
+            try:
+                await self.run_registry.queued(message, target)
+            except BackendError as exc:  # published all the same: only the record is missing
+                structlog.get_logger("celeriac.producer").warning(
+                    "run_not_recorded", task_id=message.id, error=str(exc)
+                )
 
     async def send_signature(
         self,
@@ -383,3 +411,6 @@ class App:
         if self._backend is not None:
             await self._backend.aclose()
             self._backend = None
+        if self._runs is not None:
+            await self._runs.aclose()
+            self._runs = None

@@ -31,6 +31,7 @@ from protocol import (
 )
 from runtime.transports.urls import DEFAULT_BROKER
 from runtime.worker import DEFAULT_MAX_HELD_ETA
+from runtime.worker.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
 
 from . import serve
 from .errors import BackendError, BrokerConnectionError
@@ -159,6 +160,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         queue_type=args.queue_type or serve.first_env(environ, "CELERIAC_QUEUE_TYPE"),
         visibility_timeout=visibility_timeout,
         max_held_eta=max_held_eta,
+        run_registry=args.run_registry or serve.first_env(environ, "CELERIAC_RUN_REGISTRY"),
+        heartbeat_interval=args.heartbeat_interval,
     )
     if not options.app_path:
         print("celeriac: worker needs -A module:app (or CELERIAC_APP)", file=sys.stderr)
@@ -316,6 +319,19 @@ def _parser(extend: Extension | None = None) -> argparse.ArgumentParser:
         "--max-held-eta",
         help="tasks due within 2 s the worker holds at most, unacknowledged; later ones wait "
         f"in the broker (default {DEFAULT_MAX_HELD_ETA}; CELERIAC_MAX_HELD_ETA)",
+    )
+    worker.add_argument(
+        "--run-registry",
+        metavar="URL",
+        help="record each run in this Redis for the controller to reconcile "
+        "(CELERIAC_RUN_REGISTRY; default: not recorded)",
+    )
+    worker.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        help="seconds between heartbeats in the run registry "
+        f"(default {DEFAULT_HEARTBEAT_INTERVAL:g})",
     )
     worker.set_defaults(run=_cmd_worker)
     _add_load_command(commands)

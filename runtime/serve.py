@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from runtime.worker import DEFAULT_MAX_HELD_ETA, Worker
+from runtime.worker.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
 
 from .app import App
 from .errors import BrokerConnectionError
@@ -59,6 +60,8 @@ class WorkerOptions:
     queue_type: str | None = None
     visibility_timeout: float | None = None
     max_held_eta: int = DEFAULT_MAX_HELD_ETA
+    run_registry: str | None = None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
 
 
 def first_env(environ: Mapping[str, str], *names: str) -> str | None:
@@ -141,6 +144,11 @@ def configure(app: App, options: WorkerOptions) -> None:
         app.result_backend_url = options.result_backend
     if options.queue_type:
         app.task_default_queue_type = options.queue_type
+    if options.run_registry:
+        app.run_registry_url = options.run_registry
+    app.run_registry_prefix = first_env(os.environ, "CELERIAC_RUN_REGISTRY_PREFIX") or (
+        app.run_registry_prefix
+    )
     if options.visibility_timeout is not None:
         app.broker_transport_options["visibility_timeout"] = options.visibility_timeout
     policy = app.queue_policy
@@ -171,6 +179,7 @@ async def _run(app: App, options: WorkerOptions) -> int:
         hostname=options.hostname,
         grace=options.grace,
         max_held_eta=options.max_held_eta,
+        heartbeat_interval=options.heartbeat_interval,
     )
     loop = asyncio.get_running_loop()
     signals_seen = 0

@@ -22,6 +22,7 @@ __all__ = [
     "Capacity",
     "Delivery",
     "QueueSpec",
+    "Recovering",
     "Transport",
     "transport_options",
     "wait_free_unless_closed",
@@ -145,6 +146,21 @@ class Broadcasting(Protocol):
     async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
         """Publish to direct ``exchange`` (non-durable, as kombu's reply exchanges) with
         ``routing_key``; a reply whose queue has gone (its sender stopped waiting) is dropped."""
+
+
+@runtime_checkable
+class Recovering(Protocol):
+    """What a transport adds when another process can give a dead consumer's deliveries back
+    before the broker would (Redis: before the visibility timeout). AMQP needs none: the
+    broker requeues what a closed connection held at once.
+    """
+
+    def delivery_ref(self, delivery: Delivery) -> str | None:
+        """A name for ``delivery`` that outlives this process (the Redis delivery tag)."""
+
+    async def restore_now(self, ref: str) -> bool:
+        """Put the delivery ``ref`` names back on its queue now, marked redelivered, if it is
+        still unsettled; ``False`` if it was settled or restored already."""
 
 
 async def wait_free_unless_closed(capacity: Capacity, closed: asyncio.Event) -> bool:

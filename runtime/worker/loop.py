@@ -26,12 +26,8 @@ from typing import Any
 import structlog
 
 from protocol import (
-    READY_STATES,
-    EncodeError,
     ExceptionInfo,
-    ExtendedInfo,
     MalformedMessage,
-    ResultMeta,
     ResultRef,
     State,
     TaskMessage,
@@ -42,7 +38,7 @@ from runtime.canvas.workflow import Workflow
 from runtime.control.commands import COMMANDS
 from runtime.control.controlled import RunningTask
 from runtime.control.mailbox import RemoteControl
-from runtime.errors import BackendError, BrokerConnectionError
+from runtime.errors import BrokerConnectionError
 from runtime.exceptions import NotRegistered
 from runtime.policy import TimeLimits
 from runtime.ratelimit import RateLimits
@@ -50,11 +46,13 @@ from runtime.request import Request
 from runtime.results.backend import RedisResultBackend
 from runtime.results.revoked import Revocations, RevokedStore
 from runtime.task import Task
-from runtime.transports.base import Broadcasting, Delivery, Transport
+from runtime.transports.base import Broadcasting, Delivery, Recovering, Transport
 from runtime.transports.urls import masked_url, transport_for_url
 
 from .execution import Executor, Outcome
+from .heartbeat import DEFAULT_HEARTBEAT_INTERVAL, beat_forever
 from .hooks import call_hooks
+from .recording import Recorder, ignores_result
 from .retries import RetryPublisher, resolve_retry
 from .slots import Handling, Slots
 
@@ -81,6 +79,7 @@ class Worker:
         backend: RedisResultBackend | None = None,
         grace: float = 30.0,
         max_held_eta: int = DEFAULT_MAX_HELD_ETA,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         logger: Any = None,
     ) -> None:
         self.app = app
@@ -97,6 +96,12 @@ class Worker:
         self.max_held_eta = max_held_eta
         self.log = logger or structlog.get_logger("celeriac.worker")
         self.workflow = Workflow(app, self.backend, hostname=hostname, log=self.log)
+        self.recorder = Recorder(
+            app, self.backend, self.workflow, runs=app.run_registry, hostname=hostname, log=self.log
+        )
+        self._recovering: Recovering | None = None
+        if isinstance(self.transport, Recovering) and app.run_registry is not None:
+            self._recovering = self.transport
         self._executor = Executor(threads=concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._consuming: asyncio.Task[None] | None = None
@@ -116,6 +121,9 @@ class Worker:
             RevokedStore.for_backend(self.backend) if self.backend is not None else None
         )
         self._control: RemoteControl | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        #: Seconds between two heartbeats in the run registry (when the app keeps one).
+        self.heartbeat_interval = heartbeat_interval
 
     async def run(self) -> None:
         """Connect, declare the queues, and work until :meth:`stop` or :meth:`terminate`."""
@@ -135,6 +143,7 @@ class Worker:
             if self.backend is None:
                 self.log.warning("no_result_backend", detail="results are not stored")
             self.ready.set()
+            self._start_heartbeat()
             if not self._stopped.is_set():  # a stop during start-up means: do not start
                 self._consuming = asyncio.create_task(self._consume(), name="celeriac-consume")
                 try:
@@ -144,11 +153,23 @@ class Worker:
                         raise
             await self._drain()
         finally:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
             if self._control is not None:
                 await self._control.aclose()
             await self.transport.aclose()
             self._executor.shutdown()
             self.log.info("worker_stopped", processed=self.processed)
+
+    def _start_heartbeat(self) -> None:
+        runs = self.app.run_registry
+        if runs is None:
+            return
+        beating = beat_forever(
+            runs, self.hostname, queues=self.queues, concurrency=self.slots.total,
+            busy=lambda: self.slots.busy, interval=self.heartbeat_interval, log=self.log,
+        )  # fmt: skip
+        self._heartbeat = asyncio.create_task(beating, name="celeriac-heartbeat")
 
     async def _start_remote_control(self) -> None:
         if not isinstance(self.transport, Broadcasting):
@@ -274,7 +295,7 @@ class Worker:
         task = self.app.tasks.get(message.task)
         if task is None:
             log.error("task_unknown")
-            await self._store(
+            await self.recorder.store(
                 message,
                 delivery,
                 State.FAILURE,
@@ -289,6 +310,10 @@ class Worker:
             await self._ack(handling)
             request = self._request(message, delivery)
             await self._conclude(task, request, delivery, Outcome.failed(exc), log)
+            return
+        if not await self.recorder.received(message, delivery.queue):
+            log.warning("task_dropped", reason="the controller skipped this run")
+            await self._ack(handling)
             return
         if await self._admitted(task, message, handling, log):
             await self._run(task, message, handling, log)
@@ -321,7 +346,8 @@ class Worker:
             return False
         log.info("task_expired", expires=message.expires.isoformat())
         expired = ExceptionInfo("TaskRevokedError", ("expired",), "celery.exceptions")
-        await self._store(message, handling.delivery, State.REVOKED, expired)
+        await self.recorder.store(message, handling.delivery, State.REVOKED, expired)
+        await self.recorder.ended(message, State.REVOKED)
         await self.workflow.ended(message, State.REVOKED, expired)
         await self._ack(handling)
         return True
@@ -387,9 +413,9 @@ class Worker:
         acks_late = task.options.acks_late
         if not acks_late:
             await self._ack(handling)
-        ignore = _ignores_result(task, message)
+        ignore = ignores_result(task, message)
         if task.options.track_started and not ignore and self.backend is not None:
-            await self._store(
+            await self.recorder.store(
                 message, delivery, State.STARTED, {"pid": os.getpid(), "hostname": self.hostname}
             )
         # The message's limits, else the task's; 0 means none, as Celery reads it.
@@ -399,6 +425,8 @@ class Worker:
         )
         limits = self.app.queue_policy.effective(delivery.queue, requested)
         request = self._request(message, delivery)
+        ref = self._recovering.delivery_ref(delivery) if self._recovering else None
+        await self.recorder.started(message, acks_late=acks_late, ref=ref)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
         executed = await self._execute(task, request, limits)
         if executed is None:
@@ -444,8 +472,9 @@ class Worker:
         """Store REVOKED ``TaskRevokedError(reason)`` and ack, as Celery's ``_announce_revoked``."""
         log.info("task_revoked", reason=reason)
         revoked = ExceptionInfo("TaskRevokedError", (reason,), "celery.exceptions")
-        if not _ignores_result(task, message) or task.options.store_errors_even_if_ignored:
-            await self._store(message, handling.delivery, State.REVOKED, revoked)
+        if not ignores_result(task, message) or task.options.store_errors_even_if_ignored:
+            await self.recorder.store(message, handling.delivery, State.REVOKED, revoked)
+        await self.recorder.ended(message, State.REVOKED)
         await self.workflow.ended(message, State.REVOKED, revoked)
         if not handling.settled:
             await self._ack(handling)
@@ -488,95 +517,9 @@ class Worker:
         hooks. The outcome is FAILURE instead of RETRY if the retry could not be sent."""
         outcome = await self._retries.send(request, outcome, log)
         sent = tuple(ResultRef(retry.message.id) for retry in request.outbox)
-        outcome = await self._record(task, request.message, delivery, outcome, children=sent)
+        outcome = await self.recorder.record(
+            task, request.message, delivery, outcome, children=sent
+        )
+        await self.recorder.ended(request.message, outcome.state)
         await call_hooks(task, request, outcome, self._executor.call, log)
         return outcome
-
-    async def _record(
-        self,
-        task: Task[Any, Any],
-        message: TaskMessage,
-        delivery: Delivery,
-        outcome: Outcome,
-        children: tuple[ResultRef, ...] = (),
-    ) -> Outcome:
-        """Store the outcome; around it, what the canvas needs (:mod:`runtime.canvas.workflow`).
-        Returns it as stored: FAILURE if its callbacks or its value could not be sent."""
-        if outcome.state is State.SUCCESS:
-            try:  # callbacks and the chain's next step go first: they are the children
-                children += await self.workflow.succeeded(message, outcome.value)
-            except Exception as exc:  # as in Celery, what cannot be sent fails the task
-                outcome = Outcome.failed(exc)
-        ignored = _ignores_result(task, message)
-        if outcome.state is State.SUCCESS:
-            try:
-                if not ignored:
-                    value = outcome.value
-                    await self._store(message, delivery, State.SUCCESS, value, children=children)
-            except EncodeError as exc:  # the value cannot be serialised: say so, as Celery does
-                outcome = Outcome(State.FAILURE, exception=exc)
-            else:
-                await self.workflow.ended(message, State.SUCCESS, outcome.value)
-                return outcome
-        stored = not ignored or task.options.store_errors_even_if_ignored
-        if outcome.state is State.RETRY:
-            reason = getattr(outcome.exception, "exc", None)
-            info = None
-            if reason is not None:
-                info = ExceptionInfo.from_exception(reason, serializer=self.app.result_serializer)
-            if stored:
-                await self._store(
-                    message, delivery, State.RETRY, info, outcome.traceback, children=children
-                )
-            return outcome
-        assert outcome.exception is not None
-        error, traceback = outcome.exception, outcome.traceback
-        info = ExceptionInfo.from_exception(error, serializer=self.app.result_serializer)
-        if stored:
-            await self._store(message, delivery, State.FAILURE, info, traceback)
-        await self.workflow.failed(message, info, error, traceback, stored=stored)
-        return outcome
-
-    async def _store(
-        self,
-        message: TaskMessage,
-        delivery: Delivery,
-        status: State,
-        result: Any,
-        traceback: str | None = None,
-        *,
-        children: tuple[ResultRef, ...] = (),
-    ) -> None:
-        if self.backend is None:
-            return
-        extended = None
-        if self.app.result_extended:
-            extended = ExtendedInfo(
-                name=message.task,
-                args=list(message.args),
-                kwargs=dict(message.kwargs),
-                worker=self.hostname,
-                retries=message.retries,
-                queue=delivery.routing_key,
-            )
-        meta = ResultMeta(
-            task_id=message.id,
-            status=status,
-            result=result,
-            traceback=traceback,
-            children=children,
-            date_done=datetime.now(UTC) if status in READY_STATES else None,
-            group_id=message.group_id,
-            parent_id=message.parent_id,
-            extended=extended,
-        )
-        try:
-            await self.backend.store(meta)
-        except BackendError as exc:
-            self.log.error(
-                "result_not_stored", task_id=message.id, status=status.value, error=str(exc)
-            )
-
-
-def _ignores_result(task: Task[Any, Any], message: TaskMessage) -> bool:
-    return task.options.ignore_result if message.ignore_result is None else message.ignore_result

@@ -4,6 +4,7 @@ Redis hash) come from the environment, so each test has its own."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -28,6 +29,26 @@ _client: list[redis.asyncio.Redis] = []
 @app.task(name="ha.tick", bind=True)
 async def tick(self: Any) -> None:
     """Count this run under its task id."""
+    await _count(os.environ["HA_COUNTS"], self.request.id)
+
+
+async def _count(key: str, task_id: str) -> None:
     if not _client:
         _client.append(redis.asyncio.Redis.from_url(os.environ["HA_BROKER"]))
-    await _client[0].hincrby(os.environ["HA_COUNTS"], self.request.id, 1)
+    await _client[0].hincrby(key, task_id, 1)
+
+
+@app.task(name="ha.slow_late", bind=True, acks_late=True)
+async def slow_late(self: Any, seconds: float) -> None:
+    """An acks_late task that takes ``seconds``: counts its starts and its completions."""
+    await _count(os.environ["HA_COUNTS"] + ":starts", self.request.id)
+    await asyncio.sleep(seconds)
+    await _count(os.environ["HA_COUNTS"], self.request.id)
+
+
+@app.task(name="ha.slow_early", bind=True)
+async def slow_early(self: Any, seconds: float) -> None:
+    """The same, acknowledged when it starts (Celery's default)."""
+    await _count(os.environ["HA_COUNTS"] + ":starts", self.request.id)
+    await asyncio.sleep(seconds)
+    await _count(os.environ["HA_COUNTS"], self.request.id)

@@ -44,7 +44,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from importlib.resources import files
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio
@@ -54,9 +54,6 @@ from protocol import CeleriacError, WireMessage, decode_envelope, encode_envelop
 from protocol.kombu_redis import (
     dead_letter_payload,
     parse_binding_member,
-    parse_unacked,
-    payload_priority,
-    redelivered_payload,
 )
 from runtime.errors import BrokerConnectionError, translate_redis_errors
 from runtime.redis_client import client_for
@@ -72,6 +69,7 @@ from .claims import Claim, Settlement, payload_priority_of, with_redelivered_fla
 from .delayed import RedisDelayStore
 from .fanout import RedisFanout
 from .options import OPTION_NAMES, RedisOptions
+from .restore import Restorer
 
 __all__ = ["RedisTransport"]
 
@@ -79,7 +77,6 @@ log = logging.getLogger(__name__)
 
 _CLAIM = (files("runtime.transports.redis") / "lua" / "redis_claim.lua").read_text()
 _SETTLE = (files("runtime.transports.redis") / "lua" / "redis_settle.lua").read_text()
-_RESTORE = (files("runtime.transports.redis") / "lua" / "redis_restore.lua").read_text()
 _ACK = (files("runtime.transports.redis") / "lua" / "redis_ack.lua").read_text()
 #: The most acks one script call settles: a long script would hold up every other client.
 _ACKS_PER_CALL = 500
@@ -89,7 +86,6 @@ _CLAIM_MAX = 100
 #: Longest an idle consumer blocks on one queue before trying them all again.
 _IDLE_WAIT = 0.1
 #: Stale deliveries examined per page of a sweep.
-_SWEEP_PAGE = 100
 _RETRY_MIN, _RETRY_MAX = 0.5, 10.0
 
 
@@ -146,7 +142,7 @@ class RedisTransport(RedisFanout):
         self._settle_script = self._client.register_script(_SETTLE)
         self._ack_script = self._client.register_script(_ACK)
         self._delay_store = RedisDelayStore(self._client, self.layout)
-        self._restore = self._client.register_script(_RESTORE)
+        self._restorer = Restorer(self._client, self.options, self._lookup)
 
     def _require(self) -> redis.asyncio.Redis:
         if self._client is None:
@@ -513,56 +509,20 @@ class RedisTransport(RedisFanout):
             await self._register(self._consuming)
 
     async def restore_visible(self) -> int:
-        """Put back every delivery whose claim is older than ``visibility_timeout``.
+        """Put back every delivery whose claim is older than ``visibility_timeout``
+        (:meth:`Restorer.restore_visible`); how many."""
+        return await self._restorer.restore_visible()
 
-        kombu's ``restore_visible``: under ``unacked_mutex``, each stale delivery goes back to
-        the consuming end of the queues its exchange and routing key lead to, with kombu's
-        redelivered flags. Returns how many were restored (0 if another consumer holds the
-        mutex).
-        """
-        client = self._require()
-        lock = client.lock(self.layout.unacked_mutex, timeout=self.options.unacked_mutex_expire)
-        if not await lock.acquire(blocking=False):
-            return 0
-        try:
-            ceiling = time.time() - self.options.visibility_timeout
-            restored, skipped = 0, 0
-            while True:
-                # The client does not decode responses: members and values are bytes.
-                tags = cast("list[bytes]", await client.zrange(
-                    self.layout.unacked_index, "-inf", ceiling,
-                    byscore=True, offset=skipped, num=_SWEEP_PAGE,
-                ))  # fmt: skip
-                if not tags:
-                    return restored
-                values = cast("list[bytes | None]", await client.hmget(self.layout.unacked, tags))
-                for tag, value in zip(tags, values, strict=True):
-                    if await self._restore_one(tag, value, ceiling):
-                        restored += 1
-                    elif value is not None:
-                        skipped += 1
-        finally:
-            with contextlib.suppress(redis.exceptions.LockError):
-                await lock.release()
+    def delivery_ref(self, delivery: Delivery) -> str | None:
+        """The delivery tag: the controller restores a dead worker's deliveries by it."""
+        claim: Claim = delivery.handle
+        return claim.tag.decode("latin-1")  # any bytes, and back by encode("latin-1")
 
-    async def _restore_one(self, tag: bytes, value: bytes | None, ceiling: float) -> bool:
-        if value is None:  # an index entry without a record: drop it, as kombu does
-            await self._restore(keys=[self.layout.unacked, self.layout.unacked_index],
-                                args=[tag, ceiling, b"", b""])  # fmt: skip
-            return False
-        try:
-            payload, exchange, routing_key = parse_unacked(value)
-        except CeleriacError as exc:
-            log.error("cannot restore unacked delivery %r: %s", tag, exc)
-            return False
-        queues = await self._lookup(exchange, routing_key) or [routing_key]
-        priority = payload_priority(payload)
-        keys = [self.layout.queue_key(queue, priority) for queue in queues]
-        done = await self._restore(
-            keys=[self.layout.unacked, self.layout.unacked_index, *keys],
-            args=[tag, ceiling, value, redelivered_payload(payload)],
-        )
-        return bool(done)
+    async def restore_now(self, ref: str) -> bool:
+        """Put back the delivery tagged ``ref`` whatever the age of its claim (its worker is
+        dead)."""
+        with self._translate("restore a delivery"):
+            return await self._restorer.restore_now(ref.encode("latin-1"))
 
     # -- closing -----------------------------------------------------------------------------
 
