@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from runtime import cli as runtime_cli
-from runtime.errors import BackendError
-from runtime.results.runs import Run, RunRegistry
 from runtime.serve import UsageError, configure_logging, first_env, import_target, loop_factory
 
-from . import process, topology
+from . import process, topology, views, watch
 from .project import ConfigError, load_project
 from .reconciler import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER
 from .scheduler import DEFAULT_GRACE, DEFAULT_LEASE_TTL
@@ -118,6 +114,18 @@ def _add_reconciler_arguments(command: Any) -> None:
         "--reconcile-interval", type=_duration, default=DEFAULT_INTERVAL,
         help="seconds between two reconciliation passes (default 60)",
     )  # fmt: skip
+    command.add_argument(
+        "--watch-queues", default="",
+        help="more queues to watch, comma-separated (the app's and the workers' are watched)",
+    )  # fmt: skip
+    command.add_argument(
+        "--watch-grace", type=_duration, default=watch.DEFAULT_GRACE,
+        help="how long a queue may hold messages with no consumer before the alert (60s)",
+    )  # fmt: skip
+    command.add_argument(
+        "--watch-interval", type=_duration, default=watch.DEFAULT_INTERVAL,
+        help="seconds between two looks at the queues (default 10)",
+    )  # fmt: skip
 
 
 def _cmd_scheduler(args: argparse.Namespace) -> int:
@@ -158,6 +166,9 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
         stale_after=args.stale_after if reconciling else DEFAULT_STALE_AFTER,
         stale_after_by_queue=dict(args.stale_after_queue) if reconciling else {},
         reconcile_interval=args.reconcile_interval if reconciling else DEFAULT_INTERVAL,
+        watch_queues=tuple(topology.parse_queues(args.watch_queues)) if reconciling else (),
+        watch_grace=args.watch_grace if reconciling else watch.DEFAULT_GRACE,
+        watch_interval=args.watch_interval if reconciling else watch.DEFAULT_INTERVAL,
     )  # fmt: skip
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         return runner.run(process.run(project, options))
@@ -227,65 +238,6 @@ def _add_topology_command(commands: Any) -> None:
     check.set_defaults(run=_cmd_topology_check)
 
 
-def _cmd_runs_list(args: argparse.Namespace) -> int:
-    url = args.redis or first_env(os.environ, "CELERIAC_RUN_REGISTRY", "CELERIAC_CONTROLLER_REDIS")
-    if not url:
-        print("celeriac: give --redis URL (or CELERIAC_RUN_REGISTRY)", file=sys.stderr)
-        return 2
-
-    async def read() -> list[Run]:
-        registry = RunRegistry.from_url(url, prefix=args.prefix)
-        try:
-            return await registry.runs(state=args.state, queue=args.queue, limit=args.limit)
-        finally:
-            await registry.aclose()
-
-    try:
-        runs = asyncio.run(read())
-    except BackendError as exc:
-        print(f"celeriac: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps([run.as_dict() for run in runs], indent=2))
-        return 0
-    columns = ("task_id", "task", "queue", "state", "attempt", "worker", "updated")
-    rows = [
-        (run.task_id, run.get("task") or "", run.get("queue") or "", run.state,
-         run.get("attempt") or "", run.get("worker") or "", _when(run.get("updated_at")))
-        for run in runs
-    ]  # fmt: skip
-    print(table(columns, rows))
-    return 0
-
-
-def _when(stamp: str | None) -> str:
-    if not stamp:
-        return ""
-    return datetime.fromtimestamp(float(stamp), UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """``rows`` under ``columns``, aligned, for a terminal."""
-    cells = [list(columns), *[[str(cell) for cell in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-             for row in cells]  # fmt: skip
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _add_runs_command(commands: Any) -> None:
-    runs = commands.add_parser("runs", help="the run registry: what ran, where, how it ended")
-    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="the newest runs first")
-    listing.add_argument("--state", help="queued, received, started, succeeded, failed, ...")
-    listing.add_argument("--queue", help="only runs of this queue")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    listing.add_argument("--redis", metavar="URL", help="the registry (CELERIAC_RUN_REGISTRY)")
-    listing.add_argument("--prefix", default="celeriac:", help="Redis key prefix")
-    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
-    listing.set_defaults(run=_cmd_runs_list)
-
-
 def add_commands(commands: Any) -> None:
     """The controller's sub-commands, added to ``celeriac``'s."""
     _add_scheduler_command(
@@ -297,7 +249,7 @@ def add_commands(commands: Any) -> None:
         commands, "beat", "fire periodic tasks only (celery beat's place, highly available)"
     )
     _add_topology_command(commands)
-    _add_runs_command(commands)
+    views.add_commands(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

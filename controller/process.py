@@ -22,6 +22,7 @@ from runtime.redis_client import client_for
 from runtime.results.runs import RunRegistry
 from runtime.transports.urls import masked_url
 
+from . import watch
 from .keys import DEFAULT_PREFIX, Keys
 from .project import Project
 from .reconciler import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER, Reconciler
@@ -50,6 +51,9 @@ class ControllerOptions:
     stale_after: float = DEFAULT_STALE_AFTER
     stale_after_by_queue: Mapping[str, float] = field(default_factory=dict)
     reconcile_interval: float = DEFAULT_INTERVAL
+    watch_queues: tuple[str, ...] = ()
+    watch_grace: float = watch.DEFAULT_GRACE
+    watch_interval: float = watch.DEFAULT_INTERVAL
 
 
 def default_controller_id() -> str:
@@ -115,6 +119,11 @@ def _loops(
             route=project.route,
         ).run()
     if "reconciler" in options.loops:
+        loops["watch"] = watch.QueueWatch(
+            project.app, RunRegistry(registry, prefix=options.prefix),
+            queues={*project.queues, *options.watch_queues}, grace=options.watch_grace,
+            interval=options.watch_interval,
+        ).run()  # fmt: skip
         loops["recovery"] = Recovery(
             RunRegistry(registry, prefix=options.prefix), project.app,
             controller_id=options.controller_id,

@@ -24,6 +24,7 @@ from runtime import App
 from runtime.serve import UsageError, import_target
 
 from .schedules import Schedule, ScheduleError, from_beat_schedule, from_toml
+from .topology import queues_of_app
 
 __all__ = ["ConfigError", "Project", "load_project"]
 
@@ -43,6 +44,8 @@ class Project:
     route: Callable[[str], str | None] | None = None
     redis_url: str | None = None
     task_names: frozenset[str] = field(default_factory=frozenset)
+    #: The queues the app sends to (its routes and schedules): the queue watch's.
+    queues: frozenset[str] = field(default_factory=frozenset)
 
 
 def _redis(url: str | None) -> str | None:
@@ -104,6 +107,8 @@ def load_project(
             raise ConfigError(f"-A {path}: not a celeriac App or a Celery app")
         if schedule_file is not None:
             project.schedules += from_toml(schedule_file.read_text())
+        if path:
+            project.queues = frozenset(queues_of_app(target))
     except (ScheduleError, UsageError) as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:

@@ -426,7 +426,7 @@ class Worker:
         limits = self.app.queue_policy.effective(delivery.queue, requested)
         request = self._request(message, delivery)
         ref = self._recovering.delivery_ref(delivery) if self._recovering else None
-        await self.recorder.started(message, acks_late=acks_late, ref=ref)
+        await self.recorder.started(message, acks_late=acks_late, ref=ref, hard_limit=limits.hard)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
         executed = await self._execute(task, request, limits)
         if executed is None:

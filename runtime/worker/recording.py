@@ -77,12 +77,16 @@ class Recorder:
             return True
         return False
 
-    async def started(self, message: TaskMessage, *, acks_late: bool, ref: str | None) -> None:
-        """Record the run started; ``ref`` names its delivery for the transport, if the
-        controller can give it back should this worker die."""
+    async def started(
+        self, message: TaskMessage, *, acks_late: bool, ref: str | None, hard_limit: float | None
+    ) -> None:
+        """Record the run started, to end within ``hard_limit``; ``ref`` names its delivery
+        for the transport, if the controller can give it back should this worker die."""
         if self.runs is not None:
             try:
-                await self.runs.started(message, self.hostname, acks_late=acks_late, ref=ref)
+                await self.runs.started(
+                    message, self.hostname, acks_late=acks_late, ref=ref, hard_limit=hard_limit
+                )
             except BackendError as exc:
                 self.log.warning("run_not_recorded", task_id=message.id, error=str(exc))
 
