@@ -1,6 +1,7 @@
 """A celeriac app for the controller's end-to-end tests: an every-second schedule of a task
-that counts its runs by task id in Redis. ``HA_BROKER``, ``HA_QUEUE`` and ``HA_COUNTS`` (a
-Redis hash) come from the environment, so each test has its own."""
+that counts its runs by task id in Redis. ``HA_BROKER``, ``HA_QUEUE``, ``HA_COUNTS`` (a Redis
+hash) and ``HA_REDIS`` (where it is, when the broker is not Redis) come from the environment,
+so each test has its own."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ async def tick(self: Any) -> None:
 
 async def _count(key: str, task_id: str) -> None:
     if not _client:
-        _client.append(redis.asyncio.Redis.from_url(os.environ["HA_BROKER"]))
+        redis_url = os.environ.get("HA_REDIS") or os.environ["HA_BROKER"]
+        _client.append(redis.asyncio.Redis.from_url(redis_url))
     await _client[0].hincrby(key, task_id, 1)
 
 

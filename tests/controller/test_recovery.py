@@ -1,4 +1,4 @@
-"""A worker SIGKILLed mid-task on Redis, with a one-hour visibility timeout: the controller
+"""A worker SIGKILLed mid-task on Redis or SQS, with a one-hour visibility timeout: the controller
 sees its heart stop, returns its acks_late run to the queue within two heartbeat intervals
 (another worker completes it, once), and records its early-acknowledged run lost, with the
 WorkerLostError a Celery client reads."""
@@ -24,16 +24,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 HEARTBEAT = 1.0
 
 
+@pytest.fixture(params=["redis", "sqs"])
+def broker_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The broker: Redis (the unacked record restored), or SQS (made visible again)."""
+    return redis_url if request.param == "redis" else str(request.getfixturevalue("sqs_url"))
+
+
 @pytest.fixture
-async def producer(redis_url: str, unique_name: str) -> AsyncIterator[App]:
-    app = App("p", broker=redis_url, result_backend=redis_url, run_registry=redis_url,
+async def producer(broker_url: str, redis_url: str, unique_name: str) -> AsyncIterator[App]:
+    app = App("p", broker=broker_url, result_backend=redis_url, run_registry=redis_url,
               run_registry_prefix=f"{unique_name}:")  # fmt: skip
     yield app
     await app.aclose()
 
 
-def worker(name: str, redis_url: str, unique_name: str) -> WorkerProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HA_BROKER": redis_url,
+def worker(name: str, broker_url: str, redis_url: str, unique_name: str) -> WorkerProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HA_BROKER": broker_url, "HA_REDIS": redis_url,
            "HA_COUNTS": f"{unique_name}:done",
            "CELERIAC_RUN_REGISTRY_PREFIX": f"{unique_name}:"}  # fmt: skip
     return WorkerProcess(
@@ -51,12 +57,12 @@ async def until(condition: object, timeout: float) -> None:
 
 
 async def test_a_dead_workers_runs_are_recovered(
-    producer: App, redis_url: str, unique_name: str
+    producer: App, broker_url: str, redis_url: str, unique_name: str
 ) -> None:
     registry = producer.run_registry
     assert registry is not None
     sync = redis.Redis.from_url(redis_url, decode_responses=True)
-    first = worker(f"a-{unique_name}", redis_url, unique_name)
+    first = worker(f"a-{unique_name}", broker_url, redis_url, unique_name)
     second = None
     try:
         first.wait_for("worker_ready")
@@ -72,7 +78,7 @@ async def test_a_dead_workers_runs_are_recovered(
         first.signal(signal.SIGKILL)
         first.wait()
         killed = time.monotonic()
-        second = worker(f"b-{unique_name}", redis_url, unique_name)
+        second = worker(f"b-{unique_name}", broker_url, redis_url, unique_name)
         recovery = Recovery(registry, producer, controller_id="c1")
         recovered: list[str] = []
 
