@@ -23,11 +23,13 @@ pytestmark = pytest.mark.integration
 GRACE = 1.0
 
 
-@pytest.fixture(params=["amqp", "redis"])
+@pytest.fixture(params=["amqp", "redis", "sqs"])
 async def app(
     request: pytest.FixtureRequest, redis_url: str, unique_name: str
 ) -> AsyncIterator[App]:
-    broker = request.getfixturevalue("amqp_url") if request.param == "amqp" else redis_url
+    broker = redis_url
+    if request.param != "redis":
+        broker = str(request.getfixturevalue(f"{request.param}_url"))
     producer = App("w", broker=broker, run_registry=redis_url,
                    run_registry_prefix=f"{unique_name}:")  # fmt: skip
     yield producer
@@ -68,7 +70,7 @@ async def test_an_unconsumed_queue_raises_the_alert_within_its_grace(
 
 class consumer:
     """Something consuming ``queue``: on RabbitMQ a real consumer, on Redis a worker's
-    heartbeat naming the queue (Redis keeps no consumer count of its own)."""
+    heartbeat naming the queue (Redis keeps no consumer count of its own, SQS none at all)."""
 
     def __init__(self, app: App, registry: RunRegistry, queue: str) -> None:
         self.app, self.registry, self.queue = app, registry, queue
