@@ -15,7 +15,6 @@ At start-up and every ``interval`` seconds it reads the run registry
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -25,8 +24,10 @@ import structlog
 
 from protocol import ExceptionInfo, ResultMeta, State
 from runtime import App
-from runtime.errors import BackendError, BrokerConnectionError
+from runtime.errors import BrokerConnectionError
 from runtime.results.runs import RunRegistry
+
+from .loops import every
 
 __all__ = ["DEFAULT_INTERVAL", "DEFAULT_STALE_AFTER", "Reconciler"]
 
@@ -65,12 +66,7 @@ class Reconciler:
 
     async def run(self) -> None:
         """A pass now, then one every ``interval`` seconds, until cancelled."""
-        while True:
-            try:
-                await self.reconcile()
-            except BackendError as exc:
-                self.log.error("reconcile_failed", error=str(exc))
-            await asyncio.sleep(self.interval)
+        await every(self.interval, self.reconcile, log=self.log, failed="reconcile_failed")
 
     async def reconcile(self) -> list[str]:
         """One pass; the task ids this controller skipped."""

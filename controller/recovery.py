@@ -18,7 +18,6 @@ controllers each run is recovered once.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -27,9 +26,10 @@ import structlog
 
 from protocol import ExceptionInfo, ResultMeta, State
 from runtime import App
-from runtime.errors import BackendError, BrokerConnectionError
 from runtime.results.runs import Run, RunRegistry
 from runtime.transports.base import Recovering
+
+from .loops import every
 
 __all__ = ["DEAD_AFTER_BEATS", "Recovery"]
 
@@ -58,12 +58,7 @@ class Recovery:
 
     async def run(self) -> None:
         """Check now, then every ``check_every`` seconds, until cancelled."""
-        while True:
-            try:
-                await self.check()
-            except (BackendError, BrokerConnectionError) as exc:
-                self.log.error("recovery_failed", error=str(exc))
-            await asyncio.sleep(self.check_every)
+        await every(self.check_every, self.check, log=self.log, failed="recovery_failed")
 
     async def check(self) -> list[str]:
         """One pass; the task ids this controller recovered."""

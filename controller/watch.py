@@ -21,7 +21,6 @@ Celery worker on a Redis queue is not seen). On SQS they are the heartbeats' alo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterable
@@ -31,9 +30,10 @@ from typing import Any
 import structlog
 
 from runtime import App
-from runtime.errors import BackendError, BrokerConnectionError, translate_redis_errors
+from runtime.errors import BrokerConnectionError, translate_redis_errors
 from runtime.results.runs import RunRegistry
 
+from .loops import every
 from .recovery import DEAD_AFTER_BEATS
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_INTERVAL", "QueueState", "QueueWatch"]
@@ -89,12 +89,7 @@ class QueueWatch:
 
     async def run(self) -> None:
         """Look now, then every ``interval`` seconds, until cancelled."""
-        while True:
-            try:
-                await self.look()
-            except (BackendError, BrokerConnectionError) as exc:
-                self.log.error("queue_watch_failed", error=str(exc))
-            await asyncio.sleep(self.interval)
+        await every(self.interval, self.look, log=self.log, failed="queue_watch_failed")
 
     async def look(self) -> list[QueueState]:
         """One look at every known queue; their states (alerts raised and cleared, logged)."""

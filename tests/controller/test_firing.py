@@ -3,7 +3,6 @@ its queue, under the task id derived from the tick."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -16,19 +15,6 @@ from runtime import App
 from tests.controller.test_scheduler import T0, Clock
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["amqp", "redis", "sqs"])
-async def app(
-    request: pytest.FixtureRequest, redis_url: str, unique_name: str
-) -> AsyncIterator[App]:
-    broker = redis_url
-    if request.param != "redis":
-        broker = str(request.getfixturevalue(f"{request.param}_url"))
-    producer = App("f", broker=broker, run_registry=redis_url,
-                   run_registry_prefix=f"{unique_name}:")  # fmt: skip
-    yield producer
-    await producer.aclose()
 
 
 async def test_a_tick_lands_in_its_queue(app: App, redis_url: str, unique_name: str) -> None:

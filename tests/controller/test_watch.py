@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
@@ -21,19 +20,6 @@ from runtime.results.runs import RunRegistry
 pytestmark = pytest.mark.integration
 
 GRACE = 1.0
-
-
-@pytest.fixture(params=["amqp", "redis", "sqs"])
-async def app(
-    request: pytest.FixtureRequest, redis_url: str, unique_name: str
-) -> AsyncIterator[App]:
-    broker = redis_url
-    if request.param != "redis":
-        broker = str(request.getfixturevalue(f"{request.param}_url"))
-    producer = App("w", broker=broker, run_registry=redis_url,
-                   run_registry_prefix=f"{unique_name}:")  # fmt: skip
-    yield producer
-    await producer.aclose()
 
 
 async def test_an_unconsumed_queue_raises_the_alert_within_its_grace(

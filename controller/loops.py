@@ -1,0 +1,25 @@
+"""The shape every periodic loop of the controller shares."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from runtime.errors import BackendError, BrokerConnectionError
+
+__all__ = ["every"]
+
+
+async def every(
+    interval: float, step: Callable[[], Awaitable[object]], *, log: Any, failed: str
+) -> None:
+    """Run ``step`` now and then every ``interval`` seconds, until cancelled. A step that fails
+    because Redis or the broker is away is logged as event ``failed`` and tried again next
+    time: the controller outlives an outage."""
+    while True:
+        try:
+            await step()
+        except (BackendError, BrokerConnectionError) as exc:
+            log.error(failed, error=str(exc))
+        await asyncio.sleep(interval)
