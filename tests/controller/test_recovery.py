@@ -87,7 +87,7 @@ async def test_a_dead_workers_runs_are_recovered(
             return len(recovered) == 2
 
         await until(recovered_both, 10)
-        assert time.monotonic() - killed <= 2 * HEARTBEAT + 0.5
+        assert time.monotonic() - killed <= 2 * HEARTBEAT
         assert sorted(recovered) == sorted([late.id, early.id])
         assert await recovery.check() == []  # once: a second pass (or controller) finds nothing
 
