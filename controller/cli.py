@@ -66,6 +66,10 @@ def _add_scheduler_command(commands: Any, name: str, help_text: str) -> None:
     command.add_argument("--no-task-check", action="store_true",
                          help="fire tasks the app does not register")  # fmt: skip
     command.add_argument("--id", help="this controller's id (default: controller@host.pid)")
+    command.add_argument(
+        "--http-port", type=int, metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port (default: off)",
+    )  # fmt: skip
     command.add_argument("--prefix", default="celeriac:", help="Redis key prefix")
     command.add_argument("-l", "--loglevel", default="info")
     command.add_argument("--log-format", choices=["json", "console"])
@@ -161,6 +165,7 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl,
         grace=args.grace,
         prefix=args.prefix,
+        http_port=args.http_port,
         run_registry_url=(args.run_registry or first_env(environ, "CELERIAC_RUN_REGISTRY")
                           or project.app.run_registry_url) if reconciling else None,
         stale_after=args.stale_after if reconciling else DEFAULT_STALE_AFTER,

@@ -8,18 +8,29 @@ from typing import Any
 
 from runtime.errors import BackendError, BrokerConnectionError
 
+from .metrics import ControllerMetrics
+
 __all__ = ["every"]
 
 
 async def every(
-    interval: float, step: Callable[[], Awaitable[object]], *, log: Any, failed: str
+    interval: float,
+    step: Callable[[], Awaitable[object]],
+    *,
+    log: Any,
+    failed: str,
+    metrics: ControllerMetrics,
 ) -> None:
     """Run ``step`` now and then every ``interval`` seconds, until cancelled. A step that fails
-    because Redis or the broker is away is logged as event ``failed`` and tried again next
-    time: the controller outlives an outage."""
+    because Redis or the broker is away is logged as event ``failed`` (and the controller is
+    not ready until a pass succeeds) and tried again next time: the controller outlives an
+    outage."""
     while True:
         try:
             await step()
         except (BackendError, BrokerConnectionError) as exc:
             log.error(failed, error=str(exc))
+            metrics.failed(failed)
+        else:
+            metrics.passed(failed)
         await asyncio.sleep(interval)

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from runtime.errors import BrokerConnectionError
+from runtime.probes import ProbeServer
 from runtime.redis_client import client_for
 from runtime.results.runs import RunRegistry
 from runtime.transports.urls import masked_url
 
 from . import watch
 from .keys import DEFAULT_PREFIX, Keys
+from .metrics import ControllerMetrics
 from .project import Project
 from .reconciler import DEFAULT_INTERVAL, DEFAULT_STALE_AFTER, Reconciler
 from .recovery import Recovery
@@ -51,6 +53,7 @@ class ControllerOptions:
     stale_after: float = DEFAULT_STALE_AFTER
     stale_after_by_queue: Mapping[str, float] = field(default_factory=dict)
     reconcile_interval: float = DEFAULT_INTERVAL
+    http_port: int | None = None
     watch_queues: tuple[str, ...] = ()
     watch_grace: float = watch.DEFAULT_GRACE
     watch_interval: float = watch.DEFAULT_INTERVAL
@@ -84,7 +87,17 @@ async def run(project: Project, options: ControllerOptions) -> int:
         except BrokerConnectionError as exc:
             print(f"celeriac: cannot reach the broker: {exc}", file=sys.stderr)
             return 1
-        loops = _loops(project, options, redis, registry)
+        metrics = ControllerMetrics()
+        loops = _loops(project, options, redis, registry, metrics)
+        if options.http_port is not None:
+            probes = ProbeServer(metrics.registry, ready=metrics.ready, port=options.http_port)
+            try:
+                await probes.start()
+            except OSError as exc:
+                print(f"celeriac: cannot serve probes on port {options.http_port}: {exc}",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+            loops["probes"] = _serve_until_cancelled(probes)
         log.info(
             "controller_started", controller=options.controller_id, loops=sorted(loops),
             schedules=[f"{s.name}: {s.task} {s.describe}" for s in project.schedules],
@@ -105,38 +118,34 @@ def _loops(
     options: ControllerOptions,
     redis: redis.asyncio.Redis,
     registry: redis.asyncio.Redis,
+    metrics: ControllerMetrics,
 ) -> dict[str, Coroutine[Any, Any, None]]:
     loops: dict[str, Coroutine[Any, Any, None]] = {}
+    common: dict[str, Any] = {"controller_id": options.controller_id, "metrics": metrics}
     if "scheduler" in options.loops and project.schedules:
         loops["scheduler"] = Scheduler(
-            project.schedules,
-            project.app.send_task,
-            redis,
-            controller_id=options.controller_id,
-            keys=Keys(options.prefix),
-            lease_ttl=options.lease_ttl,
-            grace=options.grace,
-            route=project.route,
-        ).run()
+            project.schedules, project.app.send_task, redis, keys=Keys(options.prefix),
+            lease_ttl=options.lease_ttl, grace=options.grace, route=project.route, **common,
+        ).run()  # fmt: skip
     if "reconciler" in options.loops:
+        runs = RunRegistry(registry, prefix=options.prefix)
         loops["watch"] = watch.QueueWatch(
-            project.app, RunRegistry(registry, prefix=options.prefix),
-            queues={*project.queues, *options.watch_queues}, grace=options.watch_grace,
-            interval=options.watch_interval,
+            project.app, runs, queues={*project.queues, *options.watch_queues},
+            grace=options.watch_grace, interval=options.watch_interval, metrics=metrics,
         ).run()  # fmt: skip
-        loops["recovery"] = Recovery(
-            RunRegistry(registry, prefix=options.prefix), project.app,
-            controller_id=options.controller_id,
-        ).run()  # fmt: skip
+        loops["recovery"] = Recovery(runs, project.app, **common).run()
         loops["reconciler"] = Reconciler(
-            RunRegistry(registry, prefix=options.prefix),
-            project.app,
-            controller_id=options.controller_id,
-            stale_after=options.stale_after,
-            per_queue=options.stale_after_by_queue,
-            interval=options.reconcile_interval,
-        ).run()
+            runs, project.app, stale_after=options.stale_after,
+            per_queue=options.stale_after_by_queue, interval=options.reconcile_interval, **common,
+        ).run()  # fmt: skip
     return loops
+
+
+async def _serve_until_cancelled(probes: ProbeServer) -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await probes.aclose()
 
 
 async def _together(loops: Iterable[Coroutine[Any, Any, None]]) -> None:

@@ -28,6 +28,7 @@ from runtime.errors import BrokerConnectionError
 from runtime.results.runs import RunRegistry
 
 from .loops import every
+from .metrics import ControllerMetrics
 
 __all__ = ["DEFAULT_INTERVAL", "DEFAULT_STALE_AFTER", "Reconciler"]
 
@@ -50,6 +51,7 @@ class Reconciler:
         stale_after: float = DEFAULT_STALE_AFTER,
         per_queue: Mapping[str, float] | None = None,
         interval: float = DEFAULT_INTERVAL,
+        metrics: ControllerMetrics | None = None,
         logger: Any = None,
     ) -> None:
         self.runs = runs
@@ -59,6 +61,7 @@ class Reconciler:
         self.per_queue = dict(per_queue or {})
         self.interval = interval
         self.log = logger or structlog.get_logger("celeriac.reconciler")
+        self.metrics = metrics or ControllerMetrics()
 
     def timeout_for(self, queue: str | None) -> float:
         """The stale timeout of ``queue``."""
@@ -66,7 +69,13 @@ class Reconciler:
 
     async def run(self) -> None:
         """A pass now, then one every ``interval`` seconds, until cancelled."""
-        await every(self.interval, self.reconcile, log=self.log, failed="reconcile_failed")
+        await every(
+            self.interval,
+            self.reconcile,
+            log=self.log,
+            failed="reconcile_failed",
+            metrics=self.metrics,
+        )
 
     async def reconcile(self) -> list[str]:
         """One pass; the task ids this controller skipped."""
@@ -89,6 +98,7 @@ class Reconciler:
             ):  # fmt: skip
                 continue  # started meanwhile, or another controller skipped it
             skipped.append(task_id)
+            self.metrics.runs_skipped.inc()
             self.log.warning(
                 "run_skipped", task_id=task_id, task=run.get("task"), queue=run.get("queue"),
                 queued_for=round(now - queued_at, 1), reason=reason,

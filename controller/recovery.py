@@ -30,6 +30,7 @@ from runtime.results.runs import Run, RunRegistry
 from runtime.transports.base import Recovering
 
 from .loops import every
+from .metrics import ControllerMetrics
 
 __all__ = ["DEAD_AFTER_BEATS", "Recovery"]
 
@@ -48,6 +49,7 @@ class Recovery:
         *,
         controller_id: str,
         check_every: float = 0.5,
+        metrics: ControllerMetrics | None = None,
         logger: Any = None,
     ) -> None:
         self.runs = runs
@@ -55,10 +57,17 @@ class Recovery:
         self.controller_id = controller_id
         self.check_every = check_every
         self.log = logger or structlog.get_logger("celeriac.recovery")
+        self.metrics = metrics or ControllerMetrics()
 
     async def run(self) -> None:
         """Check now, then every ``check_every`` seconds, until cancelled."""
-        await every(self.check_every, self.check, log=self.log, failed="recovery_failed")
+        await every(
+            self.check_every,
+            self.check,
+            log=self.log,
+            failed="recovery_failed",
+            metrics=self.metrics,
+        )
 
     async def check(self) -> list[str]:
         """One pass; the task ids this controller recovered."""
@@ -91,6 +100,7 @@ class Recovery:
                 run.task_id, "started", "queued", queued_at=repr(time.time()), **metadata
             )
             if moved:
+                self.metrics.runs_recovered.labels("requeued").inc()
                 self.log.warning(
                     "run_returned", task_id=run.task_id, task=run.get("task"),
                     queue=run.get("queue"), worker=worker, restored=restored,
@@ -98,6 +108,7 @@ class Recovery:
             return moved
         if not await self.runs.move(run.task_id, "started", "lost", **metadata):
             return False
+        self.metrics.runs_recovered.labels("lost").inc()
         self.log.warning("run_lost", task_id=run.task_id, task=run.get("task"), worker=worker)
         backend = self.app.backend
         if backend is not None:

@@ -35,6 +35,7 @@ import structlog
 from runtime.errors import BackendError, BrokerConnectionError, translate_redis_errors
 
 from .keys import Keys
+from .metrics import ControllerMetrics
 from .schedules import Schedule, fire_id, plan, task_id_for
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class Scheduler:
         grace: float = DEFAULT_GRACE,
         route: Callable[[str], str | None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: ControllerMetrics | None = None,
         logger: Any = None,
     ) -> None:
         names = [s.name for s in schedules]
@@ -107,6 +109,7 @@ class Scheduler:
         self.lease_ttl = lease_ttl
         self.grace = grace
         self.log = logger or structlog.get_logger("celeriac.scheduler")
+        self.metrics = metrics or ControllerMetrics()
         self._publish = publish
         self._route = route
         self._clock = clock
@@ -155,8 +158,12 @@ class Scheduler:
                 )
         except BackendError as exc:
             self.log.warning("lease_unknown", error=str(exc))
+            self.metrics.failed("lease")
             token = 0  # unreachable Redis: fire nothing until it answers again
+        else:
+            self.metrics.passed("lease")
         holding = f"{self.controller_id}|{token}" if token else None
+        self.metrics.leader.set(int(holding is not None))
         if holding == self._holding:
             return
         if holding is None:
@@ -325,6 +332,7 @@ class Scheduler:
             self._pending.append(pending)
             return
         self.fired += 1
+        self.metrics.fires.labels(schedule.name).inc()
         self.log.info(
             "schedule_fired", schedule=schedule.name, task=schedule.task, fire=pending.fire,
             task_id=task_id_for(pending.fire), late=round((self._clock() - pending.due)

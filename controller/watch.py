@@ -31,9 +31,10 @@ import structlog
 
 from runtime import App
 from runtime.errors import BrokerConnectionError, translate_redis_errors
-from runtime.results.runs import RunRegistry
+from runtime.results.runs import Run, RunRegistry
 
 from .loops import every
+from .metrics import ControllerMetrics
 from .recovery import DEAD_AFTER_BEATS
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_INTERVAL", "QueueState", "QueueWatch"]
@@ -70,6 +71,7 @@ class QueueWatch:
         queues: Iterable[str] = (),
         grace: float = DEFAULT_GRACE,
         interval: float = DEFAULT_INTERVAL,
+        metrics: ControllerMetrics | None = None,
         logger: Any = None,
     ) -> None:
         self.app = app
@@ -78,6 +80,7 @@ class QueueWatch:
         self.grace = grace
         self.interval = interval
         self.log = logger or structlog.get_logger("celeriac.watch")
+        self.metrics = metrics or ControllerMetrics()
         self._since: dict[str, float] = {}  # queue -> first seen unconsumed with messages
         self._alerting: set[str] = set()
         self._stuck_seen: set[str] = set()
@@ -89,7 +92,13 @@ class QueueWatch:
 
     async def run(self) -> None:
         """Look now, then every ``interval`` seconds, until cancelled."""
-        await every(self.interval, self.look, log=self.log, failed="queue_watch_failed")
+        await every(
+            self.interval,
+            self.look,
+            log=self.log,
+            failed="queue_watch_failed",
+            metrics=self.metrics,
+        )
 
     async def look(self) -> list[QueueState]:
         """One look at every known queue; their states (alerts raised and cleared, logged)."""
@@ -97,8 +106,7 @@ class QueueWatch:
         workers = await self.runs.workers()
         beating: dict[str, int] = {}
         for worker in workers:
-            beat_at = float(worker.get("beat_at") or 0)
-            if now - beat_at <= DEAD_AFTER_BEATS * float(worker.get("interval") or 0):
+            if self._beating(worker, now):
                 for name in (worker.get("queues") or "").split(","):
                     if name:
                         beating[name] = beating.get(name, 0) + 1
@@ -119,7 +127,22 @@ class QueueWatch:
             states.append(self._judge(queue, depth, consumers, age, now))
         await self._keep(states)
         await self._stuck(now)
+        self._measure(states, alive=sum(1 for w in workers if self._beating(w, now)))
         return states
+
+    @staticmethod
+    def _beating(worker: Run, now: float) -> bool:
+        beat_at = float(worker.get("beat_at") or 0)
+        return now - beat_at <= DEAD_AFTER_BEATS * float(worker.get("interval") or 0)
+
+    def _measure(self, states: list[QueueState], *, alive: int) -> None:
+        metrics = self.metrics
+        metrics.workers_alive.set(alive)
+        for state in states:
+            metrics.queue_depth.labels(state.queue).set(state.depth)
+            metrics.queue_consumers.labels(state.queue).set(state.consumers or 0)
+            metrics.queue_unconsumed.labels(state.queue).set(int(state.alert))
+            metrics.queue_oldest_age.labels(state.queue).set(state.oldest_age or 0)
 
     async def _stuck(self, now: float) -> None:
         """Log each run still started past its hard time limit plus the grace, once."""
@@ -130,6 +153,7 @@ class QueueWatch:
             over = now - float(started) - float(hard)
             if over > self.grace:
                 self._stuck_seen.add(run.task_id)
+                self.metrics.runs_stuck.inc()
                 self.log.warning(
                     "run_stuck", task_id=run.task_id, task=run.get("task"), queue=run.get("queue"),
                     worker=run.get("worker"), hard_limit=float(hard), over_by=round(over, 1),

@@ -26,7 +26,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer)
     for layer in (
         # vocabulary: protocol/ and the standard library only
-        ("errors", "exceptions", "policy", "arguments", "ratelimit", "redis_client"),
+        ("errors", "exceptions", "policy", "arguments", "ratelimit", "redis_client", "probes"),
         ("transports", "results"),
         ("request",),
         ("task",),
