@@ -22,7 +22,6 @@ from protocol import (
     decode_result,
     encode_result,
 )
-
 from runtime.errors import translate_redis_errors
 
 if TYPE_CHECKING:

@@ -29,7 +29,6 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from protocol import TaskMessage
-
 from runtime.errors import translate_redis_errors
 
 if TYPE_CHECKING:

@@ -155,6 +155,8 @@ class Worker:
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._heartbeat
             if self._control is not None:
                 await self._control.aclose()
             await self.transport.aclose()
