@@ -196,8 +196,11 @@ class Scheduler:
                 except BackendError as exc:
                     self.log.error("schedule_state_unavailable", error=str(exc))
                     delay = 1.0
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # lands as the wait ends, and this loop would then never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, delay))
+                async with asyncio.timeout(max(0.0, delay)):
+                    await self._wake.wait()
 
     async def _fire_due(self) -> float:
         """Fire what is due; seconds until the next tick (at most a second)."""

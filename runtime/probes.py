@@ -76,7 +76,8 @@ class ProbeServer:
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head_only = False
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT)
+            async with asyncio.timeout(_READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
             method, path = _request_line(head)
             head_only = method == "HEAD"
             status, content_type, body = self._respond(method, path)

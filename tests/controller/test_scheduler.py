@@ -218,7 +218,8 @@ async def test_the_lease_is_given_up_on_the_way_out(
     assert await client.get(f"{unique_name}:controller:lease") is not None
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await running
+        async with asyncio.timeout(10):  # a loop that swallows the cancellation fails here
+            await running
     assert await client.get(f"{unique_name}:controller:lease") is None
 
 
