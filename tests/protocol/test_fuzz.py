@@ -13,6 +13,7 @@ import zlib
 from datetime import UTC, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kombu.utils.json import dumps as kombu_json_dumps
@@ -36,6 +37,10 @@ from protocol import (
     jsontags,
 )
 from protocol.taskcodec import KNOWN_HEADERS
+
+# 2,000 examples a property are CPU-bound by design: the suite's 120 s is for hangs, and the
+# round trip alone takes about 50 s on an idle 2-core machine (over 120 s once, in a CI run).
+pytestmark = pytest.mark.timeout(600)
 
 # Everything but pickle: unpickling arbitrary bytes could call arbitrary functions.
 SAFE_ACCEPT = AcceptPolicy.of(["json", "msgpack", "yaml"])
