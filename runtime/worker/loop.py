@@ -99,6 +99,8 @@ class Worker:
         self.recorder = Recorder(
             app, self.backend, self.workflow, runs=app.run_registry, hostname=hostname, log=self.log
         )
+        # Without a run registry the per-message bookkeeping calls are skipped, not awaited.
+        self._recording = app.run_registry is not None
         self._recovering: Recovering | None = None
         if isinstance(self.transport, Recovering) and app.run_registry is not None:
             self._recovering = self.transport
@@ -313,7 +315,7 @@ class Worker:
             request = self._request(message, delivery)
             await self._conclude(task, request, delivery, Outcome.failed(exc), log)
             return
-        if not await self.recorder.received(message, delivery.queue):
+        if self._recording and not await self.recorder.received(message, delivery.queue):
             log.warning("task_dropped", reason="the controller skipped this run")
             await self._ack(handling)
             return
@@ -427,8 +429,11 @@ class Worker:
         )
         limits = self.app.queue_policy.effective(delivery.queue, requested)
         request = self._request(message, delivery)
-        ref = self._recovering.delivery_ref(delivery) if self._recovering else None
-        await self.recorder.started(message, acks_late=acks_late, ref=ref, hard_limit=limits.hard)
+        if self._recording:
+            ref = self._recovering.delivery_ref(delivery) if self._recovering else None
+            await self.recorder.started(
+                message, acks_late=acks_late, ref=ref, hard_limit=limits.hard
+            )
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
         executed = await self._execute(task, request, limits)
         if executed is None:
@@ -522,6 +527,7 @@ class Worker:
         outcome = await self.recorder.record(
             task, request.message, delivery, outcome, children=sent
         )
-        await self.recorder.ended(request.message, outcome.state)
+        if self._recording:
+            await self.recorder.ended(request.message, outcome.state)
         await call_hooks(task, request, outcome, self._executor.call, log)
         return outcome
