@@ -15,6 +15,7 @@ import structlog
 
 from protocol import AcceptPolicy, ResultRef, Signature, TaskMessage, encode_task
 from protocol.control import ControlRequest, LamportClock, Mailbox, encode_control
+from protocol.events import EVENT_EXCHANGE, encode_events, event, task_sent_fields
 from runtime.canvas.chords import RedisChords
 from runtime.canvas.planner import Planner
 from runtime.canvas.signatures import signatures
@@ -26,7 +27,7 @@ from runtime.results.runs import RunRegistry
 from runtime.transports.base import Broadcasting, QueueSpec, Transport
 from runtime.transports.urls import DEFAULT_BROKER, transport_for_url
 
-from .errors import BackendError
+from .errors import BackendError, BrokerConnectionError
 from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
 from .task import Task, TaskOptions
@@ -70,6 +71,8 @@ class App:
         timezone: str = "UTC",
         run_registry: str | None = None,
         run_registry_prefix: str = "celeriac:",
+        worker_send_task_events: bool = False,
+        task_send_sent_event: bool = False,
     ) -> None:
         self.main = main
         self.broker_url = broker or DEFAULT_BROKER
@@ -101,6 +104,10 @@ class App:
         #: The registry's key prefix: the controller's ``--prefix``.
         self.run_registry_prefix = run_registry_prefix
         self._runs: RunRegistry | None = None
+        #: Whether its workers send Celery's ``task-*`` events (``-E``), as Celery's setting.
+        self.worker_send_task_events = worker_send_task_events
+        #: Whether publishing a task sends a ``task-sent`` event, as Celery's setting.
+        self.task_send_sent_event = task_send_sent_event
         # A stable reply address per app, as Celery's clients send (only rpc:// reads it).
         self.oid = str(uuid.uuid4())
         self.clock = LamportClock()  # kombu's logical clock, on the commands this app sends
@@ -276,6 +283,8 @@ class App:
         target = queue or self.default_queue
         producer = await self.connect([target])
         await producer.publish(wire, routing_key=target)
+        if self.task_send_sent_event:
+            await self._announce_sent(producer, message, target)
         if self.run_registry is not None:
             try:
                 await self.run_registry.queued(message, target)
@@ -283,6 +292,24 @@ class App:
                 structlog.get_logger("celeriac.producer").warning(
                     "run_not_recorded", task_id=message.id, error=str(exc)
                 )
+
+    async def _announce_sent(self, producer: Transport, message: TaskMessage, queue: str) -> None:
+        """Send ``task-sent`` (``task_send_sent_event``) where the broker carries events; a
+        failure is logged, never raised: the task itself is published."""
+        if not isinstance(producer, Broadcasting):
+            return
+        pid = os.getpid()
+        sent = event(
+            "task-sent", hostname=f"gen{pid}@{socket.gethostname()}", clock=self.clock.forward(),
+            pid=pid, **task_sent_fields(message, queue=queue, exchange="", routing_key=queue),
+        )  # fmt: skip
+        wire, key = encode_events([sent], hostname=sent["hostname"])
+        try:
+            await producer.emit(wire, exchange=EVENT_EXCHANGE, routing_key=key)
+        except BrokerConnectionError as exc:
+            structlog.get_logger("celeriac.producer").warning(
+                "event_not_sent", task_id=message.id, error=str(exc)
+            )
 
     async def send_signature(
         self,

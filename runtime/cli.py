@@ -115,6 +115,15 @@ def _count(text: str | None, default: int) -> int:
     return value
 
 
+def _port(text: str | None) -> int | None:
+    """A TCP port from a flag or variable (``None`` if not given); ``ValueError`` otherwise."""
+    if text is None:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"--http-port must be a port number (1-65535), not {text!r}")
+    return int(text)
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     environ = os.environ
     queues = args.queues or serve.first_env(environ, "WORKER_QUEUES", "CELERIAC_QUEUES") or "celery"
@@ -140,6 +149,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             args.max_held_eta or serve.first_env(environ, "CELERIAC_MAX_HELD_ETA"),
             DEFAULT_MAX_HELD_ETA,
         )
+        http_port = _port(args.http_port or serve.first_env(environ, "CELERIAC_HTTP_PORT"))
     except ValueError as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
         return 2
@@ -162,6 +172,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         max_held_eta=max_held_eta,
         run_registry=args.run_registry or serve.first_env(environ, "CELERIAC_RUN_REGISTRY"),
         heartbeat_interval=args.heartbeat_interval,
+        task_events=True if args.task_events else None,
+        worker_heartbeats=not args.without_heartbeat,
+        http_port=http_port,
     )
     if not options.app_path:
         print("celeriac: worker needs -A module:app (or CELERIAC_APP)", file=sys.stderr)
@@ -332,6 +345,24 @@ def _parser(extend: Extension | None = None) -> argparse.ArgumentParser:
         default=DEFAULT_HEARTBEAT_INTERVAL,
         help="seconds between heartbeats in the run registry "
         f"(default {DEFAULT_HEARTBEAT_INTERVAL:g})",
+    )
+    worker.add_argument(
+        "-E",
+        "--task-events",
+        action="store_true",
+        help="send Celery's task events, for Flower and celery events "
+        "(the app's worker_send_task_events)",
+    )
+    worker.add_argument(
+        "--without-heartbeat",
+        action="store_true",
+        help="send no worker-online/heartbeat/offline events",
+    )
+    worker.add_argument(
+        "--http-port",
+        metavar="PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz on PORT (CELERIAC_HTTP_PORT; "
+        "default: not served)",
     )
     worker.set_defaults(run=_cmd_worker)
     _add_load_command(commands)

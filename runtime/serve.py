@@ -7,21 +7,24 @@ itself takes everything as arguments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from runtime.probes import ProbeServer
 from runtime.worker import DEFAULT_MAX_HELD_ETA, Worker
 from runtime.worker.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
+from runtime.worker.metrics import WorkerMetrics
 
 from .app import App
 from .errors import BrokerConnectionError
@@ -62,6 +65,12 @@ class WorkerOptions:
     max_held_eta: int = DEFAULT_MAX_HELD_ETA
     run_registry: str | None = None
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    #: ``-E``: send task events (``None``: as the app's ``worker_send_task_events``).
+    task_events: bool | None = None
+    #: ``--without-heartbeat`` turns off worker-online/heartbeat/offline events.
+    worker_heartbeats: bool = True
+    #: Serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (``None``: not served).
+    http_port: int | None = None
 
 
 def first_env(environ: Mapping[str, str], *names: str) -> str | None:
@@ -157,6 +166,25 @@ def configure(app: App, options: WorkerOptions) -> None:
     app.queue_policy = policy.with_env(options.queue_limits)
 
 
+@contextlib.asynccontextmanager
+async def _probes(worker: Worker, port: int | None) -> AsyncIterator[None]:
+    """Serve the worker's metrics and probes on ``port`` (if any) while the body runs."""
+    if port is None:
+        yield
+        return
+    metrics = WorkerMetrics(worker)
+    worker.observe(metrics)
+    lag = asyncio.create_task(metrics.watch_loop_lag(), name="celeriac-loop-lag")
+    try:
+        async with ProbeServer(metrics.registry, ready=metrics.ready, port=port):
+            structlog.get_logger("celeriac.worker").info("probes_serving", port=port)
+            yield
+    finally:
+        lag.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lag
+
+
 def serve(options: WorkerOptions) -> int:
     """Run a worker until SIGTERM/SIGINT; return the process exit status.
 
@@ -180,6 +208,8 @@ async def _run(app: App, options: WorkerOptions) -> int:
         grace=options.grace,
         max_held_eta=options.max_held_eta,
         heartbeat_interval=options.heartbeat_interval,
+        task_events=options.task_events,
+        worker_heartbeats=options.worker_heartbeats,
     )
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -196,7 +226,8 @@ async def _run(app: App, options: WorkerOptions) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await worker.run()
+        async with _probes(worker, options.http_port):
+            await worker.run()
     except BrokerConnectionError as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from protocol import WireMessage
 
 __all__ = [
     "Broadcasting",
+    "BrokerHealth",
     "Capacity",
     "Delivery",
     "QueueSpec",
@@ -85,6 +86,9 @@ class Capacity(Protocol):
 class Transport(Protocol):
     """A broker connection: declare, consume with a capacity, settle, publish, inspect, close."""
 
+    #: Whether the broker answers now, and how often the connection came back.
+    health: BrokerHealth
+
     async def connect(self) -> None:
         """Open the connection; raise ``BrokerConnectionError`` at once if the broker is down."""
 
@@ -146,6 +150,34 @@ class Broadcasting(Protocol):
     async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
         """Publish to direct ``exchange`` (non-durable, as kombu's reply exchanges) with
         ``routing_key``; a reply whose queue has gone (its sender stopped waiting) is dropped."""
+
+    async def emit(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Publish to topic ``exchange`` with ``routing_key``, as kombu publishes Celery's
+        events (``celeryev``: a durable topic exchange on AMQP, a PUBLISH channel per routing
+        key on Redis); what arrives while no monitor listens is dropped."""
+
+
+@dataclass(slots=True)
+class BrokerHealth:
+    """Whether a transport's connection to its broker works now, and how often it came back:
+    what a worker's ``/readyz`` and its reconnect count read. Each transport keeps one as
+    ``health``, marking it :meth:`up` when a broker call succeeds after a failure and
+    :meth:`down` when one fails for want of the broker."""
+
+    connected: bool = False
+    reconnects: int = 0
+    _seen: bool = field(default=False, repr=False)
+
+    def up(self) -> None:
+        """The broker answers (again: a reconnect is counted)."""
+        if not self.connected:
+            if self._seen:
+                self.reconnects += 1
+            self.connected = self._seen = True
+
+    def down(self) -> None:
+        """The broker does not answer."""
+        self.connected = False
 
 
 @runtime_checkable

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from protocol import WireMessage
 
-from .base import Capacity, Delivery, QueueSpec, wait_free_unless_closed
+from .base import BrokerHealth, Capacity, Delivery, QueueSpec, wait_free_unless_closed
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
 
@@ -86,10 +86,13 @@ class MemoryTransport:
         self._unsettled: dict[int, _Handle] = {}
         self._tags = itertools.count()
         self._closed = asyncio.Event()
+        #: Always up once connected: the broker is in this process.
+        self.health = BrokerHealth()
         self._inboxes: set[asyncio.Queue[WireMessage | None]] = set()
 
     async def connect(self) -> None:
         """Nothing to connect to."""
+        self.health.up()
 
     async def declare(self, queues: Sequence[QueueSpec]) -> None:
         """Create the queues and their ``.dead`` queues."""
@@ -206,6 +209,10 @@ class MemoryTransport:
         """Hand ``message`` to every listener of ``exchange``."""
         for inbox in self.broker.listeners.get(exchange, ()):
             inbox.put_nowait(message)
+
+    async def emit(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Hand ``message`` to every listener of ``exchange``, whatever ``routing_key``."""
+        await self.broadcast(message, exchange=exchange)
 
     async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
         """Append to queue ``<routing_key>.<exchange>`` (see the module docstring)."""

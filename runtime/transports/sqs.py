@@ -57,7 +57,7 @@ from protocol import (
 )
 from runtime.errors import BrokerConnectionError, translate_aws_errors
 
-from .base import Capacity, Delivery, QueueSpec, wait_free_unless_closed
+from .base import BrokerHealth, Capacity, Delivery, QueueSpec, wait_free_unless_closed
 from .reconnect import reconnect_delay
 from .sqs_options import MAX_MESSAGES, MAX_WAIT_TIME_SECONDS, SqsOptions, sqs_queue_name
 
@@ -110,6 +110,8 @@ class SqsTransport:
         self._consuming = False
         self._closing = False
         self._closed = asyncio.Event()  # set with _closing: ends a wait for a free slot
+        #: Whether SQS answers now, and how often it came back after an outage.
+        self.health = BrokerHealth()
 
     async def connect(self) -> None:
         """Create the client and make one call, failing fast with :class:`BrokerConnectionError`
@@ -124,6 +126,7 @@ class SqsTransport:
             else:
                 client = await self._client_for(None)
                 await client.list_queues(MaxResults=1)
+        self.health.up()
         if self._heartbeat is None and self.options.visibility_timeout >= 1:
             self._heartbeat = asyncio.create_task(self._extend(), name="celeriac-sqs-visibility")
 
@@ -157,6 +160,7 @@ class SqsTransport:
                         self._receive(queue, url, capacity.free, wait)
                     )
                 except BrokerConnectionError as exc:
+                    self.health.down()
                     outage = outage or time.monotonic()
                     delay = reconnect_delay(time.monotonic() - outage)
                     log.warning("SQS receive will retry in %.1fs: %s", delay, exc)
@@ -164,7 +168,9 @@ class SqsTransport:
                     continue
                 if messages is None:
                     break  # closing
-                outage = None
+                if outage is not None:
+                    outage = None
+                    self.health.up()
                 empty = 0 if messages else empty + 1
                 if self._idle(empty, len(targets)):
                     await self._interruptible(asyncio.sleep(self.options.polling_interval))

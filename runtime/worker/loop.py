@@ -3,9 +3,8 @@
 Flow control lives in the transport (it never holds more unsettled deliveries than there are
 free slots); the worker takes a slot for each delivery and gives it back when the message is
 settled and the result stored. A task due later (``eta``/``countdown``) never keeps a slot:
-one due within :data:`ETA_HOLD_WINDOW` is held here, unacknowledged and slot-free, up to
-``max_held_eta`` at once; any other goes back to the broker with :meth:`Transport.defer`,
-which returns it shortly before it is due.
+it waits unacknowledged and slot-free, or goes back to the broker until shortly before it is
+due (:mod:`runtime.worker.waiting`).
 
 Lifecycle: :meth:`Worker.stop` stops consuming and lets running tasks finish within ``grace``
 seconds (what they have not started goes back to the broker); :meth:`Worker.terminate` ends
@@ -21,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -38,7 +38,6 @@ from runtime.canvas.workflow import Workflow
 from runtime.control.commands import COMMANDS
 from runtime.control.controlled import RunningTask
 from runtime.control.mailbox import RemoteControl
-from runtime.errors import BrokerConnectionError
 from runtime.exceptions import NotRegistered
 from runtime.policy import TimeLimits
 from runtime.ratelimit import RateLimits
@@ -52,17 +51,13 @@ from runtime.transports.urls import masked_url, transport_for_url
 from .execution import Executor, Outcome
 from .heartbeat import DEFAULT_HEARTBEAT_INTERVAL, beat_forever
 from .hooks import call_hooks
+from .observers import TaskObserver, WorkerEvents
 from .recording import Recorder, ignores_result
 from .retries import RetryPublisher, resolve_retry
 from .slots import Handling, Slots
+from .waiting import DEFAULT_MAX_HELD_ETA, ETA_HOLD_WINDOW, Waiting
 
 __all__ = ["DEFAULT_MAX_HELD_ETA", "ETA_HOLD_WINDOW", "Worker"]
-
-#: Seconds before its ETA within which a task is held by the worker rather than deferred to
-#: the broker (transports return deferred messages at most about a second early).
-ETA_HOLD_WINDOW = 2.0
-#: How many tasks waiting for their ETA a worker holds at most (unacknowledged, slot-free).
-DEFAULT_MAX_HELD_ETA = 1000
 
 
 class Worker:
@@ -80,6 +75,8 @@ class Worker:
         grace: float = 30.0,
         max_held_eta: int = DEFAULT_MAX_HELD_ETA,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        task_events: bool | None = None,
+        worker_heartbeats: bool = True,
         logger: Any = None,
     ) -> None:
         self.app = app
@@ -91,9 +88,6 @@ class Worker:
         )
         self.backend = backend if backend is not None else app.backend
         self.grace = grace
-        if max_held_eta < 0:
-            raise ValueError(f"max_held_eta must be 0 or more, not {max_held_eta}")
-        self.max_held_eta = max_held_eta
         self.log = logger or structlog.get_logger("celeriac.worker")
         self.workflow = Workflow(app, self.backend, hostname=hostname, log=self.log)
         self.recorder = Recorder(
@@ -108,9 +102,8 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._consuming: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
-        self._waiting_eta: set[asyncio.Task[Any]] = set()
-        self._held: dict[asyncio.Task[Any], Request] = {}  # held for their ETA, by handler
         self.rate_limits = RateLimits()
+        self._waiting = Waiting(self.transport, self.rate_limits, max_held=max_held_eta)
         self._retries = RetryPublisher(self.transport, app.queue_spec)
         self.ready = asyncio.Event()
         self.processed = 0
@@ -126,6 +119,11 @@ class Worker:
         self._heartbeat: asyncio.Task[None] | None = None
         #: Seconds between two heartbeats in the run registry (when the app keeps one).
         self.heartbeat_interval = heartbeat_interval
+        #: Who is told what happens to each message (:meth:`observe`).
+        self.observers: list[TaskObserver] = []
+        self._events: WorkerEvents | None = None
+        self._task_events = app.worker_send_task_events if task_events is None else task_events
+        self._worker_heartbeats = worker_heartbeats
 
     async def run(self) -> None:
         """Connect, declare the queues, and work until :meth:`stop` or :meth:`terminate`."""
@@ -134,6 +132,7 @@ class Worker:
             await self.transport.declare([self.app.queue_spec(q) for q in self.queues])
             await self.revocations.load()
             await self._start_remote_control()
+            self._start_events()
             self.log.info(
                 "worker_ready",
                 hostname=self.hostname,
@@ -161,6 +160,8 @@ class Worker:
                     await self._heartbeat
             if self._control is not None:
                 await self._control.aclose()
+            if self._events is not None:
+                await self._events.aclose()
             await self.transport.aclose()
             self._executor.shutdown()
             self.log.info("worker_stopped", processed=self.processed)
@@ -182,6 +183,46 @@ class Worker:
         control = RemoteControl(self, self.transport, COMMANDS)
         if await control.start():
             self._control = control
+
+    def _start_events(self) -> None:
+        if not isinstance(self.transport, Broadcasting):
+            if self._task_events:
+                self.log.warning("events_unavailable", reason="the broker has no fanout")
+            return
+        self._events = WorkerEvents(
+            self.transport, self.hostname, task_events=self._task_events,
+            heartbeats=self._worker_heartbeats, active=lambda: len(self.running),
+            processed=lambda: self.processed,
+        )  # fmt: skip
+        self._events.start()
+        self.observers.append(self._events)
+
+    def observe(self, observer: TaskObserver) -> None:
+        """Tell ``observer`` what happens to each message from now on."""
+        self.observers.append(observer)
+
+    @property
+    def task_events(self) -> bool:
+        """Whether Celery's ``task-*`` events are sent (``-E``; ``enable_events``)."""
+        return self._events.task_events if self._events is not None else self._task_events
+
+    @task_events.setter
+    def task_events(self, enabled: bool) -> None:
+        self._task_events = enabled
+        if self._events is not None:
+            self._events.task_events = enabled
+
+    def send_heartbeat(self) -> bool:
+        """Send a ``worker-heartbeat`` event now; ``False`` if this broker carries no events."""
+        if self._events is None:
+            return False
+        self._events.heartbeat()
+        return True
+
+    @property
+    def consuming(self) -> bool:
+        """Whether the worker is taking messages from its queues now."""
+        return self._consuming is not None and not self._consuming.done()
 
     def is_revoked(self, task_id: str) -> bool:
         """Whether ``task_id`` is revoked: a message for it is acked and never run."""
@@ -207,7 +248,7 @@ class Worker:
     def scheduled_requests(self) -> list[Request]:
         """The requests this worker holds for their ETA (``inspect scheduled``); those
         deferred to the broker are the broker's, not listed."""
-        return list(self._held.values())
+        return self._waiting.held()
 
     @property
     def concurrency(self) -> int:
@@ -227,8 +268,7 @@ class Worker:
             if self._consuming is not None:
                 self._consuming.cancel()
             # Tasks still waiting for their ETA have not started: their messages go back.
-            for waiting in self._waiting_eta:
-                waiting.cancel()
+            self._waiting.cancel_all()
 
     def terminate(self) -> None:
         """End at once: running tasks are cancelled and unsettled messages redelivered."""
@@ -271,6 +311,8 @@ class Worker:
             return
         try:
             await self._dead_letter(handling, f"worker error: {exc!r}")
+            for observer in self.observers:
+                observer.dead_lettered(handling.delivery.queue, reason="worker_error")
         except Exception:
             with contextlib.suppress(Exception):  # last resort: give it back to the broker
                 await self.transport.reject(handling.delivery, requeue=True)
@@ -294,6 +336,8 @@ class Worker:
         except MalformedMessage as exc:
             self.log.error("message_malformed", queue=delivery.queue, reason=str(exc))
             await self._dead_letter(handling, f"malformed: {exc}")
+            for observer in self.observers:
+                observer.dead_lettered(delivery.queue, reason="malformed")
             return
         log = self.log.bind(task_id=message.id, task=message.task, queue=delivery.queue)
         task = self.app.tasks.get(message.task)
@@ -306,7 +350,14 @@ class Worker:
                 ExceptionInfo.from_exception(NotRegistered(message.task)),
             )
             await self._dead_letter(handling, f"unknown task {message.task!r}")
+            if self.observers:
+                unknown = Outcome.failed(NotRegistered(message.task))
+                for observer in self.observers:
+                    observer.finished(message, delivery.queue, unknown)
+                    observer.dead_lettered(delivery.queue, reason="unknown_task")
             return
+        for observer in self.observers:
+            observer.received(message, delivery.queue)
         try:
             task.bind_arguments(message.args, dict(message.kwargs))
         except TypeError as exc:
@@ -330,10 +381,12 @@ class Worker:
         not, the message has been settled or deferred here."""
         if await self._revoked_or_expired(task, message, handling, log):
             return False
-        if message.eta is not None and not await self._until_due(message, handling, log):
-            return False
+        if message.eta is not None:
+            request = partial(self._request, message, handling.delivery)
+            if not await self._waiting.until_due(message, handling, request, log):
+                return False
         if task.options.rate_limit:
-            await self._wait_for_rate_limit(task, handling)
+            await self._waiting.for_rate_limit(task, handling)
         return not await self._revoked_or_expired(task, message, handling, log)
 
     async def _revoked_or_expired(
@@ -354,61 +407,9 @@ class Worker:
         await self.recorder.ended(message, State.REVOKED)
         await self.workflow.ended(message, State.REVOKED, expired)
         await self._ack(handling)
+        for observer in self.observers:
+            observer.revoked(message, handling.delivery.queue, reason="expired")
         return True
-
-    async def _until_due(self, message: TaskMessage, handling: Handling, log: Any) -> bool:
-        """Wait for ``eta`` without a slot: ``True`` once due (a slot taken again), ``False``
-        if the message went back to the broker to wait there (it is settled here).
-
-        A task due within :data:`ETA_HOLD_WINDOW` is held, up to ``max_held_eta`` of them;
-        any other is deferred. If the broker cannot take it back, it is held all the same:
-        holding loses nothing, as the broker redelivers what a lost connection held.
-        :meth:`stop` cancels the wait, so a held message goes back unstarted.
-        """
-        assert message.eta is not None
-        eta = message.eta
-        delay = (eta - datetime.now(UTC)).total_seconds()
-        if delay <= 0:
-            return True
-        if delay > ETA_HOLD_WINDOW or len(self._waiting_eta) >= self.max_held_eta:
-            try:
-                await self.transport.defer(handling.delivery, eta)
-            except BrokerConnectionError as exc:
-                log.warning("task_defer_failed", eta=eta.isoformat(), error=str(exc))
-            else:
-                handling.settled = True
-                log.info("task_deferred", eta=eta.isoformat())
-                return False
-        current = asyncio.current_task()
-        assert current is not None
-        handling.release()
-        self._waiting_eta.add(current)
-        self._held[current] = self._request(message, handling.delivery)
-        try:
-            # The loop's timers may fire a little early by the wall clock: never start early.
-            while (left := (eta - datetime.now(UTC)).total_seconds()) > 0:
-                await asyncio.sleep(left)
-            await handling.reacquire()
-        finally:
-            self._waiting_eta.discard(current)
-            self._held.pop(current, None)
-        return True
-
-    async def _wait_for_rate_limit(self, task: Task[Any, Any], handling: Handling) -> None:
-        """Wait for a token of the task's rate limit; :meth:`stop` cancels the wait, as the
-        ETA's (see :mod:`runtime.ratelimit` for when the slot is given back meanwhile)."""
-        current = asyncio.current_task()
-        assert current is not None
-        self._waiting_eta.add(current)
-        try:
-            await self.rate_limits.wait(
-                task.name,
-                task.options.rate_limit,
-                release=handling.release,
-                reacquire=handling.reacquire,
-            )
-        finally:
-            self._waiting_eta.discard(current)
 
     async def _run(
         self, task: Task[Any, Any], message: TaskMessage, handling: Handling, log: Any
@@ -434,6 +435,8 @@ class Worker:
             await self.recorder.started(
                 message, acks_late=acks_late, ref=ref, hard_limit=limits.hard
             )
+        for observer in self.observers:
+            observer.started(message, delivery.queue)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
         executed = await self._execute(task, request, limits)
         if executed is None:
@@ -450,7 +453,7 @@ class Worker:
         if acks_late:
             # The task is over: free the slot first, so settling needs no prefetch change.
             handling.release()
-            await self._settle_late(task, handling, outcome)
+            await self._settle_late(task, message, handling, outcome)
 
     async def _execute(
         self, task: Task[Any, Any], request: Request, limits: TimeLimits
@@ -485,20 +488,27 @@ class Worker:
         await self.workflow.ended(message, State.REVOKED, revoked)
         if not handling.settled:
             await self._ack(handling)
+        for observer in self.observers:
+            observer.revoked(message, handling.delivery.queue, reason=reason)
 
     async def _settle_late(
-        self, task: Task[Any, Any], handling: Handling, outcome: Outcome
+        self, task: Task[Any, Any], message: TaskMessage, handling: Handling, outcome: Outcome
     ) -> None:
         """Ack or reject an ``acks_late`` message as Celery 5.7 does after the task ended."""
         options = task.options
         if outcome.state in (State.SUCCESS, State.RETRY):
             await self._ack(handling)
-        elif outcome.timed_out and not options.acks_on_timeout:
-            await self._reject(handling, requeue=True)
+            return
+        if outcome.timed_out and not options.acks_on_timeout:
+            requeue = True
         elif not outcome.timed_out and not options.acks_on_failure:
-            await self._reject(handling, requeue=False)
+            requeue = False
         else:
             await self._ack(handling)
+            return
+        await self._reject(handling, requeue=requeue)
+        for observer in self.observers:
+            observer.rejected(message, handling.delivery.queue, requeue=requeue)
 
     def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
         return Request(
@@ -529,5 +539,7 @@ class Worker:
         )
         if self._recording:
             await self.recorder.ended(request.message, outcome.state)
+        for observer in self.observers:
+            observer.finished(request.message, delivery.queue, outcome)
         await call_hooks(task, request, outcome, self._executor.call, log)
         return outcome

@@ -226,6 +226,7 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
         broker_url: str | None = None,
         app: str = "tests.interop.app:app",
         hostname: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> WorkerProcess:
         args = [
             "-A", app,
@@ -238,6 +239,7 @@ def start_worker(broker: Broker, redis_url: str) -> Iterator[Callable[..., Worke
         ]  # fmt: skip
         if hostname is not None:
             args += ["-n", hostname]
+        args += extra
         base = {**os.environ, "PYTHONPATH": str(ROOT), "INTEROP_REDIS_URL": redis_url}
         worker = WorkerProcess(args, {**base, **(env or {})})
         started.append(worker)

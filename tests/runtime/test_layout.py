@@ -28,6 +28,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         # vocabulary: protocol/ and the standard library only
         ("errors", "exceptions", "policy", "arguments", "ratelimit", "redis_client", "probes"),
         ("transports", "results"),
+        ("events",),
         ("request",),
         ("task",),
         ("canvas",),

@@ -24,7 +24,7 @@ from protocol.control import NODE_QUEUE_ARGUMENTS
 from protocol.envelopes import AMQP_PROPERTY_NAMES
 from runtime.errors import translate_amqp_errors
 
-__all__ = ["declare_exchange", "listen"]
+__all__ = ["AmqpBroadcasting", "declare_exchange", "listen"]
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,61 @@ _NODE_QUEUE: dict[str, Any] = {
 }
 
 
+class AmqpBroadcasting:
+    """The :class:`~runtime.transports.base.Broadcasting` methods of the RabbitMQ transport.
+
+    A mixin: the transport provides its connection (``_require``), the publish of a message
+    (``_send_wire``) and the set of exchanges declared so far (``_exchanges``).
+    """
+
+    _exchanges: set[str]
+
+    def _require(self) -> AbstractRobustConnection:
+        raise NotImplementedError
+
+    async def _send_wire(self, message: WireMessage, exchange: str, routing_key: str) -> None:
+        raise NotImplementedError
+
+    async def broadcasts(self, exchange: str, queue: str) -> AsyncGenerator[WireMessage, None]:
+        """Listen to fanout ``exchange`` through node queue ``queue`` (see :func:`listen`)."""
+        return await listen(self._require(), exchange, queue)
+
+    async def broadcast(self, message: WireMessage, *, exchange: str) -> None:
+        """Publish to fanout ``exchange`` (declared first, as kombu's mailbox does)."""
+        await self._declare_once(exchange, aio_pika.ExchangeType.FANOUT)
+        await self._send_wire(message, exchange, "")
+
+    async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Publish to direct ``exchange``; RabbitMQ drops it if no queue is bound any more."""
+        await self._declare_once(exchange, aio_pika.ExchangeType.DIRECT)
+        await self._send_wire(message, exchange, routing_key)
+
+    async def emit(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Publish to topic ``exchange`` (declared durable first, as kombu declares
+        ``celeryev``: a monitor's declaration must match it)."""
+        await self._declare_once(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        await self._send_wire(message, exchange, routing_key)
+
+    async def _declare_once(
+        self, exchange: str, kind: aio_pika.ExchangeType, *, durable: bool = False
+    ) -> None:
+        if exchange not in self._exchanges:
+            await declare_exchange(self._require(), exchange, kind, durable=durable)
+            self._exchanges.add(exchange)
+
+
 async def declare_exchange(
-    connection: AbstractRobustConnection, name: str, kind: aio_pika.ExchangeType
+    connection: AbstractRobustConnection,
+    name: str,
+    kind: aio_pika.ExchangeType,
+    *,
+    durable: bool = False,
 ) -> None:
-    """Declare exchange ``name`` as kombu's mailboxes do (not durable), on a throwaway channel:
-    a refusal closes only that one."""
+    """Declare exchange ``name`` (not durable, as kombu's mailboxes, unless ``durable``) on a
+    throwaway channel: a refusal closes only that one."""
     with translate_amqp_errors(f"declare exchange {name!r}"):
         async with aio_pika.Channel(connection, publisher_confirms=False) as channel:
-            await channel.declare_exchange(name, kind, durable=False)
+            await channel.declare_exchange(name, kind, durable=durable)
 
 
 async def listen(

@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -52,7 +52,13 @@ from aiormq import spec as amqp_spec
 from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
 from protocol.delayed import delay_routing_key, strip_delay
 from runtime.errors import BrokerConnectionError, translate_amqp_errors
-from runtime.transports.base import Capacity, Delivery, QueueSpec, wait_free_unless_closed
+from runtime.transports.base import (
+    BrokerHealth,
+    Capacity,
+    Delivery,
+    QueueSpec,
+    wait_free_unless_closed,
+)
 from runtime.transports.reconnect import BackoffConnection
 
 from . import fanout
@@ -104,8 +110,9 @@ _Buffered = tuple[str, _Received] | None
 _Pending = tuple[_Received, bool | None, asyncio.Future[None]]
 
 
-class AmqpTransport:
-    """A :class:`~runtime.transports.base.Transport` for RabbitMQ; see the module docstring."""
+class AmqpTransport(fanout.AmqpBroadcasting):
+    """A :class:`~runtime.transports.base.Transport` for RabbitMQ; see the module docstring.
+    Its :class:`~runtime.transports.base.Broadcasting` methods are in :mod:`.fanout`."""
 
     def __init__(self, url: str, *, connection_factory: ConnectionFactory | None = None) -> None:
         self._url = url
@@ -116,7 +123,9 @@ class AmqpTransport:
         self._publisher: AbstractRobustChannel | None = None
         self._consumer: AbstractRobustChannel | None = None
         self._declared: dict[str, QueueSpec] = {}
-        self._exchanges: set[str] = set()  # declared for broadcasts and replies
+        self._exchanges: set[str] = set()  # declared for broadcasts, replies and events
+        #: Whether the connection is up now, and how often aio-pika restored it.
+        self.health = BrokerHealth()
         self._capacity: Capacity | None = None
         self._queues: list[str] = []
         self._buffer: asyncio.Queue[_Buffered] | None = None  # set while consume() runs
@@ -146,6 +155,10 @@ class AmqpTransport:
             self._publisher = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
+        health = self.health
+        health.up()
+        self._connection.close_callbacks.add(lambda *_: health.down())
+        self._connection.reconnect_callbacks.add(lambda *_: health.up())
 
     async def declare(self, queues: Sequence[QueueSpec]) -> None:
         """Declare each queue exactly as Celery does, and its ``<name>.dead`` queue.
@@ -327,28 +340,11 @@ class AmqpTransport:
 
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Publish and wait for the broker's confirm (``exchange=""``: to queue ``routing_key``)."""
+        await self._send_wire(message, exchange, routing_key)
+
+    async def _send_wire(self, message: WireMessage, exchange: str, routing_key: str) -> None:
         outgoing = aio_pika.Message(message.body, **_outgoing(message))
         await self._send(outgoing, exchange, routing_key)
-
-    async def broadcasts(self, exchange: str, queue: str) -> AsyncGenerator[WireMessage, None]:
-        """Listen to fanout ``exchange`` through node queue ``queue`` (see :mod:`.fanout`)."""
-        return await fanout.listen(self._require(), exchange, queue)
-
-    async def broadcast(self, message: WireMessage, *, exchange: str) -> None:
-        """Publish to fanout ``exchange`` (declared first, as kombu's mailbox does)."""
-        await self._declare_once(exchange, aio_pika.ExchangeType.FANOUT)
-        await self._send(aio_pika.Message(message.body, **_outgoing(message)), exchange, "")
-
-    async def reply(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
-        """Publish to direct ``exchange``; RabbitMQ drops it if no queue is bound any more."""
-        await self._declare_once(exchange, aio_pika.ExchangeType.DIRECT)
-        outgoing = aio_pika.Message(message.body, **_outgoing(message))
-        await self._send(outgoing, exchange, routing_key)
-
-    async def _declare_once(self, exchange: str, kind: aio_pika.ExchangeType) -> None:
-        if exchange not in self._exchanges:
-            await fanout.declare_exchange(self._require(), exchange, kind)
-            self._exchanges.add(exchange)
 
     async def queue_depth(self, queue: str) -> tuple[int, int]:
         """``(messages ready, consumers)`` of ``queue``, from a passive declare."""

@@ -73,9 +73,17 @@ class RedisFanout:
             for queue in await self._lookup(exchange, routing_key):
                 await self._require().lpush(self.layout.queue_key(queue), payload)
 
-    def _channel(self, exchange: str) -> str:
+    async def emit(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """PUBLISH kombu's envelope on ``/<db>.<exchange>/<routing_key>``: kombu switches
+        Celery's topic event exchange to fanout on Redis, one channel per routing key, which
+        monitors PSUBSCRIBE to as ``/<db>.celeryev/*``."""
+        payload = _envelope(message, exchange, routing_key)
+        with _translate(f"emit to {exchange!r} with key {routing_key!r}"):
+            await self._require().publish(self._channel(exchange, routing_key), payload)
+
+    def _channel(self, exchange: str, routing_key: str = "") -> str:
         db = self._require().connection_pool.connection_kwargs.get("db") or 0
-        return self.layout.fanout_channel(exchange, db=int(db))
+        return self.layout.fanout_channel(exchange, db=int(db), routing_key=routing_key)
 
 
 def _envelope(message: WireMessage, exchange: str, routing_key: str) -> bytes:

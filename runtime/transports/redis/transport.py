@@ -58,6 +58,7 @@ from protocol.kombu_redis import (
 from runtime.errors import BrokerConnectionError, translate_redis_errors
 from runtime.redis_client import client_for
 from runtime.transports.base import (
+    BrokerHealth,
     Capacity,
     Delivery,
     QueueSpec,
@@ -123,6 +124,8 @@ class RedisTransport(RedisFanout):
         self._mover: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
+        #: Whether Redis answers now, and how often it came back after an outage.
+        self.health = BrokerHealth()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -138,6 +141,7 @@ class RedisTransport(RedisFanout):
             )
         with self._translate(f"connect to {self._where}"):
             await self._client.ping()
+        self.health.up()
         self._claim = self._client.register_script(_CLAIM)
         self._settle_script = self._client.register_script(_SETTLE)
         self._ack_script = self._client.register_script(_ACK)
@@ -229,11 +233,14 @@ class RedisTransport(RedisFanout):
                     return
                 try:
                     first = await self._claim_into(keys, names, first, capacity.free)
+                    if not self.health.connected:
+                        self.health.up()
                     if not self._batch:
                         await self._idle(self.layout.key(names[watch]))
                         watch = (watch + 1) % len(names)
                         continue
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    self.health.down()
                     log.warning("Redis consume will retry in %.1f s: %s", retry, exc)
                     await asyncio.sleep(retry)
                     retry = min(retry * 2, _RETRY_MAX)
