@@ -1,6 +1,7 @@
 # The drop-in worker image: `docker run … celeriac worker -A your.module:app -Q standard`.
 # WORKER_QUEUES, CELERIAC_BROKER_URL (or CELERY_BROKER_URL) and CELERIAC_RESULT_BACKEND
-# configure it as they configure a Celery worker container.
+# configure it as they configure a Celery worker container; `--group NAME --profile fast` with
+# CELERIAC_GROUPS_FILE=examples/groups.toml runs one of DATAMIMIC's worker groups (compose.yaml).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1

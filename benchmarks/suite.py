@@ -41,6 +41,11 @@ def _throughput_systems() -> list[System]:
     return [celeriac(100), celery("prefork", 2), celery("threads", 100), aio_celery(100)]
 
 
+def _noop_extra_systems() -> list[System]:
+    """The cost of task events, the bare clients' floors, and no broker at all."""
+    return [celeriac(100, events=True), floor(2), floor(100), celeriac_in_process(100)]
+
+
 #: scenario -> the systems it measures (each on the brokers it supports).
 Plan = dict[str, Callable[[], list[System]]]
 
@@ -54,7 +59,7 @@ def default_plan(io_concurrency: Sequence[int] = (100, 1_000, 10_000)) -> Plan:
         return [*rows, celery("threads", min(io_concurrency))]
 
     return {
-        "noop": lambda: [*_throughput_systems(), floor(2), floor(100), celeriac_in_process(100)],
+        "noop": lambda: [*_throughput_systems(), *_noop_extra_systems()],
         "results": _throughput_systems,
         "io": io,
         "latency": _throughput_systems,

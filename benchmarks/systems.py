@@ -39,19 +39,23 @@ class System:
         return [sys.executable, *args]
 
 
-def celeriac(concurrency: int, *, processes: int = 1) -> System:
-    """``celeriac worker -c N`` on the benchmark app."""
+def celeriac(concurrency: int, *, processes: int = 1, events: bool = False) -> System:
+    """``celeriac worker -c N`` on the benchmark app (``events``: with ``-E``, task events
+    sent, which SQS cannot carry)."""
     label = f"celeriac -c {concurrency}"
     extra: tuple[str, ...] = ()
     if processes > 1:
         label = f"celeriac --processes {processes} -c {concurrency}"
         extra = ("--processes", str(processes))
+    if events:
+        label = label.replace("celeriac ", "celeriac -E ", 1)
+        extra = (*extra, "-E")
     return System(
         label, "celeriac", concurrency,
         ("-m", "runtime.cli", "worker", "-A", "benchmarks.celeriac_app:app", "--broker",
          "{broker}", "-Q", "{queue}", "-c", str(concurrency), "--loglevel", "warning",
          "--log-format", "json", *extra),
-        brokers=("amqp", "redis", "sqs"),
+        brokers=("amqp", "redis") if events else ("amqp", "redis", "sqs"),
     )  # fmt: skip
 
 

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from runtime import cli as runtime_cli
-from runtime.serve import UsageError, configure_logging, first_env, import_target, loop_factory
+from runtime.serve import (
+    UsageError,
+    configure_logging,
+    configure_monitor,
+    first_env,
+    import_target,
+    loop_factory,
+)
 
 from . import process, topology, views, watch
 from .project import ConfigError, load_project
@@ -145,6 +152,7 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
             schedule_file=args.schedule_file,
             check_tasks=not args.no_task_check,
         )
+        configure_monitor(project.app, environ)  # fires copied to the monitor queue too
         redis_url = args.redis or first_env(environ, "CELERIAC_CONTROLLER_REDIS")
         redis_url = redis_url or project.redis_url
         if not redis_url:

@@ -28,6 +28,7 @@ from runtime.transports.base import Broadcasting, QueueSpec, Transport
 from runtime.transports.urls import DEFAULT_BROKER, transport_for_url
 
 from .errors import BackendError, BrokerConnectionError
+from .monitor import DEFAULT_MONITOR_EXCHANGE, TaskMonitor, publish_task
 from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
 from .task import Task, TaskOptions
@@ -73,6 +74,8 @@ class App:
         run_registry_prefix: str = "celeriac:",
         worker_send_task_events: bool = False,
         task_send_sent_event: bool = False,
+        task_monitor_queue: str | None = None,
+        task_monitor_exchange: str = DEFAULT_MONITOR_EXCHANGE,
     ) -> None:
         self.main = main
         self.broker_url = broker or DEFAULT_BROKER
@@ -108,6 +111,11 @@ class App:
         self.worker_send_task_events = worker_send_task_events
         #: Whether publishing a task sends a ``task-sent`` event, as Celery's setting.
         self.task_send_sent_event = task_send_sent_event
+        #: The monitor queue every task message published is copied to (``None``: none), the
+        #: Cadasta toolbox's ``platform.fifo``; see :mod:`runtime.monitor`.
+        self.task_monitor_queue = task_monitor_queue
+        #: The durable topic exchange the copies go through, the monitor queue bound with ``#``.
+        self.task_monitor_exchange = task_monitor_exchange
         # A stable reply address per app, as Celery's clients send (only rpc:// reads it).
         self.oid = str(uuid.uuid4())
         self.clock = LamportClock()  # kombu's logical clock, on the commands this app sends
@@ -180,6 +188,14 @@ class App:
             max_priority=self.task_queue_max_priority,
             quorum=self.task_default_queue_type == "quorum",
         )
+
+    @property
+    def monitor(self) -> TaskMonitor | None:
+        """Where copies of the task messages this app and its workers publish go
+        (``task_monitor_queue``), or ``None`` when they are not copied."""
+        if not self.task_monitor_queue:
+            return None
+        return TaskMonitor(self.queue_spec(self.task_monitor_queue), self.task_monitor_exchange)
 
     @property
     def backend(self) -> RedisResultBackend | None:
@@ -276,13 +292,14 @@ class App:
         serializer: str | None = None,
         now: datetime | None = None,
     ) -> None:
-        """Encode ``message`` and publish it to ``queue`` (declared first, once)."""
+        """Encode ``message`` and publish it to ``queue`` (declared first, once), and a copy
+        to the monitor queue if the app has one (:mod:`runtime.monitor`)."""
         wire = encode_task(
             message, serializer=serializer or self.task_serializer, now=now or datetime.now(UTC)
         )
         target = queue or self.default_queue
         producer = await self.connect([target])
-        await producer.publish(wire, routing_key=target)
+        await publish_task(producer, wire, routing_key=target, monitor=self.monitor)
         if self.task_send_sent_event:
             await self._announce_sent(producer, message, target)
         if self.run_registry is not None:

@@ -35,6 +35,7 @@ from runtime.worker.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
 
 from . import serve
 from .errors import BackendError, BrokerConnectionError
+from .groups import GroupsError, ResolvedGroup, load_groups
 
 if TYPE_CHECKING:
     from . import load
@@ -89,7 +90,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seconds(text: str | None) -> float | None:
+def _seconds(text: str | None, what: str = "visibility timeout") -> float | None:
     """A positive number of seconds from a flag or variable; ``ValueError`` otherwise."""
     if text is None:
         return None
@@ -98,7 +99,7 @@ def _seconds(text: str | None) -> float | None:
     except ValueError:
         seconds = -1.0
     if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"visibility timeout must be a positive number of seconds, not {text!r}")
+        raise ValueError(f"{what} must be a positive number of seconds, not {text!r}")
     return seconds
 
 
@@ -124,11 +125,46 @@ def _port(text: str | None) -> int | None:
     return int(text)
 
 
+def _processes(text: str | None, group: ResolvedGroup | None) -> int:
+    """Worker processes from ``--processes``/``CELERIAC_PROCESSES`` (else the group's profile,
+    else 1); ``ValueError`` unless a whole number of 1 or more."""
+    if text is None:
+        return group.processes if group else 1
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--processes must be a whole number, 1 or more, not {text!r}")
+    return int(text)
+
+
+def _worker_group(args: argparse.Namespace, environ: Any) -> ResolvedGroup | None:
+    """The group ``--group``/``CELERIAC_GROUP`` names, under ``--profile``/``CELERIAC_PROFILE``,
+    from ``--groups-file``/``CELERIAC_GROUPS_FILE``; ``None`` if no group is named."""
+    group = args.group or serve.first_env(environ, "CELERIAC_GROUP")
+    profile = args.profile or serve.first_env(environ, "CELERIAC_PROFILE")
+    path = args.groups_file or serve.first_env(environ, "CELERIAC_GROUPS_FILE")
+    if group is None:
+        if profile is not None:
+            raise GroupsError(f"--profile {profile} needs --group (or CELERIAC_GROUP)")
+        return None
+    if path is None:
+        raise GroupsError(f"--group {group} needs --groups-file (or CELERIAC_GROUPS_FILE)")
+    return load_groups(path).resolve(group, profile)
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     environ = os.environ
-    queues = args.queues or serve.first_env(environ, "WORKER_QUEUES", "CELERIAC_QUEUES") or "celery"
+    try:
+        group = _worker_group(args, environ)
+    except GroupsError as exc:
+        print(f"celeriac: {exc}", file=sys.stderr)
+        return 2
+    queues = (
+        args.queues
+        or serve.first_env(environ, "WORKER_QUEUES", "CELERIAC_QUEUES")
+        or (",".join(group.queues) if group else "celery")
+    )
     concurrency = args.concurrency or int(
         serve.first_env(environ, "CELERIAC_CONCURRENCY", "WORKER_CONCURRENCY")
+        or (group.concurrency if group else None)
         or os.cpu_count()
         or 1
     )
@@ -138,9 +174,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             f"ignoring {args.prefetch_multiplier}",
             file=sys.stderr,
         )
-    serve.configure_logging(
-        args.loglevel, args.log_format or ("console" if sys.stderr.isatty() else "json")
-    )
+    log_format = args.log_format or ("console" if sys.stderr.isatty() else "json")
+    serve.configure_logging(args.loglevel, log_format)
     try:
         visibility_timeout = _seconds(
             args.visibility_timeout or serve.first_env(environ, "CELERIAC_VISIBILITY_TIMEOUT")
@@ -150,6 +185,17 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             DEFAULT_MAX_HELD_ETA,
         )
         http_port = _port(args.http_port or serve.first_env(environ, "CELERIAC_HTTP_PORT"))
+        processes = _processes(
+            args.processes or serve.first_env(environ, "CELERIAC_PROCESSES"), group
+        )
+        child_timeout = _seconds(
+            args.child_timeout or serve.first_env(environ, "CELERIAC_CHILD_TIMEOUT"),
+            "--child-timeout",
+        )
+        if http_port is not None and http_port + processes - 1 > 65535:
+            raise ValueError(
+                f"--http-port {http_port} leaves no port for each of {processes} processes"
+            )
     except ValueError as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
         return 2
@@ -175,11 +221,19 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         task_events=True if args.task_events else None,
         worker_heartbeats=not args.without_heartbeat,
         http_port=http_port,
+        group=group,
     )
     if not options.app_path:
         print("celeriac: worker needs -A module:app (or CELERIAC_APP)", file=sys.stderr)
         return 2
     try:
+        if processes > 1:
+            from .supervisor import DEFAULT_CHILD_TIMEOUT, Supervisor  # noqa: PLC0415
+
+            return Supervisor(
+                options, processes=processes, child_timeout=child_timeout or DEFAULT_CHILD_TIMEOUT,
+                loglevel=args.loglevel, log_format=log_format,
+            ).run()  # fmt: skip
         return serve.serve(options)
     except (serve.UsageError, ValueError, OSError) as exc:
         print(f"celeriac: {exc}", file=sys.stderr)
@@ -303,8 +357,35 @@ def _parser(extend: Extension | None = None) -> argparse.ArgumentParser:
     decode.set_defaults(run=_cmd_decode)
     worker = commands.add_parser("worker", help="consume queues and run their tasks")
     worker.add_argument("-A", "--app", help="the App to run, as module:attribute")
-    worker.add_argument("-Q", "--queues", help="queues to consume, comma-separated (WORKER_QUEUES)")
-    worker.add_argument("-c", "--concurrency", type=int, help="task slots (default: CPU count)")
+    worker.add_argument(
+        "-Q",
+        "--queues",
+        help="queues to consume, comma-separated (WORKER_QUEUES; wins over --group's queues)",
+    )
+    worker.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        help="task slots (CELERIAC_CONCURRENCY; wins over --profile's; default: CPU count)",
+    )
+    worker.add_argument(
+        "--groups-file",
+        metavar="PATH",
+        help="TOML file of worker groups and their profiles (CELERIAC_GROUPS_FILE; "
+        "see examples/groups.toml)",
+    )
+    worker.add_argument(
+        "--group",
+        metavar="NAME",
+        help="run as this group of the groups file: its queues and its profile's concurrency, "
+        "unless -Q/WORKER_QUEUES or -c/CELERIAC_CONCURRENCY say otherwise (CELERIAC_GROUP)",
+    )
+    worker.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="the group's tuning profile: safe, balanced or fast, or any the file defines "
+        "(CELERIAC_PROFILE; default: balanced)",
+    )
     worker.add_argument("-n", "--hostname", default="celeriac@%h", help="node name (%%h: host)")
     worker.add_argument("-b", "--broker", help="broker URL (CELERIAC_BROKER_URL)")
     worker.add_argument("--result-backend", help="result backend URL (CELERIAC_RESULT_BACKEND)")
@@ -363,6 +444,18 @@ def _parser(extend: Extension | None = None) -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve /metrics (Prometheus), /healthz and /readyz on PORT (CELERIAC_HTTP_PORT; "
         "default: not served)",
+    )
+    worker.add_argument(
+        "--processes",
+        metavar="N",
+        help="worker processes, each with its own loop, connection and node name name@host.i, "
+        "under a supervisor (CELERIAC_PROCESSES; default: the --profile's, else 1)",
+    )
+    worker.add_argument(
+        "--child-timeout",
+        metavar="SECONDS",
+        help="with --processes: a process whose event loop is silent this long is killed and "
+        "replaced (CELERIAC_CHILD_TIMEOUT; default 60)",
     )
     worker.set_defaults(run=_cmd_worker)
     _add_load_command(commands)

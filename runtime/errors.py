@@ -5,29 +5,67 @@ Tree (below :class:`protocol.CeleriacError`)::
     CeleriacError
     ├── BackendError (also ConnectionError)            the result backend failed or is unreachable
     └── BrokerConnectionError (also ConnectionError)   the message broker failed or is unreachable
+
+Neither ever carries a password: :func:`mask_secrets` masks every ``scheme://user:password@``
+in their messages (the one masking function of the runtime; log lines, control replies and
+load reports use it too, through :func:`runtime.transports.urls.masked_url`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from protocol import CeleriacError
 
 __all__ = [
+    "MASK",
     "BackendError",
     "BrokerConnectionError",
+    "mask_secrets",
     "translate_amqp_errors",
     "translate_aws_errors",
     "translate_redis_errors",
 ]
 
 
-class BackendError(CeleriacError, ConnectionError):
+#: What a password is shown as: Celery's mask (``amqp://guest:********@host//``).
+MASK = "********"
+
+#: A URL's scheme and authority (``scheme://user:password@host:port``), wherever it is in a
+#: text: up to the first character that cannot be in an authority.
+_AUTHORITY = re.compile(r"""([A-Za-z][A-Za-z0-9+.\-]*://)([^\s/?#'"<>()\[\],;]*)""")
+
+
+def _mask_authority(match: re.Match[str]) -> str:
+    scheme, authority = match.groups()
+    userinfo, at, host = authority.rpartition("@")  # a password may hold an unescaped "@"
+    user, colon, _password = userinfo.partition(":")
+    if not at or not colon:
+        return match.group(0)
+    return f"{scheme}{user}:{MASK}@{host}"
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it masked
+    (``********``): for URLs, error messages and log lines alike."""
+    return _AUTHORITY.sub(_mask_authority, text) if "://" in text else text
+
+
+class _Masked(Exception):
+    """An exception whose text arguments have every password in a URL masked."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(mask_secrets(a) if isinstance(a, str) else a for a in args))
+
+
+class BackendError(_Masked, CeleriacError, ConnectionError):
     """The result backend could not be reached or refused an operation."""
 
 
-class BrokerConnectionError(CeleriacError, ConnectionError):
+class BrokerConnectionError(_Masked, CeleriacError, ConnectionError):
     """The message broker could not be reached or refused an operation."""
 
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio
 
@@ -35,6 +35,7 @@ from protocol import READY_STATES, MalformedMessage, ResultKeys, State, decode_r
 
 from .app import App
 from .errors import translate_redis_errors
+from .transports.urls import masked_url
 
 __all__ = [
     "POLL_INTERVAL",
@@ -405,12 +406,9 @@ def _results(
 
 
 def redact(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """``url`` with its password, if any, masked: :func:`runtime.transports.urls.masked_url`,
+    the one masking every log line, reply and report uses."""
+    return masked_url(url)
 
 
 def _time(seconds: float | None) -> str:

@@ -113,6 +113,12 @@ class RateLimits:
         bucket = self._buckets[name]
         return 0.0 if bucket is None else bucket.take()
 
+    def reset(self, name: str) -> None:
+        """Forget task type ``name``'s bucket: its next task makes one at the rate the task
+        has then (``rate_limit`` at run time, as Celery's ``reset_rate_limits``). Tasks
+        already waiting for a token keep the wait they were given."""
+        self._buckets.pop(name, None)
+
     async def wait(
         self,
         name: str,

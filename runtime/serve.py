@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,19 @@ from runtime.worker.metrics import WorkerMetrics
 
 from .app import App
 from .errors import BrokerConnectionError
+from .groups import ResolvedGroup
+from .transports.urls import mask_secrets
 
 __all__ = [
     "UsageError",
     "WorkerOptions",
     "configure_logging",
+    "configure_monitor",
     "first_env",
     "import_target",
     "load_app",
     "loop_factory",
+    "mask_event_secrets",
     "node_name",
     "serve",
 ]
@@ -71,6 +75,8 @@ class WorkerOptions:
     worker_heartbeats: bool = True
     #: Serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (``None``: not served).
     http_port: int | None = None
+    #: The worker group and profile it runs as (``--group``, ``--profile``), if any.
+    group: ResolvedGroup | None = None
 
 
 def first_env(environ: Mapping[str, str], *names: str) -> str | None:
@@ -111,24 +117,69 @@ def load_app(path: str) -> App:
     return app
 
 
+def mask_event_secrets(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor: the password of any ``scheme://user:password@`` in a string
+    value of the event masked (defence in depth: URLs are masked where they are logged too)."""
+    for key, value in event.items():
+        event[key] = _masked(value)
+    return event
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value) if "@" in value else value
+    if isinstance(value, list | tuple):
+        return type(value)(_masked(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    return value
+
+
+class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Standard-library records (the transports', third parties') rendered as structlog's."""
+
+
 def configure_logging(level: str, fmt: str) -> None:
-    """structlog to standard error: JSON lines (containers) or console (a terminal)."""
+    """structlog to standard error: JSON lines (containers) or console (a terminal), with
+    any password in a URL masked."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # a traceback as text, to be masked too
+    ]
+    handler = _StdlibHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                mask_event_secrets,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(previous)
+    root.addHandler(handler)
+    # Third-party libraries say too much below warning; celeriac's own events are structlog's.
+    root.setLevel(max(logging.getLevelNamesMapping()[level.upper()], logging.WARNING))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=[*shared, mask_event_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line (print() makes two): the processes of `--processes N` share
+        # standard error, and two lines written at once must not run into one.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
 
@@ -143,6 +194,15 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
             raise UsageError("--loop uvloop: uvloop is not installed") from None
         return None
     return uvloop.new_event_loop
+
+
+def configure_monitor(app: App, environ: Mapping[str, str]) -> None:
+    """Apply ``CELERIAC_MONITOR_QUEUE`` and ``CELERIAC_MONITOR_EXCHANGE`` over the app's
+    ``task_monitor_queue`` and ``task_monitor_exchange`` (:mod:`runtime.monitor`)."""
+    app.task_monitor_queue = first_env(environ, "CELERIAC_MONITOR_QUEUE") or app.task_monitor_queue
+    app.task_monitor_exchange = (
+        first_env(environ, "CELERIAC_MONITOR_EXCHANGE") or app.task_monitor_exchange
+    )
 
 
 def configure(app: App, options: WorkerOptions) -> None:
@@ -160,6 +220,7 @@ def configure(app: App, options: WorkerOptions) -> None:
     )
     if options.visibility_timeout is not None:
         app.broker_transport_options["visibility_timeout"] = options.visibility_timeout
+    configure_monitor(app, os.environ)
     policy = app.queue_policy
     if options.queue_limits_file is not None:
         policy = policy.with_toml(options.queue_limits_file.read_text())
@@ -185,7 +246,12 @@ async def _probes(worker: Worker, port: int | None) -> AsyncIterator[None]:
             await lag
 
 
-def serve(options: WorkerOptions) -> int:
+#: A coroutine run beside the worker, given it, cancelled when the worker has stopped (a
+#: supervised child's link to its supervisor: :func:`runtime.supervisor.answer_supervisor`).
+Companion = Callable[[Worker], Coroutine[Any, Any, None]]
+
+
+def serve(options: WorkerOptions, *, companion: Companion | None = None) -> int:
     """Run a worker until SIGTERM/SIGINT; return the process exit status.
 
     The first signal stops consuming and lets running tasks finish within the grace period;
@@ -194,11 +260,18 @@ def serve(options: WorkerOptions) -> int:
     app = load_app(options.app_path)
     configure(app, options)
     with asyncio.Runner(loop_factory=loop_factory(options.loop)) as runner:
-        return runner.run(_run(app, options))
+        return runner.run(_run(app, options, companion))
 
 
-async def _run(app: App, options: WorkerOptions) -> int:
+async def _run(app: App, options: WorkerOptions, companion: Companion | None = None) -> int:
     """Run the worker until it stops; return the process exit status."""
+    # Every event of this process names the worker (and its group): tasks and threads started
+    # from here on copy the context.
+    structlog.contextvars.bind_contextvars(worker=options.hostname)
+    if options.group is not None:
+        structlog.contextvars.bind_contextvars(
+            group=options.group.group, profile=options.group.profile
+        )
     log = structlog.get_logger("celeriac.worker")
     worker = Worker(
         app,
@@ -225,6 +298,7 @@ async def _run(app: App, options: WorkerOptions) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    beside = None if companion is None else asyncio.create_task(companion(worker))
     try:
         async with _probes(worker, options.http_port):
             await worker.run()
@@ -232,6 +306,9 @@ async def _run(app: App, options: WorkerOptions) -> int:
         print(f"celeriac: {exc}", file=sys.stderr)
         return 1
     finally:
+        if beside is not None:
+            beside.cancel()
+            await asyncio.wait({beside})
         await app.aclose()
     if signals_seen > 1 or worker.unfinished:
         # Leave now: tasks that ignore cancellation, and threads blocked in C code, would

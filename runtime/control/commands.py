@@ -5,19 +5,27 @@ Each command takes the :class:`~runtime.control.RemoteControl` and the request's
 sent back as ``{nodename: value}`` (``celery/worker/control.py``).
 
 Inspect: ``ping``, ``stats``, ``active``, ``reserved``, ``scheduled``, ``registered``,
-``revoked``, ``active_queues``, ``conf``, ``query_task``, ``clock``, ``hello`` (mingle).
-Control: ``revoke``, ``terminate``, ``shutdown``.
+``revoked``, ``active_queues``, ``conf``, ``query_task``, ``clock``, ``report``, ``hello``
+(mingle), and Celery's ``dump_*`` aliases. Control: ``revoke``, ``terminate``, ``shutdown``,
+and, from :mod:`runtime.control.adjusting`, ``rate_limit``, ``time_limit``, ``add_consumer``,
+``cancel_consumer``, ``pool_grow``, ``pool_shrink``, ``autoscale``, ``enable_events``,
+``disable_events``, ``heartbeat``. The
+other commands a stock ``celery`` CLI sends (``pool_restart``, ``revoke_by_stamped_headers``,
+``election``, ``memsample``, ``memdump``, ``objgraph``) reply Celery's error shape with the
+reason (:data:`UNSUPPORTED`); a name no Celery knows replies ``{"error": "KeyError('name')"}``.
 
 Where celeriac differs: ``reserved`` is always empty (a worker never holds a message it cannot
 start: one per free slot); ``stats`` describes one process (``pool.processes`` is the worker's
 own pid) and leaves out ``broker.transport_options``, which can hold credentials; ``conf``
 lists the settings celeriac has, not Celery's whole table; ``terminate`` cancels a coroutine
-task whatever the signal (see :meth:`runtime.worker.Worker.terminate_task`).
+task whatever the signal (see :meth:`runtime.worker.Worker.terminate_task`); ``stats`` has
+``autoscaler`` once ``autoscale`` was called (see :mod:`runtime.control.adjusting`).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -30,9 +38,10 @@ from runtime.request import Request
 from runtime.transports.base import QueueSpec
 from runtime.transports.urls import masked_url
 
+from .adjusting import ADJUSTING, nok, ok
 from .mailbox import NO_REPLY, Command, RemoteControl
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "UNSUPPORTED"]
 
 #: Every command by name.
 COMMANDS: dict[str, Command] = {}
@@ -49,11 +58,6 @@ def command(function: Command) -> Command:
     """Register ``function`` under its name."""
     COMMANDS[function.__name__] = function
     return function
-
-
-def ok(value: Any) -> dict[str, Any]:
-    """Celery's success reply."""
-    return {"ok": value}
 
 
 # -- inspect -----------------------------------------------------------------------------------
@@ -91,6 +95,7 @@ async def stats(control: RemoteControl, **_: Any) -> Any:
         "broker": _broker_info(worker.app.broker_url),
         "prefetch_count": worker.concurrency,
         "rusage": _rusage(),
+        **_autoscaler(worker),
     }
 
 
@@ -252,7 +257,70 @@ async def shutdown(control: RemoteControl, msg: str = "Got shutdown from remote"
     return NO_REPLY
 
 
+@command
+async def report(control: RemoteControl, **_: Any) -> Any:
+    """Celery's bug report: software, platform and settings (URLs without passwords)."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        celeriac = version("celeriac")
+    except PackageNotFoundError:
+        celeriac = "unknown"
+    app = control.worker.app
+    return ok(
+        f"software -> celeriac:{celeriac} py:{platform.python_version()}\n"
+        f"platform -> system:{platform.system()} arch:{platform.machine()} "
+        f"imp:{platform.python_implementation()}\n"
+        f"settings -> broker:{masked_url(app.broker_url)} "
+        f"results:{masked_url(app.result_backend_url)}\n"
+    )
+
+
+#: Celery's commands celeriac does not carry out, each with its reason (the error reply).
+UNSUPPORTED = {
+    "pool_restart": "celeriac has no pool to restart (tasks run in the worker's own process): "
+    "restart the worker to reload code",
+    "revoke_by_stamped_headers": "celeriac does not revoke by stamped headers: revoke by task id",
+    "election": "celeriac takes no part in elections (it has no gossip)",
+    "memsample": "celeriac does not sample memory: see the rusage of inspect stats",
+    "memdump": "celeriac does not sample memory: see the rusage of inspect stats",
+    "objgraph": "celeriac does not graph objects",
+}
+
+
+def _unsupported(name: str, reason: str) -> Command:
+    async def unsupported(control: RemoteControl, **_: Any) -> Any:
+        control.log.warning("control_command_unsupported", method=name)
+        return nok(f"{name} is not supported: {reason}")
+
+    unsupported.__name__ = name
+    return unsupported
+
+
+for _name, _reason in UNSUPPORTED.items():
+    COMMANDS[_name] = _unsupported(_name, _reason)
+COMMANDS.update(ADJUSTING)
+
+# Celery's old names.
+COMMANDS.update(
+    dump_conf=conf, dump_schedule=scheduled, dump_reserved=reserved, dump_active=active,
+    dump_revoked=revoked, dump_tasks=registered,
+)  # fmt: skip
+
+
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _autoscaler(worker: Any) -> dict[str, Any]:
+    """``stats``' ``autoscaler`` entry, once ``autoscale`` was called."""
+    if worker.autoscale_limits is None:
+        return {}
+    high, low = worker.autoscale_limits
+    return {
+        "autoscaler": {
+            "max": high, "min": low, "current": worker.concurrency, "qty": len(worker.running),
+        }
+    }  # fmt: skip
 
 
 def _ids(value: Any) -> list[str]:

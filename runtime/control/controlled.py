@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from runtime.app import App
+    from runtime.ratelimit import RateLimits
     from runtime.request import Request
     from runtime.results.backend import RedisResultBackend
     from runtime.results.revoked import Revocations
 
-__all__ = ["ControlledWorker", "RunningTask"]
+__all__ = ["ConsumerSet", "ControlledWorker", "RunningTask"]
 
 
 @dataclass(slots=True, eq=False)
@@ -32,6 +33,28 @@ class RunningTask:
     started: float
     acknowledged: bool
     terminated: bool = False
+
+
+class ConsumerSet(Protocol):
+    """The queues a worker consumes, as ``add_consumer`` and ``cancel_consumer`` change them
+    (:class:`runtime.worker.consuming.Consumers`)."""
+
+    @property
+    def queues(self) -> Sequence[str]:
+        """The queues consumed now."""
+
+    async def add(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        exchange_type: str | None = None,
+        routing_key: str | None = None,
+    ) -> bool:
+        """Declare ``queue`` and consume it too; ``False`` if it is consumed already.
+        ``ValueError`` for a binding celeriac does not declare."""
+
+    def cancel(self, queue: str) -> bool:
+        """Stop consuming ``queue``; ``False`` if it was not consumed."""
 
 
 class ControlledWorker(Protocol):
@@ -52,6 +75,20 @@ class ControlledWorker(Protocol):
     @property
     def concurrency(self) -> int:
         """How many tasks it runs at once (its slots)."""
+
+    @property
+    def consumers(self) -> ConsumerSet:
+        """Its queues, changed at run time."""
+
+    @property
+    def rate_limits(self) -> RateLimits:
+        """Its token buckets, one per rate-limited task type."""
+
+    #: ``autoscale``'s ``(max, min)`` once it was called; ``None`` before.
+    autoscale_limits: tuple[int, int] | None
+
+    #: Whether it sends Celery's ``task-*`` events (``enable_events``, ``disable_events``).
+    task_events: bool
 
     @property
     def started_at(self) -> float:
@@ -78,6 +115,13 @@ class ControlledWorker(Protocol):
 
     def terminate_task(self, task_id: str, signal: str = "SIGTERM") -> bool:
         """End the running task ``task_id``; ``False`` if it is not running here."""
+
+    def resize(self, concurrency: int) -> None:
+        """Run ``concurrency`` tasks at once from now on (``pool_grow``, ``pool_shrink``,
+        ``autoscale``)."""
+
+    def send_heartbeat(self) -> bool:
+        """Send a ``worker-heartbeat`` event now; ``False`` if its broker carries no events."""
 
     def stop(self) -> None:
         """Stop consuming and finish running tasks (warm shutdown)."""

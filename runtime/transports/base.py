@@ -9,6 +9,7 @@ free slots (prefetch 1 per slot).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,14 +18,19 @@ from urllib.parse import parse_qsl, urlsplit
 
 from protocol import WireMessage
 
+#: The log context the worker binds while it handles one message (structlog's contextvars).
+_PER_TASK_KEYS = ("task_id", "task", "queue")
+
 __all__ = [
     "Broadcasting",
     "BrokerHealth",
     "Capacity",
     "Delivery",
+    "Mirroring",
     "QueueSpec",
     "Recovering",
     "Transport",
+    "detached_context",
     "transport_options",
     "wait_free_unless_closed",
 ]
@@ -195,6 +201,20 @@ class Recovering(Protocol):
         still unsettled; ``False`` if it was settled or restored already."""
 
 
+@runtime_checkable
+class Mirroring(Protocol):
+    """What a transport adds to copy task messages to a monitor queue (:mod:`runtime.monitor`):
+    AMQP, Redis, SQS and memory all have it."""
+
+    async def mirror(
+        self, message: WireMessage, *, exchange: str, routing_key: str, queue: QueueSpec
+    ) -> None:
+        """Publish ``message`` to durable topic ``exchange`` with ``routing_key``, ``queue``
+        bound to it with ``#`` (both declared on first use), as kombu routes a topic exchange:
+        every queue whose binding matches gets it. SQS, whose exchanges live only in a
+        producer's memory, sends it to ``queue`` itself."""
+
+
 async def wait_free_unless_closed(capacity: Capacity, closed: asyncio.Event) -> bool:
     """Wait for a free slot: ``True`` once there is one, ``False`` if ``closed`` is set first.
 
@@ -219,3 +239,14 @@ async def wait_free_unless_closed(capacity: Capacity, closed: asyncio.Event) -> 
 def transport_options(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``options`` updated with the URL's query string (values stay strings there)."""
     return {**(options or {}), **dict(parse_qsl(urlsplit(url).query))}
+
+
+def detached_context() -> contextvars.Context:
+    """A copy of the current context without the per-message log keys: for a background task
+    that one message's handling happens to start (a batch of acks serves every message), so
+    that its log lines name the worker but no message."""
+    import structlog  # noqa: PLC0415 - only when such a task starts
+
+    context = contextvars.copy_context()
+    context.run(structlog.contextvars.unbind_contextvars, *_PER_TASK_KEYS)
+    return context

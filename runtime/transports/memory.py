@@ -188,6 +188,12 @@ class MemoryTransport:
         """Append to queue ``routing_key`` (the default exchange's routing)."""
         await self.broker.put(routing_key, _Queued(message))
 
+    async def mirror(
+        self, message: WireMessage, *, exchange: str, routing_key: str, queue: QueueSpec
+    ) -> None:
+        """Append to monitor ``queue`` (this broker has no exchanges to route through)."""
+        await self.broker.put(queue.name, _Queued(message))
+
     async def broadcasts(self, exchange: str, queue: str) -> AsyncGenerator[WireMessage, None]:
         """Listen to ``exchange`` (``queue`` is not needed here)."""
         inbox: asyncio.Queue[WireMessage | None] = asyncio.Queue()

@@ -317,7 +317,17 @@ class SqsTransport:
         """Send ``message`` to queue ``routing_key`` (SQS has no exchanges: the default
         exchange's routing, which is also what Celery's direct exchange named like the queue
         does), created if missing; FIFO ids as kombu sets them."""
-        queue = routing_key or exchange
+        await self._put(routing_key or exchange, message, exchange, routing_key)
+
+    async def mirror(
+        self, message: WireMessage, *, exchange: str, routing_key: str, queue: QueueSpec
+    ) -> None:
+        """Send ``message`` to monitor ``queue`` itself: kombu's SQS exchanges live only in a
+        producer's memory, so each producer routes its topic exchange to the queue it binds
+        with ``#``. The envelope names ``exchange`` and ``routing_key`` as kombu's does."""
+        await self._put(queue.name, message, exchange, routing_key)
+
+    async def _put(self, queue: str, message: WireMessage, exchange: str, routing_key: str) -> None:
         name = self._name(queue)
         extra: dict[str, str] = {}
         properties = message.properties

@@ -12,12 +12,14 @@ too, and win over the mapping.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
+
+from runtime.errors import MASK, mask_secrets
 
 from .base import Transport, transport_options
 
-__all__ = ["DEFAULT_BROKER", "masked_url", "transport_for_url"]
+__all__ = ["DEFAULT_BROKER", "MASK", "mask_secrets", "masked_url", "transport_for_url"]
 
 #: Celery's default broker: RabbitMQ on this machine as guest.
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
@@ -59,13 +61,11 @@ def _sqs_transport(url: str, options: Mapping[str, Any]) -> Transport:
     return SqsTransport(url, options)
 
 
+@overload
+def masked_url(url: str) -> str: ...
+@overload
+def masked_url(url: None) -> None: ...
 def masked_url(url: str | None) -> str | None:
     """``url`` with its password masked as Celery masks it (``amqp://guest:********@host//``),
-    for logs, replies and tables."""
-    if not url:
-        return url
-    split = urlsplit(url)
-    if split.password is None:
-        return url
-    netloc = f"{split.username or ''}:********@{split.netloc.rpartition('@')[2]}"
-    return split._replace(netloc=netloc).geturl()
+    for logs, replies and tables (:func:`mask_secrets` on one URL)."""
+    return mask_secrets(url) if url else url

@@ -154,8 +154,25 @@ class Executor:
     """Runs task functions: coroutines on the loop, plain functions in ``threads`` threads."""
 
     def __init__(self, threads: int, *, hard_grace: float = 1.0) -> None:
+        self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="celeriac-task")
         self.hard_grace = hard_grace
+
+    def resize(self, threads: int) -> None:
+        """Run plain functions in ``threads`` threads from now on (``pool_grow``/``shrink``).
+
+        Calls started on the pool before keep their threads until they return; new ones go
+        to a new pool of ``threads`` (threads start as calls need them), so no more than
+        ``threads`` new calls run at once, beside those.
+        """
+        if threads == self.threads:
+            return
+        self.threads = threads
+        retired, self._pool = (
+            self._pool,
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="celeriac-task"),
+        )
+        retired.shutdown(wait=False)  # what it runs or has queued still runs; then it ends
 
     async def run(self, task: Task[Any, Any], request: Request, limits: TimeLimits) -> Outcome:
         """Run ``task`` for ``request`` under ``limits``.

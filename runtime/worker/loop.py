@@ -48,6 +48,7 @@ from runtime.task import Task
 from runtime.transports.base import Broadcasting, Delivery, Recovering, Transport
 from runtime.transports.urls import masked_url, transport_for_url
 
+from .consuming import Consumers
 from .execution import Executor, Outcome
 from .heartbeat import DEFAULT_HEARTBEAT_INTERVAL, beat_forever
 from .hooks import call_hooks
@@ -80,7 +81,6 @@ class Worker:
         logger: Any = None,
     ) -> None:
         self.app = app
-        self.queues = list(queues)
         self.hostname = hostname
         self.slots = Slots(concurrency)
         self.transport = transport or transport_for_url(
@@ -88,7 +88,7 @@ class Worker:
         )
         self.backend = backend if backend is not None else app.backend
         self.grace = grace
-        self.log = logger or structlog.get_logger("celeriac.worker")
+        self.log = (logger or structlog.get_logger("celeriac.worker")).bind(worker=hostname)
         self.workflow = Workflow(app, self.backend, hostname=hostname, log=self.log)
         self.recorder = Recorder(
             app, self.backend, self.workflow, runs=app.run_registry, hostname=hostname, log=self.log
@@ -99,12 +99,17 @@ class Worker:
         if isinstance(self.transport, Recovering) and app.run_registry is not None:
             self._recovering = self.transport
         self._executor = Executor(threads=concurrency)
+        #: The queues consumed; ``add_consumer`` and ``cancel_consumer`` change them.
+        self.consumers = Consumers(self.transport, queues, self.slots, app.queue_spec, log=self.log)
+        self.queues = self.consumers.queues  # the same list: it follows the changes
+        #: ``autoscale``'s ``(max, min)`` once it was called (celeriac then runs ``max`` slots).
+        self.autoscale_limits: tuple[int, int] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._consuming: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.rate_limits = RateLimits()
         self._waiting = Waiting(self.transport, self.rate_limits, max_held=max_held_eta)
-        self._retries = RetryPublisher(self.transport, app.queue_spec)
+        self._retries = RetryPublisher(self.transport, app.queue_spec, app.monitor)
         self.ready = asyncio.Event()
         self.processed = 0
         self.started_at = time.time()
@@ -250,6 +255,23 @@ class Worker:
         deferred to the broker are the broker's, not listed."""
         return self._waiting.held()
 
+    def _accept(self, delivery: Delivery) -> None:
+        """Start handling ``delivery``, in the slot it takes now (before the transport runs
+        again)."""
+        # False when a task that waited without its slot took the free one meanwhile.
+        slotted = self.slots.try_take()
+        handler = asyncio.create_task(self._handle(delivery, slotted))
+        self._running.add(handler)
+        handler.add_done_callback(self._running.discard)
+
+    def resize(self, concurrency: int) -> None:
+        """Run ``concurrency`` tasks at once from now on (``pool_grow``, ``pool_shrink``,
+        ``autoscale``): its slots and its threads for plain functions. Below the tasks running
+        now, they run on and nothing new starts until fewer run than there are slots."""
+        self.slots.resize(concurrency)
+        self._executor.resize(concurrency)
+        self.log.info("worker_resized", concurrency=concurrency, busy=self.slots.busy)
+
     @property
     def concurrency(self) -> int:
         """How many tasks run at once: the number of slots."""
@@ -278,12 +300,7 @@ class Worker:
             running.cancel()
 
     async def _consume(self) -> None:
-        async for delivery in self.transport.consume(self.queues, self.slots):
-            # False when a task that waited without its slot took the free one meanwhile.
-            slotted = self.slots.try_take()
-            handler = asyncio.create_task(self._handle(delivery, slotted))
-            self._running.add(handler)
-            handler.add_done_callback(self._running.discard)
+        await self.consumers.run(self._accept)
 
     async def _drain(self) -> None:
         if self._running:
@@ -340,6 +357,11 @@ class Worker:
                 observer.dead_lettered(delivery.queue, reason="malformed")
             return
         log = self.log.bind(task_id=message.id, task=message.task, queue=delivery.queue)
+        # ...and every event while this message is handled (this handler's own asyncio task),
+        # the task's own included: the run copies the context into its task or thread.
+        structlog.contextvars.bind_contextvars(
+            task_id=message.id, task=message.task, queue=delivery.queue
+        )
         task = self.app.tasks.get(message.task)
         if task is None:
             log.error("task_unknown")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import State
 from runtime.exceptions import Retry, TaskCancelled
+from runtime.monitor import TaskMonitor, publish_task
 from runtime.task import plan_retry
 
 from .execution import Outcome
@@ -98,11 +99,18 @@ def resolve_retry(task: Task[Any, Any], request: Request, outcome: Outcome) -> O
 
 
 class RetryPublisher:
-    """Publishes the retries runs planned, through the worker's own broker connection."""
+    """Publishes the retries runs planned, through the worker's own broker connection, each
+    copied to ``monitor`` if given (:mod:`runtime.monitor`)."""
 
-    def __init__(self, transport: Transport, queue_spec: Callable[[str], QueueSpec]) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        queue_spec: Callable[[str], QueueSpec],
+        monitor: TaskMonitor | None = None,
+    ) -> None:
         self._transport = transport
         self._queue_spec = queue_spec
+        self._monitor = monitor
         self._declared: set[str] = set()
 
     async def send(self, request: Request, outcome: Outcome, log: Any) -> Outcome:
@@ -130,6 +138,7 @@ class RetryPublisher:
                 await self._transport.declare([self._queue_spec(retry.declare)])
                 self._declared.add(retry.declare)
             wire = retry.encode(now)
-            await self._transport.publish(
-                wire, routing_key=retry.routing_key, exchange=retry.exchange
-            )
+            await publish_task(
+                self._transport, wire, routing_key=retry.routing_key, exchange=retry.exchange,
+                monitor=self._monitor,
+            )  # fmt: skip

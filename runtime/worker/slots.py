@@ -15,7 +15,7 @@ __all__ = ["Handling", "Slots"]
 
 
 class Slots:
-    """A fixed number of concurrency slots (``-c N``).
+    """The worker's concurrency slots (``-c N``), resizable at run time (:meth:`resize`).
 
     The worker takes a slot for every delivery it accepts and gives it back when the task is
     settled. Transports read :attr:`free` to size their prefetch and subscribe with
@@ -24,6 +24,10 @@ class Slots:
     A delivery may also wait without a slot (a task waiting for a rate-limit token) and then
     :meth:`acquire` one: a slot given back goes straight to the longest waiting, before the
     transport hears it is free.
+
+    Shrinking below the slots taken keeps the running tasks: :attr:`free` stays 0 (nothing new
+    is taken, nothing is handed over) until enough are given back that fewer are busy than
+    there are slots.
     """
 
     def __init__(self, total: int) -> None:
@@ -38,8 +42,8 @@ class Slots:
 
     @property
     def free(self) -> int:
-        """Slots not taken."""
-        return self.total - self._busy
+        """Slots not taken (0 while more are taken than there are, after a shrink)."""
+        return max(0, self.total - self._busy)
 
     @property
     def busy(self) -> int:
@@ -51,7 +55,7 @@ class Slots:
         if self._busy >= self.total:
             raise RuntimeError("no free slot: a transport delivered beyond its capacity")
         self._busy += 1
-        if self._busy == self.total:
+        if self._busy >= self.total:
             self._freed.clear()
         self._notify()
 
@@ -82,14 +86,40 @@ class Slots:
         """Return a slot: to the longest waiting :meth:`acquire`, if any."""
         if self._busy == 0:
             raise RuntimeError("no slot is taken")
+        if self._hand_over():  # it changes hands: still busy, nobody to tell
+            return
+        self._busy -= 1
+        if self._busy < self.total:
+            self._freed.set()
+        self._notify()
+
+    def resize(self, total: int) -> None:
+        """Have ``total`` slots from now on: new ones go first to the longest waiting
+        :meth:`acquire`; below the slots taken, running tasks keep theirs (see the class)."""
+        if total < 1:
+            raise ValueError(f"concurrency must be at least 1, got {total}")
+        self.total = total
+        while self._busy < self.total and self._acquiring:
+            self._busy += 1
+            if not self._hand_over():
+                self._busy -= 1
+        if self._busy < self.total:
+            self._freed.set()
+        else:
+            self._freed.clear()
+        self._notify()
+
+    def _hand_over(self) -> bool:
+        """Give a slot being returned to the longest waiting :meth:`acquire`, if any may have
+        it (none while more slots are taken than there are); whether one did."""
+        if self._busy > self.total:
+            return False
         while self._acquiring:
             handed = self._acquiring.popleft()
             if not handed.done():
-                handed.set_result(None)  # it changes hands: still busy, nobody to tell
-                return
-        self._busy -= 1
-        self._freed.set()
-        self._notify()
+                handed.set_result(None)
+                return True
+        return False
 
     async def wait_free(self) -> None:
         """Return once at least one slot is free."""

@@ -17,8 +17,10 @@ import pytest
 from protocol import WireMessage
 from protocol.control import ControlRequest, ReplyTo, encode_control
 from runtime import App
+from runtime.control.commands import UNSUPPORTED
 from runtime.transports.memory import MemoryTransport
 from runtime.worker import Worker
+from runtime.worker.slots import Slots
 
 NODE = "w1@test"
 
@@ -233,3 +235,266 @@ async def test_a_worker_without_fanout_runs_without_remote_control(app: App) -> 
     worker.stop()
     await running
     await app.aclose()
+
+
+# -- commands that change the worker at run time ------------------------------------------------
+
+
+def _gated(app: App) -> tuple[list[int], dict[int, asyncio.Event]]:
+    """Register ``t.gated(n)``: it notes ``n`` as started, then waits for ``gates[n]``."""
+    started: list[int] = []
+    gates: dict[int, asyncio.Event] = {}
+
+    @app.task(name="t.gated")
+    async def gated(n: int) -> None:
+        started.append(n)
+        await gates.setdefault(n, asyncio.Event()).wait()
+
+    return started, gates
+
+
+async def _open(gates: dict[int, asyncio.Event], n: int) -> None:
+    gates.setdefault(n, asyncio.Event()).set()
+    await asyncio.sleep(0.05)  # the task ends, its slot is given back, the transport hears it
+
+
+async def test_pool_grow_runs_more_tasks_at_once(worker: Worker, client: Client, app: App) -> None:
+    started, gates = _gated(app)
+
+    assert await client.call("pool_grow", n=2) == {"ok": "pool will grow"}
+
+    stats = await client.call("stats")
+    assert (stats["pool"]["max-concurrency"], stats["prefetch_count"]) == (3, 3)
+    assert "autoscaler" not in stats
+    assert (await client.call("conf"))["worker_concurrency"] == 3
+    for n in range(4):
+        await app.send_task("t.gated", args=(n,))
+    await _eventually(lambda: len(started) == 3)
+    await asyncio.sleep(0.1)
+    assert sorted(started) == [0, 1, 2]
+    await _open(gates, 0)
+    await _eventually(lambda: len(started) == 4)
+    for n in range(1, 4):
+        await _open(gates, n)
+
+
+async def test_shrinking_below_the_busy_slots_lets_them_finish_and_starts_nothing_new(
+    worker: Worker, client: Client, app: App
+) -> None:
+    started, gates = _gated(app)
+    assert await client.call("pool_grow", n=2) == {"ok": "pool will grow"}
+    for n in range(4):
+        await app.send_task("t.gated", args=(n,))
+    await _eventually(lambda: len(started) == 3)
+
+    assert await client.call("pool_shrink", n=2) == {"ok": "pool will shrink"}
+
+    assert (worker.slots.total, worker.slots.busy, worker.slots.free) == (1, 3, 0)
+    assert (await client.call("stats"))["pool"]["max-concurrency"] == 1
+    for n in (0, 1):  # 2 then 1 still running: not fewer than the one slot
+        await _open(gates, n)
+        assert len(started) == 3
+    await _open(gates, 2)
+    await _eventually(lambda: started == [0, 1, 2, 3])
+    assert (worker.slots.busy, worker.slots.free) == (1, 0)
+    await _open(gates, 3)
+    assert worker.slots.free == 1
+
+
+async def test_autoscale_runs_max_slots_and_reports_both(
+    worker: Worker, client: Client, app: App
+) -> None:
+    assert await client.call("autoscale", max=4, min=2) == {"ok": "autoscale now max=4 min=2"}
+    stats = await client.call("stats")
+    assert stats["pool"]["max-concurrency"] == 4
+    assert stats["autoscaler"] == {"max": 4, "min": 2, "current": 4, "qty": 0}
+    assert await client.call("autoscale", max=3) == {"ok": "autoscale now max=3 min=2"}
+    assert await client.call("autoscale", min=3) == {"ok": "autoscale now max=3 min=3"}
+    assert worker.concurrency == 3
+    # As Celery: with autoscale set, grow and shrink are refused.
+    assert await client.call("pool_grow") == {
+        "error": "pool_grow is not supported with autoscale. Adjust autoscale range instead."
+    }
+    assert await client.call("pool_shrink") == {
+        "error": "pool_shrink is not supported with autoscale. Adjust autoscale range instead."
+    }
+
+
+async def test_bad_arguments_get_an_error_reply(worker: Worker, client: Client) -> None:
+    errors = {
+        ("pool_grow", "n", "x"): "n must be a whole number of 1 or more, not 'x'",
+        ("pool_grow", "n", 0): "n must be a whole number of 1 or more, not 0",
+        ("pool_shrink", "n", 1): "Can't shrink pool by 1: it has 1, 1 is the least",
+        ("autoscale", "max", -1): "max must be a whole number of 1 or more, not -1",
+        ("add_consumer", "queue", None): "add_consumer needs a queue name, not None",
+        ("cancel_consumer", "queue", ""): "cancel_consumer needs a queue name, not ''",
+    }
+    for (method, name, value), error in errors.items():
+        assert await client.call(method, **{name: value}) == {"error": error}, method
+    assert await client.call("autoscale", max=2, min=3) == {
+        "error": "autoscale min=3 is above max=2"
+    }
+    assert await client.call("rate_limit", task_name="t.record", rate_limit="10/x") == {
+        "error": "Invalid rate limit string: "
+        "ValueError(\"rate limit '10/x': the unit must be s, m or h\")"
+    }
+    assert await client.call("rate_limit", task_name="nope", rate_limit="1/s") == {
+        "error": "unknown task"
+    }
+    assert await client.call("time_limit", task_name="nope", hard=1) == {"error": "unknown task"}
+    for bad in ("soon", "inf", [1]):
+        assert await client.call("time_limit", task_name="t.record", hard=bad) == {
+            "error": f"a time limit is a number of seconds, not {bad!r}"
+        }
+    assert await client.call("add_consumer", queue="q2", exchange="other") == {
+        "error": "celeriac consumes 'q2' only through the direct exchange 'q2' with routing key "
+        "'q2', not exchange='other'"
+    }
+    assert worker.queues == ["q"]
+    assert worker.concurrency == 1
+    assert worker.autoscale_limits is None
+
+
+async def test_commands_celeriac_cannot_carry_out_reply_why(worker: Worker, client: Client) -> None:
+    for name, reason in UNSUPPORTED.items():
+        assert await client.call(name) == {"error": f"{name} is not supported: {reason}"}
+    # Celery's old names answer as the commands they stand for.
+    assert await client.call("dump_tasks") == await client.call("registered")
+    assert await client.call("dump_active") == []
+    assert "celeriac" in (await client.call("report"))["ok"]
+
+
+async def test_rate_and_time_limits_change_at_run_time(
+    worker: Worker, client: Client, app: App
+) -> None:
+    record = app.tasks["t.record"]
+
+    reply = await client.call("rate_limit", task_name="t.record", rate_limit="2/s")
+
+    assert reply == {"ok": "new rate limit set successfully"}
+    assert record.options.rate_limit == "2/s"
+    assert "t.record [rate_limit=2/s]" in await client.call("registered")
+    sent = [await app.send_task("t.record") for _ in range(3)]
+    await _eventually(lambda: len(app.runs) == 3)  # type: ignore[attr-defined]
+    assert app.runs == [result.id for result in sent]  # type: ignore[attr-defined]
+    assert await client.call("rate_limit", task_name="t.record", rate_limit="") == {
+        "ok": "rate limit disabled successfully"
+    }
+    assert record.options.rate_limit == ""
+    assert worker.rate_limits.delay("t.record", record.options.rate_limit) == 0.0
+
+    reply = await client.call("time_limit", task_name="t.record", soft=1, hard="2.5")
+
+    assert reply == {"ok": "time limits set successfully"}
+    assert (record.options.soft_time_limit, record.options.time_limit) == (1.0, 2.5)
+    assert await client.call("time_limit", task_name="t.record") == {
+        "ok": "time limits set successfully"
+    }
+    assert (record.options.soft_time_limit, record.options.time_limit) == (None, None)
+
+
+async def test_a_task_runs_under_the_hard_limit_set_at_run_time(
+    worker: Worker, client: Client, app: App
+) -> None:
+    assert await client.call("time_limit", task_name="t.forever", hard=0.2) == {
+        "ok": "time limits set successfully"
+    }
+    assert await client.call("rate_limit", task_name="t.forever", rate_limit=0) == {
+        "ok": "rate limit disabled successfully"
+    }
+    stuck = await app.send_task("t.forever")
+
+    await _eventually(lambda: stuck.id in worker.running)
+    await _eventually(lambda: stuck.id not in worker.running, timeout=3)
+    assert worker.slots.free == 1
+
+
+async def test_add_and_cancel_consumer_change_what_is_consumed(
+    worker: Worker, client: Client, app: App
+) -> None:
+    broker = worker.transport.broker  # type: ignore[attr-defined]
+    # As Celery: ok whether or not it was consumed.
+    assert await client.call("cancel_consumer", queue="elsewhere") == {
+        "ok": "no longer consuming from elsewhere"
+    }
+    assert worker.queues == ["q"]
+
+    assert await client.call("add_consumer", queue="q2") == {"ok": "add consumer q2"}
+
+    assert [queue["name"] for queue in await client.call("active_queues")] == ["q", "q2"]
+    there = await app.send_task("t.record", queue="q2")
+    await _eventually(lambda: app.runs == [there.id])  # type: ignore[attr-defined]
+    assert await client.call("add_consumer", queue="q2", exchange_type="direct") == {
+        "ok": "add consumer q2"
+    }
+    assert worker.queues == ["q", "q2"]
+
+    assert await client.call("cancel_consumer", queue="q") == {"ok": "no longer consuming from q"}
+    assert await client.call("cancel_consumer", queue="q2") == {"ok": "no longer consuming from q2"}
+
+    assert await client.call("active_queues") == []
+    left = await app.send_task("t.record", queue="q")
+    await asyncio.sleep(0.2)
+    assert len(broker.queue("q").messages) == 1
+    assert await client.call("add_consumer", queue="q") == {"ok": "add consumer q"}
+    await _eventually(lambda: app.runs == [there.id, left.id])  # type: ignore[attr-defined]
+    assert worker.consuming
+
+
+async def test_changing_queues_while_busy_loses_and_repeats_nothing(
+    worker: Worker, client: Client, app: App
+) -> None:
+    worker.resize(3)
+    sent = [await app.send_task("t.record", queue=("q", "q2")[n % 2]) for n in range(200)]
+    for _ in range(20):
+        await client.call("add_consumer", queue="q2")
+        await asyncio.sleep(0.005)
+        await client.call("cancel_consumer", queue="q2")
+
+    await client.call("add_consumer", queue="q2")
+    await _eventually(lambda: len(app.runs) >= 200)  # type: ignore[attr-defined]
+    await asyncio.sleep(0.05)
+    assert sorted(app.runs) == sorted(result.id for result in sent)  # type: ignore[attr-defined]
+
+
+async def test_task_events_switch_on_and_off(worker: Worker, client: Client) -> None:
+    assert worker.task_events is False
+    assert await client.call("enable_events") == {"ok": "task events enabled"}
+    assert worker.task_events is True
+    assert await client.call("enable_events") == {"ok": "task events already enabled"}
+    assert await client.call("disable_events") == {"ok": "task events disabled"}
+    assert await client.call("disable_events") == {"ok": "task events already disabled"}
+    assert worker.task_events is False
+    assert await client.call("heartbeat") is None  # Celery's reply: None
+
+
+async def test_slots_resized_below_busy_hand_nothing_over_until_within() -> None:
+    slots = Slots(3)
+    heard: list[int] = []
+    slots.on_change(lambda: heard.append(slots.free))
+    for _ in range(3):
+        slots.take()
+    waiter = asyncio.create_task(slots.acquire())  # a rate-limited task taking its slot back
+    await asyncio.sleep(0)
+
+    slots.resize(1)
+
+    assert (slots.total, slots.busy, slots.free, heard[-1]) == (1, 3, 0, 0)
+    slots.give_back()
+    slots.give_back()
+    assert (slots.busy, slots.free, waiter.done()) == (1, 0, False)
+    slots.give_back()  # now within: this one changes hands
+    await asyncio.sleep(0)
+    assert (waiter.done(), slots.busy, slots.free) == (True, 1, 0)
+    waiter2 = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+
+    slots.resize(2)  # a new slot goes to the one waiting first
+
+    await asyncio.sleep(0)
+    assert (waiter2.done(), slots.busy, slots.free) == (True, 2, 0)
+    slots.resize(4)
+    assert (slots.free, heard[-1]) == (2, 2)
+    await asyncio.wait_for(slots.wait_free(), 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        slots.resize(0)

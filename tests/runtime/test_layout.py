@@ -28,14 +28,14 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         # vocabulary: protocol/ and the standard library only
         ("errors", "exceptions", "policy", "arguments", "ratelimit", "redis_client", "probes"),
         ("transports", "results"),
-        ("events",),
+        ("events", "monitor"),
         ("request",),
         ("task",),
         ("canvas",),
         ("app",),
         ("control",),
         ("worker",),
-        ("serve", "load"),
+        ("serve", "load", "groups", "supervisor"),
         ("cli",),
         ("__init__",),  # the package itself: the user API
     )

@@ -113,8 +113,8 @@ def test_a_plan_counts_its_messages() -> None:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("amqp://guest:secret@host:5672//", "amqp://guest:***@host:5672//"),
-        ("redis://:pw@host/0", "redis://:***@host/0"),
+        ("amqp://guest:secret@host:5672//", "amqp://guest:********@host:5672//"),
+        ("redis://:pw@host/0", "redis://:********@host/0"),
         ("redis://host/0", "redis://host/0"),
         ("memory://", "memory://"),
     ],

@@ -57,12 +57,14 @@ from runtime.transports.base import (
     Capacity,
     Delivery,
     QueueSpec,
+    detached_context,
     wait_free_unless_closed,
 )
 from runtime.transports.reconnect import BackoffConnection
 
 from . import fanout
 from .delayed import DELAYED_DELIVERY, DelayedQueues
+from .monitor import AmqpMirroring
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpTransport", "ConnectionFactory"]
 
@@ -110,9 +112,10 @@ _Buffered = tuple[str, _Received] | None
 _Pending = tuple[_Received, bool | None, asyncio.Future[None]]
 
 
-class AmqpTransport(fanout.AmqpBroadcasting):
+class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
     """A :class:`~runtime.transports.base.Transport` for RabbitMQ; see the module docstring.
-    Its :class:`~runtime.transports.base.Broadcasting` methods are in :mod:`.fanout`."""
+    Its :class:`~runtime.transports.base.Broadcasting` methods are in :mod:`.fanout`, its
+    :class:`~runtime.transports.base.Mirroring` method in :mod:`.monitor`."""
 
     def __init__(self, url: str, *, connection_factory: ConnectionFactory | None = None) -> None:
         self._url = url
@@ -200,9 +203,12 @@ class AmqpTransport(fanout.AmqpBroadcasting):
         self._capacity, self._queues = capacity, list(queues)
         buffer = self._buffer = asyncio.Queue()
         unsubscribe = capacity.on_change(self._wake.set)
+        waiting: _Buffered = None  # taken from the buffer, waiting for a free slot
         try:
             with translate_amqp_errors(f"consume from {', '.join(queues)}"):
-                await self._locked_apply(await channel.get_underlay_channel())
+                # Shielded: aiormq closes a channel whose RPC is cancelled (a consumer set
+                # changing at run time); the clean-up below waits for it under the QoS lock.
+                await asyncio.shield(self._locked_apply(await channel.get_underlay_channel()))
             self._regulator = asyncio.create_task(self._regulate(channel))
             while (item := await buffer.get()) is not None:
                 queue, message = item
@@ -211,8 +217,10 @@ class AmqpTransport(fanout.AmqpBroadcasting):
                 handed = await self._delivery(queue, message)
                 if handed is None:
                     continue
+                waiting = item
                 if not await wait_free_unless_closed(capacity, self._closed):
                     return  # closing: the connection's close gives the message back
+                waiting = None
                 self._unsettled.add(message)
                 yield handed
         finally:
@@ -223,8 +231,10 @@ class AmqpTransport(fanout.AmqpBroadcasting):
                 with contextlib.suppress(*_BROKER_ERRORS):
                     if self._raw is not None and not self._raw.is_closed:
                         await self._locked_apply(self._raw)  # target 0: cancel the consumers
-                    while not buffer.empty():
-                        if (left := buffer.get_nowait()) is not None:
+                    # What waited for a slot when the iteration ended (cancelled), then the rest.
+                    while waiting is not None or not buffer.empty():
+                        left, waiting = waiting or buffer.get_nowait(), None
+                        if left is not None:
                             await left[1].channel.basic_reject(left[1].tag, requeue=True)
 
     async def _consuming_channel(self) -> AbstractRobustChannel:
@@ -442,7 +452,9 @@ class AmqpTransport(fanout.AmqpBroadcasting):
         done = asyncio.get_running_loop().create_future()
         self._pending.append((message, requeue, done))
         if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush(), name="celeriac-amqp-settle")
+            self._flushing = asyncio.create_task(
+                self._flush(), name="celeriac-amqp-settle", context=detached_context()
+            )
         action = "ack" if requeue is None else "reject"
         with translate_amqp_errors(f"{action} a message from {delivery.queue!r}"):
             await asyncio.shield(done)  # cancelling the caller does not take the settlement back

@@ -62,6 +62,7 @@ from runtime.transports.base import (
     Capacity,
     Delivery,
     QueueSpec,
+    detached_context,
     transport_options,
     wait_free_unless_closed,
 )
@@ -69,6 +70,7 @@ from runtime.transports.base import (
 from .claims import Claim, Settlement, payload_priority_of, with_redelivered_flags
 from .delayed import RedisDelayStore
 from .fanout import RedisFanout
+from .monitor import RedisMirroring
 from .options import OPTION_NAMES, RedisOptions
 from .restore import Restorer
 
@@ -90,9 +92,10 @@ _IDLE_WAIT = 0.1
 _RETRY_MIN, _RETRY_MAX = 0.5, 10.0
 
 
-class RedisTransport(RedisFanout):
+class RedisTransport(RedisFanout, RedisMirroring):
     """A :class:`~runtime.transports.base.Transport` for Redis; see the module docstring. Remote
-    control's fanout comes from :class:`~runtime.transports.redis.fanout.RedisFanout`."""
+    control's fanout comes from :class:`~runtime.transports.redis.fanout.RedisFanout`, monitor
+    copies from :class:`~runtime.transports.redis.monitor.RedisMirroring`."""
 
     def __init__(
         self,
@@ -224,10 +227,11 @@ class RedisTransport(RedisFanout):
         try:
             with self._translate(f"consume from {', '.join(names)}"):
                 await self._register(names)
-            self._maintainer = asyncio.create_task(self._maintain(), name="celeriac-redis")
-            self._mover = asyncio.create_task(
-                self._delay_store.move_due(self._closed), name="celeriac-redis-due"
-            )
+            if self._maintainer is None:  # a later iteration (new queues) keeps them
+                self._maintainer = asyncio.create_task(self._maintain(), name="celeriac-redis")
+                self._mover = asyncio.create_task(
+                    self._delay_store.move_due(self._closed), name="celeriac-redis-due"
+                )
             while not self._closing:
                 if not await wait_free_unless_closed(capacity, self._closed):
                     return
@@ -347,7 +351,9 @@ class RedisTransport(RedisFanout):
         done = asyncio.get_running_loop().create_future()
         self._acks.append((claim, done))
         if self._acking is None:
-            self._acking = asyncio.create_task(self._send_acks(), name="celeriac-redis-ack")
+            self._acking = asyncio.create_task(
+                self._send_acks(), name="celeriac-redis-ack", context=detached_context()
+            )
         await asyncio.shield(done)  # cancelling the caller does not take the ack back
 
     async def _send_acks(self) -> None:
