@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import reprlib
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .serialization import dumps
@@ -59,12 +58,12 @@ def routing_key(event_type: str) -> str:
     return event_type.replace("-", ".")
 
 
-def utcoffset(localtime: Callable[[], time.struct_time] = time.localtime) -> int:
-    """Hours west of UTC now (0 for UTC, -2 for UTC+2), as Celery computes it: a wrong value
-    shifts every timestamp a monitor shows, and Flower shows the worker offline."""
-    if localtime().tm_isdst:
-        return time.altzone // 3600
-    return time.timezone // 3600
+def utcoffset(*, is_dst: bool, timezone: int, altzone: int) -> int:
+    """Hours west of UTC (0 for UTC, -2 for UTC+2), as Celery computes it from the clock's
+    ``time.timezone``/``time.altzone`` (seconds west) and whether summer time is in force: a
+    wrong value shifts every timestamp a monitor shows, and Flower shows the worker offline.
+    The caller reads the clock; this module does no I/O."""
+    return (altzone if is_dst else timezone) // 3600
 
 
 def safe_repr(value: Any) -> str:
@@ -80,19 +79,20 @@ def event(
     hostname: str,
     clock: int,
     pid: int,
-    timestamp: float | None = None,
-    offset: int | None = None,
+    timestamp: float,
+    offset: int,
     **fields: Any,
 ) -> dict[str, Any]:
     """The event dict Celery's ``EventDispatcher.send`` publishes: the common fields, then
-    ``fields``."""
+    ``fields``; ``timestamp`` (Unix time) and ``offset`` (:func:`utcoffset`) come from the
+    caller's clock."""
     return {
         "hostname": hostname,
-        "utcoffset": utcoffset() if offset is None else offset,
+        "utcoffset": offset,
         "pid": pid,
         "clock": clock,
         **fields,
-        "timestamp": time.time() if timestamp is None else timestamp,
+        "timestamp": timestamp,
         "type": event_type,
     }
 

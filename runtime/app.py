@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -20,6 +21,7 @@ from runtime.canvas.chords import RedisChords
 from runtime.canvas.planner import Planner
 from runtime.canvas.signatures import signatures
 from runtime.canvas.workflow import carry_out, context_for
+from runtime.events import local_utcoffset
 from runtime.results import handles as result
 from runtime.results.backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
 from runtime.results.revoked import RevokedStore
@@ -318,7 +320,8 @@ class App:
         pid = os.getpid()
         sent = event(
             "task-sent", hostname=f"gen{pid}@{socket.gethostname()}", clock=self.clock.forward(),
-            pid=pid, **task_sent_fields(message, queue=queue, exchange="", routing_key=queue),
+            pid=pid, timestamp=time.time(), offset=local_utcoffset(),
+            **task_sent_fields(message, queue=queue, exchange="", routing_key=queue),
         )  # fmt: skip
         wire, key = encode_events([sent], hostname=sent["hostname"])
         try:

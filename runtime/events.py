@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,13 @@ BUFFER_LIMIT = 10_000
 BATCH = 100
 
 
+def local_utcoffset() -> int:
+    """This machine's offset now, in the hours west of UTC that events carry."""
+    return utcoffset(
+        is_dst=time.localtime().tm_isdst > 0, timezone=time.timezone, altzone=time.altzone
+    )
+
+
 class EventDispatcher:
     """Publishes the events of node ``hostname`` through ``transport``; see the module
     docstring. :meth:`start` before sending, :meth:`aclose` to publish what is left and stop.
@@ -75,7 +83,7 @@ class EventDispatcher:
         self.dropped = 0
         #: The process's id, in every event.
         self.pid = os.getpid()
-        self._offset = utcoffset()
+        self._offset = local_utcoffset()
         self._tasks: list[dict[str, Any]] = []
         self._workers: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
@@ -95,7 +103,7 @@ class EventDispatcher:
         try:
             built = event(
                 event_type, hostname=self.hostname, clock=self.clock.forward(), pid=self.pid,
-                offset=self._offset, **fields,
+                timestamp=time.time(), offset=self._offset, **fields,
             )  # fmt: skip
         except Exception as exc:  # a monitoring bug must never fail the task it reports on
             self.dropped += 1

@@ -82,7 +82,7 @@ def celery_client(redis_url: str, prefix: str) -> Iterator[Celery]:
     app = Celery("client", broker=redis_url, set_as_current=False)
     app.conf.broker_transport_options = {"global_keyprefix": prefix}
     yield app
-    app.pool.force_close_all()
+    app.pool.force_close_all(close_pool=False)  # the pool is kombu's, shared by URL
 
 
 @pytest.fixture

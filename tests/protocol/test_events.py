@@ -33,10 +33,11 @@ def test_names() -> None:
 
 
 def test_utcoffset_is_hours_west_as_celery_computes_it() -> None:
-    summer = time.struct_time((2026, 7, 1, 12, 0, 0, 2, 182, 1))
-    winter = time.struct_time((2026, 1, 1, 12, 0, 0, 3, 1, 0))
-    assert utcoffset(lambda: summer) == time.altzone // 3600
-    assert utcoffset(lambda: winter) == time.timezone // 3600
+    # Europe/Berlin: one hour east in winter, two in summer; New York five and four hours west.
+    assert utcoffset(is_dst=False, timezone=-3600, altzone=-7200) == -1
+    assert utcoffset(is_dst=True, timezone=-3600, altzone=-7200) == -2
+    assert utcoffset(is_dst=False, timezone=18000, altzone=14400) == 5
+    assert utcoffset(is_dst=True, timezone=18000, altzone=14400) == 4
 
 
 def test_safe_repr_never_raises_and_stays_short() -> None:
@@ -91,12 +92,12 @@ def test_one_event_is_a_dict_under_its_own_key() -> None:
 def test_several_events_are_a_task_multi_list_celerys_state_reads() -> None:
     now = time.time()
     message = TaskMessage(id="t1", task="app.add", args=(1, 2))
+    common = {"hostname": "w@h", "pid": 1, "timestamp": now, "offset": 0}
     events = [
-        event("task-received", hostname="w@h", clock=1, pid=1, **task_received_fields(message)),
-        event("task-started", hostname="w@h", clock=2, pid=1, uuid="t1"),
-        event("task-succeeded", hostname="w@h", clock=3, pid=1, uuid="t1", result="3",
-              runtime=0.01),
-    ]  # fmt: skip
+        event("task-received", clock=1, **common, **task_received_fields(message)),
+        event("task-started", clock=2, **common, uuid="t1"),
+        event("task-succeeded", clock=3, **common, uuid="t1", result="3", runtime=0.01),
+    ]
     wire, key = encode_events(events, hostname="w@h")
     assert key == MULTI_ROUTING_KEY
     state = CeleryState()
@@ -112,9 +113,3 @@ def test_several_events_are_a_task_multi_list_celerys_state_reads() -> None:
 def test_no_events_is_an_error() -> None:
     with pytest.raises(ValueError, match="no events"):
         encode_events([], hostname="w@h")
-
-
-def test_event_defaults_its_time_and_offset() -> None:
-    built = event("worker-online", hostname="w@h", clock=1, pid=1)
-    assert abs(built["timestamp"] - time.time()) < 5
-    assert built["utcoffset"] == utcoffset()
