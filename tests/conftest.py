@@ -20,6 +20,13 @@ import redis.asyncio
 from tests import brokers, sqs_server
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--soak``: run tests/chaos/ at full size (minutes) rather than CI's."""
+    parser.addoption(
+        "--soak", action="store_true", help="run the chaos suite at soak size (tests/chaos/)"
+    )
+
+
 def _unavailable(broker: brokers.Broker) -> None:
     """Skip (locally) or fail (in CI) for lack of ``broker``."""
     message = (
