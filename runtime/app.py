@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import time
@@ -24,6 +25,7 @@ from runtime.canvas.workflow import carry_out, context_for
 from runtime.events import local_utcoffset
 from runtime.results import handles as result
 from runtime.results.backend import DEFAULT_RESULT_EXPIRES, RedisResultBackend
+from runtime.results.retrying import StoreRetry
 from runtime.results.revoked import RevokedStore
 from runtime.results.runs import RunRegistry
 from runtime.transports.base import Broadcasting, QueueSpec, Transport
@@ -78,6 +80,10 @@ class App:
         task_send_sent_event: bool = False,
         task_monitor_queue: str | None = None,
         task_monitor_exchange: str = DEFAULT_MONITOR_EXCHANGE,
+        result_backend_always_retry: bool = True,
+        result_backend_max_retries: float = math.inf,
+        result_backend_base_sleep_between_retries_ms: float = 10,
+        result_backend_max_sleep_between_retries_ms: float = 10_000,
     ) -> None:
         self.main = main
         self.broker_url = broker or DEFAULT_BROKER
@@ -118,6 +124,16 @@ class App:
         self.task_monitor_queue = task_monitor_queue
         #: The durable topic exchange the copies go through, the monitor queue bound with ``#``.
         self.task_monitor_exchange = task_monitor_exchange
+        #: How a result write that finds the backend away is retried: Celery's four
+        #: ``result_backend_*retr*`` settings, except that retrying is on by default (Celery's
+        #: ``result_backend_always_retry`` is off, and an outage then loses the results of the
+        #: tasks it catches mid-run).
+        self.result_retry = StoreRetry(
+            always_retry=result_backend_always_retry,
+            max_retries=result_backend_max_retries,
+            base_sleep_ms=result_backend_base_sleep_between_retries_ms,
+            max_sleep_ms=result_backend_max_sleep_between_retries_ms,
+        )
         # A stable reply address per app, as Celery's clients send (only rpc:// reads it).
         self.oid = str(uuid.uuid4())
         self.clock = LamportClock()  # kombu's logical clock, on the commands this app sends
@@ -208,6 +224,7 @@ class App:
                 result_expires=self.result_expires,
                 serializer=self.result_serializer,
                 accept=self.accept,
+                retry=self.result_retry,
             )
         return self._backend
 

@@ -65,6 +65,11 @@ class BackendError(_Masked, CeleriacError, ConnectionError):
     """The result backend could not be reached or refused an operation."""
 
 
+class BackendUnavailable(BackendError):
+    """The result backend did not answer (refused, lost, timed out, still loading its data):
+    the same call may succeed later."""
+
+
 class BrokerConnectionError(_Masked, CeleriacError, ConnectionError):
     """The message broker could not be reached or refused an operation."""
 
@@ -81,7 +86,9 @@ def translate_redis_errors(
     try:
         yield
     except redis.exceptions.RedisError as exc:
-        raise error(f"{what}: cannot {action}: {exc}") from exc
+        lost = isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
+        raised = BackendUnavailable if lost and error is BackendError else error
+        raise raised(f"{what}: cannot {action}: {exc}") from exc
 
 
 @contextmanager

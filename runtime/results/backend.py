@@ -23,6 +23,7 @@ from protocol import (
     encode_result,
 )
 from runtime.errors import translate_redis_errors
+from runtime.results.retrying import NO_RETRY, StoreRetry
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -52,6 +53,7 @@ class RedisResultBackend:
         serializer: str = "json",
         accept: AcceptPolicy = DEFAULT_ACCEPT,
         global_keyprefix: str = "",
+        retry: StoreRetry = NO_RETRY,
     ) -> None:
         self._client = client
         self._store = client.register_script(_STORE_SCRIPT)
@@ -60,6 +62,8 @@ class RedisResultBackend:
         self.serializer = serializer
         self.accept = accept
         self.keys = ResultKeys(global_keyprefix)
+        #: How a write that finds the backend away is retried.
+        self.retry = retry
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisResultBackend:
@@ -80,14 +84,19 @@ class RedisResultBackend:
         return int(expires) if expires else 0
 
     async def store(self, meta: ResultMeta) -> bool:
-        """Write ``meta`` and publish it; ``False`` if a SUCCESS record was kept instead."""
+        """Write ``meta`` and publish it; ``False`` if a SUCCESS record was kept instead. A
+        backend that does not answer is retried as :attr:`retry` says."""
         data = encode_result(meta, serializer=self.serializer)
-        with translate_redis_errors(f"store the result of {meta.task_id}"):
-            written = await self._store(
-                keys=[self.keys.task(meta.task_id)],
-                args=[data, self._ttl(meta.status), self.serializer],
-            )
-        return bool(written)
+        action = f"store the result of {meta.task_id}"
+
+        async def write() -> Any:
+            with translate_redis_errors(action):
+                return await self._store(
+                    keys=[self.keys.task(meta.task_id)],
+                    args=[data, self._ttl(meta.status), self.serializer],
+                )
+
+        return bool(await self.retry.call(write, what=action))
 
     async def get(self, task_id: str) -> ResultMeta | None:
         """The stored record of ``task_id``, or ``None`` while it is PENDING.

@@ -50,6 +50,8 @@ class ChaosRun:
     queue: str
     size: ChaosSize
     start_worker: Callable[..., WorkerProcess]
+    #: Options every worker of this run gets, after the fixture's own.
+    worker_args: tuple[str, ...] = ()
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,7 +67,9 @@ class ChaosRun:
 
     def start(self, concurrency: int, *extra: str) -> WorkerProcess:
         """A ``celeriac worker`` on the queue, ready."""
-        return self.start_worker(self.queue, concurrency=concurrency, app=APP, extra=extra)
+        return self.start_worker(
+            self.queue, concurrency=concurrency, app=APP, extra=(*self.worker_args, *extra)
+        )
 
     def runs(self) -> dict[str, int]:
         """Runs per task id so far."""

@@ -506,6 +506,10 @@ class RedisTransport(RedisFanout, RedisMirroring):
                     if restored:
                         log.warning("restored %d stale deliveries (their worker died?)", restored)
                     next_sweep = time.monotonic() + self.options.sweep_every
+                self.health.up()  # also while every slot is busy and nothing is consumed
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self.health.down()
+                log.warning("Redis upkeep will retry: %s", exc)
             except redis.exceptions.RedisError as exc:
                 log.warning("Redis upkeep will retry: %s", exc)
             with contextlib.suppress(TimeoutError):  # the period, or until closed
