@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 
 import aio_pika
+import kombu.pools
 import pytest
 import redis.asyncio
 
@@ -25,6 +26,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak", action="store_true", help="run the chaos suite at soak size (tests/chaos/)"
     )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kombu_pools() -> Iterator[None]:
+    """Each test leaves kombu's process-wide connection pools empty.
+
+    kombu shares one pool among every Celery app on the same broker URL, and an app's
+    ``close()`` (``with Celery(...)``) closes that shared pool: a later test's client then
+    drew from a closed or drained pool and hung in ``send_task``. Dropping the pools after
+    each test gives the next test's apps pools of their own.
+    """
+    yield
+    kombu.pools.reset()
 
 
 def _unavailable(broker: brokers.Broker) -> None:

@@ -164,7 +164,6 @@ def test_redis_broker_and_backend_stopped_and_started_under_load(
         assert client.AsyncResult(ids[-1]).get(timeout=10) == ids[-1]
     finally:
         client.backend.client.close()
-        client.pool.force_close_all(close_pool=False)
     attempts = [line for line in worker.lines if "retry" in line.lower()]
     assert attempts, "the worker never logged a reconnect attempt"
 

@@ -17,7 +17,7 @@ import redis.asyncio
 from celery import Celery
 from kombu import Connection
 
-from protocol import WireMessage
+from protocol import WireMessage, encode_envelope
 from protocol.kombu_redis import RedisLayout
 from runtime.errors import BrokerConnectionError
 from runtime.transports.base import QueueSpec
@@ -77,12 +77,11 @@ def proxy(redis_url: str) -> Iterator[TcpProxy]:
 
 
 @pytest.fixture
-def celery_client(redis_url: str, prefix: str) -> Iterator[Celery]:
-    """A stock Celery client on this test's keys."""
+def celery_client(redis_url: str, prefix: str) -> Celery:
+    """A stock Celery client on this test's keys (its pool is dropped after the test)."""
     app = Celery("client", broker=redis_url, set_as_current=False)
     app.conf.broker_transport_options = {"global_keyprefix": prefix}
-    yield app
-    app.pool.force_close_all(close_pool=False)  # the pool is kombu's, shared by URL
+    return app
 
 
 @pytest.fixture
@@ -251,6 +250,36 @@ async def test_unreadable_payloads_go_to_the_dead_list_and_never_reach_a_slot(
     assert rewritten["headers"]["x-celeriac-queue"] == unique_name
     assert rewritten["body"] == "%%% not base64"
     assert await raw.hkeys(layout.unacked) == [delivery.handle.tag]
+    await consumer.stop()
+
+
+async def test_two_messages_with_one_delivery_tag_are_claimed_and_settled_apart(
+    open_transport: Open, raw: redis.asyncio.Redis, layout: RedisLayout, unique_name: str
+) -> None:
+    """A producer that reuses a delivery tag (a resend, or a hostile one): each copy gets a
+    claim of its own, holding its own payload for a sweep to restore, so settling one copy
+    leaves the others claimed."""
+    payloads = [
+        encode_envelope(_message(n), exchange="", routing_key=unique_name, delivery_tag="same")
+        for n in (1, 2, 3)
+    ]
+    await raw.lpush(layout.queue_key(unique_name), *payloads)
+    transport = await open_transport()
+    consumer = SlotConsumer(transport, [unique_name], Slots(3))
+    first, second, third = [await consumer.get() for _ in range(3)]
+
+    assert [d.message.headers["n"] for d in (first, second, third)] == [1, 2, 3]
+    claims = await raw.hgetall(layout.unacked)
+    assert sorted(claims) == [b"same", b"same#1", b"same#2"]
+    assert sorted(json.loads(v)[0]["headers"]["n"] for v in claims.values()) == [1, 2, 3]
+    assert await raw.zcard(layout.unacked_index) == 3
+    await transport.dead_letter(first, "malformed: test")
+    await transport.reject(second, requeue=False)
+    assert await raw.hkeys(layout.unacked) == [third.handle.tag]  # the third still claimed
+    dead = await raw.lrange(layout.dead_key(unique_name), 0, -1)
+    assert [json.loads(d)["headers"]["n"] for d in dead] == [1]
+    await transport.ack(third)
+    assert await raw.hlen(layout.unacked) == 0
     await consumer.stop()
 
 

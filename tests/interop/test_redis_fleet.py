@@ -53,7 +53,6 @@ def test_a_mixed_fleet_runs_every_task_exactly_once(
             ]
         ran_by = [result.get(timeout=120) for result in results]
     finally:
-        client.pool.force_close_all(close_pool=False)  # the pool is kombu's, shared by URL
         client.backend.client.close()
 
     runs = counts()

@@ -9,7 +9,10 @@
 -- a step, queue by queue starting after the last queue served (round robin).
 -- Returns {next first queue, {queue index, payload, delivery tag}...}. A payload that is not
 -- a kombu envelope (JSON with properties.delivery_tag) goes to its .dead list byte for byte
--- and comes back without a tag, for the worker to log.
+-- and comes back without a tag, for the worker to log. A tag already claimed (a producer that
+-- sent one message twice, or a hostile one that reuses tags) is recorded under a field of its
+-- own, '<tag>#<n>': kombu would overwrite the first claim, and settling either copy would
+-- then find the other's claim gone, losing it.
 local now, count = ARGV[1], tonumber(ARGV[2])
 local queues, steps, first = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
@@ -29,6 +32,11 @@ while #out < count do
   local properties = ok and type(document) == 'table' and document.properties
   local tag = type(properties) == 'table' and properties.delivery_tag
   if type(tag) == 'string' then
+    if redis.call('HEXISTS', KEYS[1], tag) == 1 then
+      local n = 1
+      while redis.call('HEXISTS', KEYS[1], tag .. '#' .. n) == 1 do n = n + 1 end
+      tag = tag .. '#' .. n
+    end
     local exchange, routing_key = '', ARGV[6 + queue]
     local info = properties.delivery_info
     if type(info) == 'table' then
