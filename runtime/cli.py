@@ -398,7 +398,9 @@ def _parser(extend: Extension | None = None) -> argparse.ArgumentParser:
     worker.add_argument(
         "--grace", type=float, default=30.0, help="seconds running tasks get on SIGTERM"
     )
-    worker.add_argument("--queue-limits-file", help="TOML file of [queues.<name>] soft/hard limits")
+    worker.add_argument(
+        "--queue-limits-file", help="TOML file of [queues.<name>] soft/hard limits and pool"
+    )
     worker.add_argument(
         "--queue-type",
         choices=["classic", "quorum"],

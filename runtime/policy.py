@@ -18,6 +18,13 @@ Operators override the table with an environment variable or a TOML file::
     hard = 3600
 
 A value is ``hard`` (soft derived as above), ``soft/hard``, or ``none`` for no limit.
+
+The TOML file also says where a queue runs its plain (``def``) functions: ``pool = "thread"``
+(the default) or ``pool = "process"``, where a hard limit kills a call blocked in C code
+(:mod:`runtime.worker.processes`)::
+
+    [queues.reports]
+    pool = "process"         # keeps its limits; add soft/hard to change them
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["DEFAULT_POLICY", "QueuePolicy", "TimeLimits"]
 
@@ -101,9 +108,11 @@ _DEFAULTS: dict[str, TimeLimits] = {
 
 @dataclass(frozen=True, slots=True)
 class QueuePolicy:
-    """The table from queue name to :class:`TimeLimits`."""
+    """The table from queue name to :class:`TimeLimits`, and the queues whose plain-function
+    tasks run in processes (``pool = "process"``)."""
 
     limits: Mapping[str, TimeLimits] = field(default_factory=lambda: dict(_DEFAULTS))
+    process_queues: frozenset[str] = frozenset()
 
     def for_queue(self, queue: str) -> TimeLimits:
         """The cap of ``queue``; unlimited for a queue the table does not name."""
@@ -113,9 +122,13 @@ class QueuePolicy:
         """The limits a task runs under: what the message or task asks, within the queue's cap."""
         return requested.within(self.for_queue(queue))
 
+    def isolates(self, queue: str) -> bool:
+        """Whether ``queue`` runs plain functions in processes, where a hard limit can kill them."""
+        return queue in self.process_queues
+
     def updated(self, overrides: Mapping[str, TimeLimits]) -> QueuePolicy:
         """A copy with ``overrides`` replacing or adding entries."""
-        return QueuePolicy({**self.limits, **overrides})
+        return replace(self, limits={**self.limits, **overrides})
 
     def with_env(self, value: str | None) -> QueuePolicy:
         """Apply ``CELERIAC_QUEUE_LIMITS``: ``queue=hard``, ``queue=soft/hard``, ``queue=none``."""
@@ -124,17 +137,27 @@ class QueuePolicy:
         return self.updated(dict(_parse_env_entries(value.split(","))))
 
     def with_toml(self, text: str) -> QueuePolicy:
-        """Apply the ``[queues.<name>]`` tables of a TOML config file."""
+        """Apply the ``[queues.<name>]`` tables of a TOML config file (``soft``, ``hard``,
+        ``pool = "thread"`` or ``"process"``)."""
         try:
             queues = tomllib.loads(text).get("queues", {})
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"queue limits file is not valid TOML: {exc}") from None
         overrides = {}
+        processes = set(self.process_queues)
         for name, entry in queues.items():
-            if not isinstance(entry, dict) or not set(entry) <= {"soft", "hard"}:
-                raise ValueError(f"[queues.{name}] takes only 'soft' and 'hard' (seconds)")
-            overrides[name] = _limits(entry.get("soft"), entry.get("hard"), name)
-        return self.updated(overrides)
+            if not isinstance(entry, dict) or not set(entry) <= {"soft", "hard", "pool"}:
+                raise ValueError(
+                    f"[queues.{name}] takes only 'soft' and 'hard' (seconds) and 'pool'"
+                )
+            # A table naming only its pool keeps the queue's limits; an empty one clears them.
+            if "soft" in entry or "hard" in entry or "pool" not in entry:
+                overrides[name] = _limits(entry.get("soft"), entry.get("hard"), name)
+            pool = entry.get("pool", "process" if name in processes else "thread")
+            if pool not in ("thread", "process"):
+                raise ValueError(f"[queues.{name}] pool is 'thread' or 'process', not {pool!r}")
+            (processes.add if pool == "process" else processes.discard)(name)
+        return replace(self.updated(overrides), process_queues=frozenset(processes))
 
 
 def _limits(soft: object, hard: object, queue: str) -> TimeLimits:

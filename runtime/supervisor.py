@@ -344,11 +344,19 @@ async def answer_supervisor(link: socket.socket, worker: Worker) -> None:
 async def _beat(link: socket.socket, worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     while True:
+        ready = worker.ready.is_set()
         try:
-            await loop.sock_sendall(link, _READY if worker.ready.is_set() else _BEAT)
+            await loop.sock_sendall(link, _READY if ready else _BEAT)
         except OSError:
             return
-        await asyncio.sleep(HEARTBEAT_INTERVAL)
+        if ready:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            continue
+        # Ready is told at once, before the worker consumes: a first task that holds the
+        # loop must not leave the supervisor believing the child never started.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HEARTBEAT_INTERVAL):
+                await worker.ready.wait()
 
 
 def _watch_for_orphaning(link: socket.socket, grace: float, node: str) -> None:

@@ -23,11 +23,11 @@ it may go on running after the task handles the soft limit; and a child ``asynci
 task awaits directly is cancelled outright, so a task that catches the soft limit cannot
 resume awaiting it.
 
-What cannot be interrupted today: a coroutine that never yields to the loop blocks the loop,
-so no timer fires until it does; a thread blocked inside C code (a socket read, ``time.sleep``)
+A coroutine that never yields to the loop blocks the loop, so no timer fires until it does:
+its hard limit is held by :class:`~runtime.worker.watchdog.LoopWatchdog`, a thread that
+interrupts it with a signal. A thread blocked inside C code (a socket read, ``time.sleep``)
 sees the exception only when it returns to Python. After the hard limit such a thread keeps its
-pool thread until it returns; the slot is freed and the result recorded regardless. A later
-step adds process isolation for tasks that must be killable.
+pool thread until it returns; the slot is freed and the result recorded regardless.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import copy_context
-from dataclasses import dataclass
+from contextvars import Context, copy_context
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import State
@@ -49,6 +49,8 @@ from runtime.exceptions import SoftTimeLimitExceeded, TaskCancelled, TimeLimitEx
 from runtime.policy import TimeLimits
 from runtime.request import Request, current_request
 from runtime.task import Task
+from runtime.worker.processes import ProcessRunner, failure_of
+from runtime.worker.watchdog import LoopWatchdog
 
 __all__ = ["Executor", "Outcome"]
 
@@ -73,6 +75,15 @@ class Outcome:
     def timed_out(self) -> bool:
         """Whether the hard time limit ended the run."""
         return isinstance(self.exception, TimeLimitExceeded)
+
+
+@dataclass(slots=True)
+class _Started:
+    """A task function started: its future, how to stop it, what to release once it ends."""
+
+    runner: asyncio.Future[Any]
+    stop: Callable[[], object]
+    releases: list[Callable[[], object]] = field(default_factory=list)
 
 
 class _SoftLimitGuard:
@@ -157,6 +168,9 @@ class Executor:
         self.threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="celeriac-task")
         self.hard_grace = hard_grace
+        self._processes = ProcessRunner(threads)
+        self._watchdog: LoopWatchdog | None = None
+        self._watchdog_started = False
 
     def resize(self, threads: int) -> None:
         """Run plain functions in ``threads`` threads from now on (``pool_grow``/``shrink``).
@@ -174,8 +188,11 @@ class Executor:
         )
         retired.shutdown(wait=False)  # what it runs or has queued still runs; then it ends
 
-    async def run(self, task: Task[Any, Any], request: Request, limits: TimeLimits) -> Outcome:
-        """Run ``task`` for ``request`` under ``limits``.
+    async def run(
+        self, task: Task[Any, Any], request: Request, limits: TimeLimits, *, isolated: bool = False
+    ) -> Outcome:
+        """Run ``task`` for ``request`` under ``limits`` (``isolated``: a plain function in a
+        process of its own, see :mod:`runtime.worker.processes`).
 
         Whatever the task does, this returns an :class:`Outcome`; it raises only
         ``CancelledError``, when the worker itself is cancelling the run.
@@ -184,40 +201,26 @@ class Executor:
         kwargs = dict(request.kwargs)
         context = copy_context()
         context.run(current_request.set, request)
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
-        timers: list[asyncio.TimerHandle] = []
         try:
             # Calling a coroutine function can raise (arguments that do not bind with
             # typing=False): that is the task failing, not the worker.
             coroutine = task.fn(*args, **kwargs) if task.is_coroutine else None
         except Exception as error:
             return Outcome.failed(error)
+        if coroutine is None and isolated:
+            return await self._run_in_process(task, request, limits, started)
         if coroutine is not None:
-            guard = _SoftLimitGuard(coroutine)
-            coroutine_task = loop.create_task(
-                _drive(guard), name=f"{task.name}[{request.id}]", context=context
-            )
-            if limits.soft is not None:
-                timers.append(loop.call_later(limits.soft, guard.expire, coroutine_task))
-            runner: asyncio.Future[Any] = coroutine_task
-            stop: Callable[[], object] = coroutine_task.cancel
+            run = self._start_coroutine(coroutine, f"{task.name}[{request.id}]", context, limits)
         else:
-            call = _ThreadCall(lambda: context.run(task.fn, *args, **kwargs))
-            runner = loop.run_in_executor(self._pool, call)
-            if limits.soft is not None:
-                timers.append(loop.call_later(limits.soft, call.interrupt, SoftTimeLimitExceeded))
-
-            def stop() -> None:
-                call.interrupt(TimeLimitExceeded)
-                runner.cancel()  # a call still queued for a pool thread never starts
-
+            run = self._start_thread(lambda: context.run(task.fn, *args, **kwargs), limits)
+        runner = run.runner
         # Whatever happens to the run, its future's outcome is read (no "never retrieved").
         runner.add_done_callback(_observe)
         try:
             done, _ = await asyncio.wait({runner}, timeout=limits.hard)
             if not done:
-                stop()
+                run.stop()
                 await asyncio.wait({runner}, timeout=self.hard_grace)
                 return Outcome(
                     State.FAILURE,
@@ -225,11 +228,11 @@ class Executor:
                     runtime=time.monotonic() - started,
                 )
         except asyncio.CancelledError:
-            stop()  # the worker is being stopped at once: take the task down with it
+            run.stop()  # the worker is being stopped at once: take the task down with it
             raise
         finally:
-            for timer in timers:
-                timer.cancel()
+            for release in run.releases:
+                release()
         if runner.cancelled():
             cancelled = TaskCancelled("the task was cancelled before it finished")
             return Outcome.failed(cancelled, runtime=time.monotonic() - started)
@@ -237,6 +240,59 @@ class Executor:
         if raised is not None:
             return Outcome.failed(raised, runtime=time.monotonic() - started)
         return Outcome(State.SUCCESS, value=runner.result(), runtime=time.monotonic() - started)
+
+    async def _run_in_process(
+        self, task: Task[Any, Any], request: Request, limits: TimeLimits, started: float
+    ) -> Outcome:
+        future, stop = self._processes.start(task, request, limits.soft, limits.hard)
+        try:
+            call = await future
+        except asyncio.CancelledError:
+            stop()  # the worker is being stopped at once: the process goes with it
+            raise
+        except Exception as error:
+            failure = failure_of(error, limits.hard)
+            runtime = time.monotonic() - started
+            if isinstance(failure, TimeLimitExceeded):
+                return Outcome(State.FAILURE, exception=failure, runtime=runtime)
+            return Outcome.failed(failure, runtime=runtime)
+        request.outbox.extend(call.outbox)
+        runtime = time.monotonic() - started
+        if call.exception is not None:
+            return Outcome(
+                State.FAILURE, exception=call.exception, traceback=call.traceback, runtime=runtime
+            )
+        return Outcome(State.SUCCESS, value=call.value, runtime=runtime)
+
+    def _start_coroutine(
+        self, coroutine: Coroutine[Any, Any, Any], name: str, context: Context, limits: TimeLimits
+    ) -> _Started:
+        loop = asyncio.get_running_loop()
+        guard = _SoftLimitGuard(coroutine)
+        runner = loop.create_task(_drive(guard), name=name, context=context)
+        run = _Started(runner, runner.cancel)
+        if limits.soft is not None:
+            run.releases.append(loop.call_later(limits.soft, guard.expire, runner).cancel)
+        watchdog = self._loop_watchdog() if limits.hard is not None else None
+        if watchdog is not None and limits.hard is not None:
+            watchdog.watch(runner, limits.hard)
+            run.releases.append(lambda: watchdog.forget(runner))
+        return run
+
+    def _start_thread(self, fn: Callable[[], Any], limits: TimeLimits) -> _Started:
+        loop = asyncio.get_running_loop()
+        call = _ThreadCall(fn)
+        runner = loop.run_in_executor(self._pool, call)
+
+        def stop() -> None:
+            call.interrupt(TimeLimitExceeded)
+            runner.cancel()  # a call still queued for a pool thread never starts
+
+        run = _Started(runner, stop)
+        if limits.soft is not None:
+            soft = loop.call_later(limits.soft, call.interrupt, SoftTimeLimitExceeded)
+            run.releases.append(soft.cancel)
+        return run
 
     async def call(self, fn: Callable[..., Any], request: Request, *args: Any) -> Any:
         """Call ``fn(*args)`` as a task runs, without its limits: a coroutine function on the
@@ -249,9 +305,20 @@ class Executor:
             return await loop.create_task(fn(*args), context=context)
         return await loop.run_in_executor(self._pool, context.run, fn, *args)
 
+    def _loop_watchdog(self) -> LoopWatchdog | None:
+        if not self._watchdog_started:
+            self._watchdog_started = True
+            self._watchdog = LoopWatchdog.for_running_loop()
+        return self._watchdog
+
     def shutdown(self) -> None:
-        """Release the thread pool without waiting for threads still running."""
+        """Release the thread pool without waiting for threads still running, stop the task
+        processes, and stop the loop's watchdog."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._processes.shutdown()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
 
 
 async def _drive(guard: _SoftLimitGuard) -> Any:

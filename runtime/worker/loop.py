@@ -451,6 +451,7 @@ class Worker:
             hard=message.time_limit or task.options.time_limit,
         )
         limits = self.app.queue_policy.effective(delivery.queue, requested)
+        isolated = self.app.queue_policy.isolates(delivery.queue)
         request = self._request(message, delivery)
         if self._recording:
             ref = self._recovering.delivery_ref(delivery) if self._recovering else None
@@ -460,7 +461,7 @@ class Worker:
         for observer in self.observers:
             observer.started(message, delivery.queue)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
-        executed = await self._execute(task, request, limits)
+        executed = await self._execute(task, request, limits, isolated=isolated)
         if executed is None:
             await self._revoked(task, message, handling, log, reason="terminated")
             return
@@ -478,7 +479,7 @@ class Worker:
             await self._settle_late(task, message, handling, outcome)
 
     async def _execute(
-        self, task: Task[Any, Any], request: Request, limits: TimeLimits
+        self, task: Task[Any, Any], request: Request, limits: TimeLimits, *, isolated: bool
     ) -> Outcome | None:
         """Run the task, listed in :attr:`running`; ``None`` if :meth:`terminate_task` ended it."""
         runner = asyncio.current_task()
@@ -487,7 +488,7 @@ class Worker:
         self.running[request.id] = running
         self.total[task.name] += 1
         try:
-            return await self._executor.run(task, request, limits)
+            return await self._executor.run(task, request, limits, isolated=isolated)
         except asyncio.CancelledError:
             if not running.terminated:
                 raise

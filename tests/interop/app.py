@@ -87,6 +87,42 @@ async def unkillable() -> None:
             continue
 
 
+@app.task(name="interop.holds_the_loop")
+async def holds_the_loop(how: str) -> str:
+    """Never awaits: spins on the CPU, or sleeps in C, on the event loop."""
+    if how == "sleep":
+        time.sleep(60)
+    else:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pass
+    return "let go"
+
+
+@app.task(name="interop.will_not_let_go")
+async def will_not_let_go() -> None:
+    """Holds the loop and swallows every exception raised into it."""
+    while True:
+        try:
+            while True:
+                pass
+        except BaseException:  # the point of the task
+            pass
+
+
+@app.task(name="interop.sleeps_in_c")
+def sleeps_in_c(seconds: float, ignore_soft: bool = False) -> str:
+    """A plain function blocked in C: only a process can be stopped there."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(max(deadline - time.monotonic(), 0))
+        except SoftTimeLimitExceeded:
+            if not ignore_soft:
+                return f"cleaned up in {os.getpid()}"
+    return "slept"
+
+
 @app.task(name="interop.quiet", ignore_result=True)
 async def quiet() -> str:
     return "not stored"

@@ -89,10 +89,12 @@ class WorkerProcess:
         return self.proc.wait(timeout=timeout)
 
     def close(self) -> None:
-        """Make sure the process is gone."""
+        """Make sure the process is gone (and, with ``--processes``, its children: they end
+        when the supervisor does, and the pipe they share closes with the last of them)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
+        self._reader.join(timeout=30)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 

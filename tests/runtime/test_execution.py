@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from runtime import App, SoftTimeLimitExceeded, TimeLimitExceeded, current_reque
 from runtime.exceptions import TaskCancelled
 from runtime.policy import TimeLimits
 from runtime.request import Request
+from runtime.worker import watchdog as watchdog_module
 from runtime.worker.execution import Executor
 
 app = App("tests")
@@ -292,3 +294,103 @@ async def test_a_call_still_queued_at_its_hard_limit_never_runs() -> None:
     assert first.timed_out
     assert second.timed_out
     assert not ran.is_set()
+
+
+@app.task(name="t.spins_on_the_loop")
+async def spins_on_the_loop() -> None:
+    while True:  # never awaits: the loop cannot fire the hard limit's timer
+        pass
+
+
+@app.task(name="t.sleeps_on_the_loop")
+async def sleeps_on_the_loop(seconds: float) -> str:
+    time.sleep(seconds)  # blocked in C, holding the loop
+    return "woke"
+
+
+@pytest.mark.parametrize(
+    ("task", "args"), [(spins_on_the_loop, ()), (sleeps_on_the_loop, (30,))], ids=["cpu", "sleep"]
+)
+async def test_a_coroutine_holding_the_loop_is_ended_at_its_hard_limit(
+    executor: Executor, task: Any, args: tuple[Any, ...]
+) -> None:
+    """No timer fires while the loop is held: the watchdog thread interrupts the task."""
+    started = time.monotonic()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.05)
+    try:
+        outcome = await executor.run(task, _request(task.name, *args), TimeLimits(hard=0.5))
+        ticks_after_the_limit = ticks
+        await asyncio.sleep(0.1)
+    finally:
+        ticking.cancel()
+
+    elapsed = time.monotonic() - started
+    assert outcome.timed_out
+    assert outcome.exception is not None
+    assert outcome.exception.args == (0.5,)
+    assert 0.5 < elapsed < 0.5 + executor_watchdog_margin() + 1.5
+    assert ticks > ticks_after_the_limit  # the loop runs again
+
+
+async def test_the_watchdog_signal_raises_only_inside_the_overdue_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task past its hard limit that does not hold the loop (it swallows the cancellation and
+    awaits on) is signalled like a stuck one; the signals land between steps or in other tasks,
+    and must leave them alone."""
+    sent = 0
+    pthread_kill = signal.pthread_kill
+
+    def counting_kill(thread: int, signum: int) -> None:
+        nonlocal sent
+        sent += 1
+        pthread_kill(thread, signum)
+
+    monkeypatch.setattr(watchdog_module.signal, "pthread_kill", counting_kill)
+
+    released = False
+
+    @app.task(name="t.awaits_on")
+    async def awaits_on() -> None:
+        while not released:
+            try:
+                await asyncio.sleep(0.001)
+            except asyncio.CancelledError:
+                continue
+
+    async def busy_neighbour() -> int:
+        steps = 0
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            sum(range(2000))  # keeps the main thread in Python code where signals land
+            steps += 1
+            await asyncio.sleep(0)
+        return steps
+
+    executor = Executor(threads=1, hard_grace=2.0)  # the run stays watched past the margin
+    try:
+        neighbour = asyncio.create_task(busy_neighbour())
+        outcome = await executor.run(awaits_on, _request("t.awaits_on"), TimeLimits(hard=0.1))
+        steps = await neighbour
+    finally:
+        released = True
+        executor.shutdown()
+
+    assert outcome.timed_out
+    assert sent >= 2
+    assert steps > 0
+
+
+def executor_watchdog_margin() -> float:
+    """How long past the hard limit the watchdog waits, plus one of its rounds."""
+    probe = watchdog_module.LoopWatchdog(asyncio.get_running_loop())
+    return probe.margin + probe.interval

@@ -85,6 +85,29 @@ def test_toml_override() -> None:
     assert policy.for_queue("unlimited") == TimeLimits()
 
 
+def test_toml_puts_a_queue_in_the_process_pool_keeping_its_limits() -> None:
+    policy = QueuePolicy().with_toml(
+        """
+        [queues.standard]
+        pool = "process"
+        [queues.reports]
+        pool = "process"
+        hard = 60
+        [queues.cron]
+        pool = "thread"
+        """
+    )
+
+    assert policy.isolates("standard")
+    assert policy.isolates("reports")
+    assert not policy.isolates("cron")
+    assert not policy.isolates("timed_5min")
+    assert policy.for_queue("standard") == TimeLimits(soft=840, hard=900)
+    assert policy.for_queue("reports") == TimeLimits(soft=54, hard=60)
+    assert policy.with_env("standard=120").isolates("standard")
+    assert not policy.with_toml("[queues.standard]\npool = 'thread'").isolates("standard")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -92,6 +115,7 @@ def test_toml_override() -> None:
         ("[queues.standard]\nhard = 'long'", "numbers of seconds"),
         ("[queues.standard]\nhard = true", "numbers of seconds"),
         ("[queues.standard]\nlimit = 5", "only 'soft' and 'hard'"),
+        ("[queues.standard]\npool = 'prefork'", "pool is 'thread' or 'process'"),
         ("[queues]\nstandard = 5", "only 'soft' and 'hard'"),
         ("[queues.standard]\nsoft = 10\nhard = 5", "after hard limit"),
     ],
