@@ -67,7 +67,9 @@ def _celery_project(celery: Any, broker: str | None) -> Project:
         default_queue=str(conf.task_default_queue or "celery"),
         task_serializer=str(conf.task_serializer or "json"),
         broker_transport_options=dict(conf.broker_transport_options or {}),
+        broker_use_ssl=conf.broker_use_ssl,
         result_backend=_redis(backend),
+        redis_backend_use_ssl=conf.redis_backend_use_ssl,
     )
     router = celery.amqp.router
 

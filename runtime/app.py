@@ -36,6 +36,7 @@ from .monitor import DEFAULT_MONITOR_EXCHANGE, TaskMonitor, publish_task
 from .policy import DEFAULT_POLICY, QueuePolicy
 from .request import current_request
 from .task import Task, TaskOptions
+from .tls import with_tls
 
 if TYPE_CHECKING:
     from runtime.worker import Worker
@@ -72,6 +73,8 @@ class App:
         task_queue_max_priority: int | None = None,
         task_default_queue_type: str = "classic",
         broker_transport_options: Mapping[str, Any] | None = None,
+        broker_use_ssl: Mapping[str, Any] | bool | None = None,
+        redis_backend_use_ssl: Mapping[str, Any] | None = None,
         beat_schedule: Mapping[str, Mapping[str, Any]] | None = None,
         timezone: str = "UTC",
         run_registry: str | None = None,
@@ -89,6 +92,10 @@ class App:
         self.broker_url = broker or DEFAULT_BROKER
         self.broker_transport_options: dict[str, Any] = dict(broker_transport_options or {})
         self.result_backend_url = result_backend
+        #: TLS for the broker and the Redis result backend, as Celery's settings
+        #: (:mod:`runtime.tls`); the URLs may carry their options themselves instead.
+        self.broker_use_ssl = broker_use_ssl
+        self.redis_backend_use_ssl = redis_backend_use_ssl
         self.queue_policy = queue_policy
         self.default_queue = default_queue
         self.task_serializer = task_serializer
@@ -220,7 +227,7 @@ class App:
         """The result backend, or ``None`` when results are not stored."""
         if self._backend is None and self.result_backend_url:
             self._backend = RedisResultBackend.from_url(
-                self.result_backend_url,
+                with_tls(self.result_backend_url, self.redis_backend_use_ssl),
                 result_expires=self.result_expires,
                 serializer=self.result_serializer,
                 accept=self.accept,
@@ -421,6 +428,12 @@ class App:
         message = encode_control(request, serializer=self.task_serializer)
         await producer.broadcast(message, exchange=Mailbox().exchange)
 
+    def broker_transport(self) -> Transport:
+        """A new, unconnected transport to this app's broker, with its transport and TLS
+        options."""
+        url = with_tls(self.broker_url, self.broker_use_ssl)
+        return transport_for_url(url, self.broker_transport_options)
+
     async def connect(self, queues: Sequence[str] = ()) -> Transport:
         """Open the producer connection and declare ``queues``, once each; the producer.
 
@@ -431,7 +444,7 @@ class App:
             return self._producer  # the common case: no lock taken
         async with self._connecting:
             if self._producer is None:
-                producer = transport_for_url(self.broker_url, self.broker_transport_options)
+                producer = self.broker_transport()
                 await producer.connect()
                 self._producer = producer
             missing = [name for name in queues if name not in self._declared]

@@ -46,7 +46,7 @@ from runtime.results.backend import RedisResultBackend
 from runtime.results.revoked import Revocations, RevokedStore
 from runtime.task import Task
 from runtime.transports.base import Broadcasting, Delivery, Recovering, Transport
-from runtime.transports.urls import masked_url, transport_for_url
+from runtime.transports.urls import masked_url
 
 from .consuming import Consumers
 from .execution import Executor, Outcome
@@ -83,9 +83,7 @@ class Worker:
         self.app = app
         self.hostname = hostname
         self.slots = Slots(concurrency)
-        self.transport = transport or transport_for_url(
-            app.broker_url, app.broker_transport_options
-        )
+        self.transport = transport or app.broker_transport()
         self.backend = backend if backend is not None else app.backend
         self.grace = grace
         self.log = (logger or structlog.get_logger("celeriac.worker")).bind(worker=hostname)
