@@ -17,7 +17,7 @@ import pytest
 from celery import Celery
 
 from runtime import App
-from tests.interop.conftest import ROOT
+from tests.interop.conftest import ROOT, Broker
 from tests.tls_servers import (
     Certificates,
     certificates,
@@ -76,26 +76,20 @@ def _close(client: Celery) -> None:
     client.backend.client.close()
 
 
-@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
-def test_rabbitmq_and_redis_results_over_tls(
-    start_worker: Any, tls: Endpoints, unique_name: str
+@pytest.mark.parametrize("broker", ["amqp", "redis"], indirect=True)
+def test_a_celery_client_and_a_celeriac_worker_over_tls(
+    start_worker: Any, tls: Endpoints, unique_name: str, broker: Broker
 ) -> None:
-    start_worker(unique_name, broker_url=tls.amqps(), extra=("--result-backend", tls.rediss()))
-    client = _celery_client(tls, f"amqps://guest:guest@localhost:{tls.amqps_port}//")
+    """RabbitMQ or Redis as the broker, results in Redis, every connection over TLS."""
+    if broker.kind == "amqp":
+        worker_url, client_url = tls.amqps(), f"amqps://guest:guest@localhost:{tls.amqps_port}//"
+    else:
+        worker_url, client_url = tls.rediss(), f"rediss://localhost:{tls.rediss_port}/0"
+    start_worker(unique_name, broker_url=worker_url, extra=("--result-backend", tls.rediss()))
+    client = _celery_client(tls, client_url)
     try:
         result = client.send_task("interop.add", args=(2, 3), queue=unique_name)
         assert result.get(timeout=20) == 5
-    finally:
-        _close(client)
-
-
-@pytest.mark.parametrize("broker", ["redis"], indirect=True)
-def test_redis_broker_over_tls(start_worker: Any, tls: Endpoints, unique_name: str) -> None:
-    start_worker(unique_name, broker_url=tls.rediss(), extra=("--result-backend", tls.rediss()))
-    client = _celery_client(tls, f"rediss://localhost:{tls.rediss_port}/0")
-    try:
-        result = client.send_task("interop.add", args=(4, 5), queue=unique_name)
-        assert result.get(timeout=20) == 9
     finally:
         _close(client)
 
