@@ -32,6 +32,7 @@ from protocol import (
 from runtime.transports.urls import DEFAULT_BROKER
 from runtime.worker import DEFAULT_MAX_HELD_ETA
 from runtime.worker.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
+from runtime.worker.leases import DEFAULT_CONSUMER_TIMEOUT
 
 from . import serve
 from .errors import BackendError, BrokerConnectionError
@@ -101,6 +102,16 @@ def _seconds(text: str | None, what: str = "visibility timeout") -> float | None
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"{what} must be a positive number of seconds, not {text!r}")
     return seconds
+
+
+def _consumer_timeout(text: str | None) -> float | None:
+    """RabbitMQ's ``consumer_timeout`` the worker keeps long runs clear of: its default when
+    not given, ``None`` for ``none`` or ``0`` (the broker has none)."""
+    if text is None:
+        return DEFAULT_CONSUMER_TIMEOUT
+    if text.strip().lower() in ("none", "0"):
+        return None
+    return _seconds(text, "--consumer-timeout")
 
 
 def _count(text: str | None, default: int) -> int:
@@ -192,6 +203,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             args.child_timeout or serve.first_env(environ, "CELERIAC_CHILD_TIMEOUT"),
             "--child-timeout",
         )
+        consumer_timeout = _consumer_timeout(
+            args.consumer_timeout or serve.first_env(environ, "CELERIAC_CONSUMER_TIMEOUT")
+        )
         if http_port is not None and http_port + processes - 1 > 65535:
             raise ValueError(
                 f"--http-port {http_port} leaves no port for each of {processes} processes"
@@ -220,6 +234,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         task_events=True if args.task_events else None,
         worker_heartbeats=not args.without_heartbeat,
+        consumer_timeout=consumer_timeout,
         http_port=http_port,
         group=group,
     )
@@ -410,6 +425,12 @@ def _parser(extend: Extension | None = None) -> argparse.ArgumentParser:
         "--visibility-timeout",
         help="seconds before an unacknowledged Redis/SQS message is given to another worker "
         "(transport option visibility_timeout; CELERIAC_VISIBILITY_TIMEOUT)",
+    )
+    worker.add_argument(
+        "--consumer-timeout",
+        help="RabbitMQ's consumer_timeout in seconds (default 1800, the broker's; none: it has "
+        "none): acks_late tasks running longer hand their message to a lease in the result "
+        "backend's Redis before it (CELERIAC_CONSUMER_TIMEOUT)",
     )
     worker.add_argument(
         "--max-held-eta",

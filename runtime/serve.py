@@ -24,6 +24,7 @@ import structlog
 from runtime.probes import ProbeServer
 from runtime.worker import DEFAULT_MAX_HELD_ETA, Worker
 from runtime.worker.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
+from runtime.worker.leases import DEFAULT_CONSUMER_TIMEOUT
 from runtime.worker.metrics import WorkerMetrics
 
 from .app import App
@@ -73,6 +74,9 @@ class WorkerOptions:
     task_events: bool | None = None
     #: ``--without-heartbeat`` turns off worker-online/heartbeat/offline events.
     worker_heartbeats: bool = True
+    #: RabbitMQ's ``consumer_timeout`` long ``acks_late`` runs are kept clear of (``None``:
+    #: the broker has none), see :mod:`runtime.worker.leases`.
+    consumer_timeout: float | None = DEFAULT_CONSUMER_TIMEOUT
     #: Serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (``None``: not served).
     http_port: int | None = None
     #: The worker group and profile it runs as (``--group``, ``--profile``), if any.
@@ -283,6 +287,7 @@ async def _run(app: App, options: WorkerOptions, companion: Companion | None = N
         heartbeat_interval=options.heartbeat_interval,
         task_events=options.task_events,
         worker_heartbeats=options.worker_heartbeats,
+        consumer_timeout=options.consumer_timeout,
     )
     loop = asyncio.get_running_loop()
     signals_seen = 0

@@ -134,6 +134,16 @@ class Transport(Protocol):
 
 
 @runtime_checkable
+class SendsLater(Protocol):
+    """A transport that can publish a message to arrive later (RabbitMQ's delayed delivery):
+    what a worker hands a long ``acks_late`` run's message to before the broker's
+    ``consumer_timeout`` takes it back (:mod:`runtime.worker.leases`)."""
+
+    async def send_later(self, message: WireMessage, queue: str, seconds: int) -> None:
+        """Publish ``message`` to ``queue`` to arrive ``seconds`` from now, confirmed."""
+
+
+@runtime_checkable
 class Broadcasting(Protocol):
     """What a transport with fanout adds for remote control (AMQP, Redis, memory; SQS has none).
 

@@ -52,6 +52,7 @@ from .consuming import Consumers
 from .execution import Executor, Outcome
 from .heartbeat import DEFAULT_HEARTBEAT_INTERVAL, beat_forever
 from .hooks import call_hooks
+from .leases import DEFAULT_CONSUMER_TIMEOUT, Leases, without_lease
 from .observers import TaskObserver, WorkerEvents
 from .recording import Recorder, ignores_result
 from .retries import RetryPublisher, resolve_retry
@@ -78,6 +79,7 @@ class Worker:
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         task_events: bool | None = None,
         worker_heartbeats: bool = True,
+        consumer_timeout: float | None = DEFAULT_CONSUMER_TIMEOUT,
         logger: Any = None,
     ) -> None:
         self.app = app
@@ -127,6 +129,9 @@ class Worker:
         self._events: WorkerEvents | None = None
         self._task_events = app.worker_send_task_events if task_events is None else task_events
         self._worker_heartbeats = worker_heartbeats
+        #: Where long ``acks_late`` runs keep their message past the broker's
+        #: ``consumer_timeout`` (RabbitMQ); ``None`` where it is not needed or cannot be.
+        self._leases = Leases.for_worker(self.transport, self.backend, consumer_timeout, self.log)
 
     async def run(self) -> None:
         """Connect, declare the queues, and work until :meth:`stop` or :meth:`terminate`."""
@@ -334,7 +339,8 @@ class Worker:
 
     async def _ack(self, handling: Handling) -> None:
         handling.settled = True
-        await self.transport.ack(handling.delivery)
+        if not handling.handed_off:  # acked when it was handed over to its lease
+            await self.transport.ack(handling.delivery)
 
     async def _reject(self, handling: Handling, *, requeue: bool) -> None:
         handling.settled = True
@@ -388,6 +394,10 @@ class Worker:
             return
         if self._recording and not await self.recorder.received(message, delivery.queue):
             log.warning("task_dropped", reason="the controller skipped this run")
+            await self._ack(handling)
+            return
+        if self._leases is not None and not await self._leases.admit(message.id, delivery):
+            log.info("lease_superseded", detail="a later copy, or the run ended")
             await self._ack(handling)
             return
         if await self._admitted(task, message, handling, log):
@@ -459,7 +469,11 @@ class Worker:
         for observer in self.observers:
             observer.started(message, delivery.queue)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
-        executed = await self._execute(task, request, limits, isolated=isolated)
+        if acks_late and self._leases is not None:
+            async with self._leases.hold(message.id, handling):
+                executed = await self._execute(task, request, limits, isolated=isolated)
+        else:
+            executed = await self._execute(task, request, limits, isolated=isolated)
         if executed is None:
             await self._revoked(task, message, handling, log, reason="terminated")
             return
@@ -515,7 +529,8 @@ class Worker:
     async def _settle_late(
         self, task: Task[Any, Any], message: TaskMessage, handling: Handling, outcome: Outcome
     ) -> None:
-        """Ack or reject an ``acks_late`` message as Celery 5.7 does after the task ended."""
+        """Ack or reject an ``acks_late`` message as Celery 5.7 does after the task ended (a
+        message handed over to a lease was acked already: a requeue publishes it again)."""
         options = task.options
         if outcome.state in (State.SUCCESS, State.RETRY):
             await self._ack(handling)
@@ -527,7 +542,13 @@ class Worker:
         else:
             await self._ack(handling)
             return
-        await self._reject(handling, requeue=requeue)
+        if handling.handed_off:
+            if requeue:
+                delivery = handling.delivery
+                message_again = without_lease(delivery.message)
+                await self.transport.publish(message_again, routing_key=delivery.queue)
+        else:
+            await self._reject(handling, requeue=requeue)
         for observer in self.observers:
             observer.rejected(message, handling.delivery.queue, requeue=requeue)
 

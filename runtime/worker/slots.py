@@ -142,6 +142,8 @@ class Handling:
     def __init__(self, delivery: Delivery, slots: Slots, *, held: bool = True) -> None:
         self.delivery = delivery
         self.settled = False
+        #: Acknowledged early, its message now kept by a lease (:mod:`runtime.worker.leases`).
+        self.handed_off = False
         self._slots = slots
         self._held = held
 

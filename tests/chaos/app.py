@@ -47,3 +47,11 @@ async def late(self: Any, key: str) -> str:
 async def early(self: Any, key: str) -> str:
     """Acknowledged as it starts (Celery's default): a worker killed mid-run loses it."""
     return await _run(self.request.id, key)
+
+
+@app.task(name="chaos.long", acks_late=True, bind=True)
+async def long(self: Any, key: str, seconds: float) -> str:
+    """An ``acks_late`` task that outlasts the broker's ``consumer_timeout``; counts its runs."""
+    await _redis().hincrby(f"{key}:runs", self.request.id, 1)
+    await asyncio.sleep(seconds)
+    return self.request.id

@@ -98,3 +98,34 @@ def rabbitmq_restored() -> Iterator[None]:
         yield
     finally:
         rabbitmq("start_app")  # a no-op when it runs
+
+
+def _rabbitmqctl_eval(expression: str) -> str:
+    done = subprocess.run(
+        [RABBITMQCTL, "eval", expression], check=True, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
+@contextmanager
+def rabbitmq_consumer_timeout(seconds: float) -> Iterator[None]:
+    """RabbitMQ's ``consumer_timeout`` set to ``seconds`` for channels opened meanwhile (3.10
+    has no per-queue setting: it is the node's), and checked every second instead of every
+    minute (``channel_tick_interval``); the earlier values put back after."""
+    # Put back as values, never unset: a channel reads them at every tick, and one that
+    # finds no tick interval crashes, closing its connection.
+    defaults = {"consumer_timeout": 1_800_000, "channel_tick_interval": 60_000}
+    before = {}
+    for name, default in defaults.items():
+        value = _rabbitmqctl_eval(f"application:get_env(rabbit, {name}).")
+        before[name] = (
+            value.removeprefix("{ok,").removesuffix("}") if value != "undefined" else default
+        )
+    settings = {"consumer_timeout": int(seconds * 1000), "channel_tick_interval": 1000}
+    for name, value in settings.items():
+        _rabbitmqctl_eval(f"application:set_env(rabbit, {name}, {value}).")
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            _rabbitmqctl_eval(f"application:set_env(rabbit, {name}, {value}).")

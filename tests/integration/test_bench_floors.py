@@ -161,7 +161,13 @@ def peer_worker(
             yield proc
         finally:
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=PATIENCE)
+            try:
+                proc.wait(timeout=PATIENCE)
+            except subprocess.TimeoutExpired:
+                # aio-celery at times sleeps through SIGINT (seen twice in CI, still running a
+                # quarter of an hour later): how a peer stops is not what this test checks.
+                proc.kill()
+                proc.wait(timeout=PATIENCE)
 
 
 def test_a_peer_runs_the_bench_tasks_a_celery_client_sends(

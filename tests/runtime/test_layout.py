@@ -26,7 +26,16 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer)
     for layer in (
         # vocabulary: protocol/ and the standard library only
-        ("errors", "exceptions", "policy", "arguments", "ratelimit", "redis_client", "probes"),
+        (
+            "errors",
+            "exceptions",
+            "policy",
+            "arguments",
+            "ratelimit",
+            "redis_client",
+            "probes",
+            "tls",
+        ),
         ("transports", "results"),
         ("events", "monitor"),
         ("request",),

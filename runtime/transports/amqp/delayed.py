@@ -17,8 +17,12 @@ __all__ = ["DELAYED_DELIVERY", "DelayedQueues"]
 
 log = logging.getLogger(__name__)
 
-#: Celery's delayed delivery layout under celeriac's own names, on classic queues: see
-#: :meth:`runtime.transports.amqp.transport.AmqpTransport.defer` for why not Celery's quorum queues.
+#: Celery's delayed delivery layout under celeriac's own names, on classic queues, not
+#: Celery's default quorum ones: a quorum queue dead-letters *at least once*, holding each
+#: message until a queue takes it, and a message whose destination queue was deleted meanwhile
+#: is then retried for ever, stalling every delayed message behind it (seen here on RabbitMQ
+#: 3.10: nothing came back at all). A classic queue drops such a message, and a message is at
+#: risk only while the node fails in the middle of moving it from one level to the next.
 DELAYED_DELIVERY = DelayedDelivery(prefix="celeriac", queue_type="classic")
 
 

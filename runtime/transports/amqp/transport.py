@@ -331,22 +331,21 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         durable queues and comes back whole seconds later: at most a second early, never
         late. The copy loses its ``expiration`` as a dead letter does (the ``expires`` header
         still holds). A crash between the confirm and the ack leaves both: at least once.
-
-        Classic queues, not Celery's default quorum ones: a quorum queue dead-letters *at
-        least once*, holding each message until a queue takes it, and a message whose
-        destination queue was deleted meanwhile is then retried for ever, stalling every
-        delayed message behind it (seen here on RabbitMQ 3.10: nothing came back at all). A
-        classic queue drops such a message, and a message is at risk only while the node
-        fails in the middle of moving it from one level to the next.
+        The levels are classic queues, not Celery's quorum ones (:mod:`.delayed` says why).
         """
         seconds = max(1, math.floor((eta - datetime.now(UTC)).total_seconds()))
-        await self._delayed.prepare(self._require(), delivery.queue)
-        properties = _outgoing(delivery.message)
-        properties.pop("expiration", None)
-        copy = aio_pika.Message(delivery.message.body, **properties)
-        key = delay_routing_key(seconds, delivery.queue)
-        await self._send(copy, self._delayed.layout.entry, key, mandatory=True)
+        await self.send_later(delivery.message, delivery.queue, seconds)
         await self.ack(delivery)
+
+    async def send_later(self, message: WireMessage, queue: str, seconds: int) -> None:
+        """Publish ``message`` to ``queue`` through the delayed delivery of :meth:`defer`, to
+        arrive ``seconds`` (at least 1) from now, and wait for the broker's confirm."""
+        await self._delayed.prepare(self._require(), queue)
+        properties = _outgoing(message)
+        properties.pop("expiration", None)
+        copy = aio_pika.Message(message.body, **properties)
+        key = delay_routing_key(max(1, seconds), queue)
+        await self._send(copy, self._delayed.layout.entry, key, mandatory=True)
 
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Publish and wait for the broker's confirm (``exchange=""``: to queue ``routing_key``)."""
