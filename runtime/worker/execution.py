@@ -1,8 +1,9 @@
 """Running one task function under its time limits.
 
 Coroutine functions run on the event loop in their own ``asyncio.Task``; plain functions run
-in a bounded thread pool. Both see the :class:`~runtime.request.Request` in
-``current_request``.
+in a bounded thread pool, or, on a queue whose pool is ``process``, in a process of a pool
+(:mod:`runtime.worker.processes`), where a hard limit can kill them. All see the
+:class:`~runtime.request.Request` in ``current_request``.
 
 Soft limit: ``SoftTimeLimitExceeded`` is raised inside the task, where it can be caught.
 
@@ -252,17 +253,17 @@ class Executor:
             raise
         except Exception as error:
             failure = failure_of(error, limits.hard)
-            runtime = time.monotonic() - started
+            elapsed = time.monotonic() - started
             if isinstance(failure, TimeLimitExceeded):
-                return Outcome(State.FAILURE, exception=failure, runtime=runtime)
-            return Outcome.failed(failure, runtime=runtime)
+                return Outcome(State.FAILURE, exception=failure, runtime=elapsed)
+            return Outcome.failed(failure, runtime=elapsed)
         request.outbox.extend(call.outbox)
-        runtime = time.monotonic() - started
+        elapsed = time.monotonic() - started
         if call.exception is not None:
             return Outcome(
-                State.FAILURE, exception=call.exception, traceback=call.traceback, runtime=runtime
+                State.FAILURE, exception=call.exception, traceback=call.traceback, runtime=elapsed
             )
-        return Outcome(State.SUCCESS, value=call.value, runtime=runtime)
+        return Outcome(State.SUCCESS, value=call.value, runtime=elapsed)
 
     def _start_coroutine(
         self, coroutine: Coroutine[Any, Any, Any], name: str, context: Context, limits: TimeLimits

@@ -11,14 +11,18 @@ hands the message over to a lease:
    (``SET``, expiring after three periods) and publishes a copy of the message, carrying that
    id in its ``x-celeriac-lease`` header, through RabbitMQ's delayed delivery, to arrive one
    period plus a margin later; after the first copy is confirmed it acknowledges the delivery;
-2. when the run ends, it deletes the lease (if it is still its own);
-3. a worker that receives a copy runs it only if the copy's lease is the current one, taking
-   it in the same step (compare and delete, in Lua); otherwise the copy was superseded by a
-   later one, or the run ended, and it is acknowledged and dropped (``lease_superseded``).
+2. when the run ends, it deletes the lease if it is still its own (compare and delete, in
+   Lua); a run cancelled by a stop, or cut short by an error of the worker's, keeps it;
+3. a worker that receives a copy runs it only if the copy's lease is the current one;
+   otherwise the copy was superseded by a later one, or the run ended, and it is
+   acknowledged and dropped (``lease_superseded``). An admitted copy is an ordinary
+   ``acks_late`` delivery (leased again if it runs long, requeued by the broker if its worker
+   dies first, and admitted again then, since admitting leaves the lease in place).
 
 So the run is never taken back from a live worker, and the message is never lost: if the
-worker dies, the last copy arrives with the current lease and runs again, as the
-redelivered ``acks_late`` message would have (at least once). A run that ends in a requeue
+worker dies or stops before the run ends, the last copy arrives with the current lease and
+runs again, as the redelivered ``acks_late`` message would have (at least once), though only
+when the copy is due (up to a period and a margin later). A run that ends in a requeue
 (a hard limit without ``acks_on_timeout``) is published back to its queue, since the
 delivery it would have rejected is gone.
 
@@ -119,29 +123,51 @@ class Leases:
 
     async def admit(self, task_id: str, delivery: Delivery) -> bool:
         """Whether ``delivery`` may run: a message without a lease may; a lease's copy only if
-        its lease is current, which it then takes."""
+        its lease is current. The lease stays: should this run die before it renews it, the
+        copy comes back (the broker requeues it) and is admitted again."""
         lease = delivery.message.headers.get(LEASE_HEADER)
         if lease is None:
             return True
-        return bool(await self._take(keys=[self._key(task_id)], args=[str(lease)]))
+        current = await self.client.get(self._key(task_id))
+        if isinstance(current, bytes):
+            current = current.decode()
+        return current is not None and current == str(lease)
 
     @contextlib.asynccontextmanager
     async def hold(self, task_id: str, handling: Handling) -> AsyncIterator[None]:
-        """Keep the run's message leased while the body runs; release the lease after."""
-        current: list[str] = []
-        keeper = asyncio.create_task(
-            self._keep(task_id, handling, current), name=f"celeriac-lease[{task_id}]"
+        """Keep the run's message leased while the body runs. A run that ends releases its
+        lease (the copies still on their way are dropped when they arrive); one cancelled or
+        failing in the worker keeps it, so its last copy brings the message back."""
+        admitted = handling.delivery.message.headers.get(LEASE_HEADER)
+        current: list[str] = [str(admitted)] if admitted is not None else []
+        keeper: list[asyncio.Task[None]] = []
+        # A timer, not a task, until the first renewal is due: most runs end before it.
+        timer = asyncio.get_running_loop().call_later(
+            self.period,
+            lambda: keeper.append(
+                asyncio.create_task(
+                    self._keep(task_id, handling, current), name=f"celeriac-lease[{task_id}]"
+                )
+            ),
         )
         try:
             yield
-        finally:
-            keeper.cancel()
-            await asyncio.wait({keeper})
-            if current:
-                await self._take(keys=[self._key(task_id)], args=[current[-1]])
+        except BaseException:
+            await self._stop(timer, keeper)
+            raise
+        await self._stop(timer, keeper)
+        if current:
+            await self._take(keys=[self._key(task_id)], args=[current[-1]])
+
+    @staticmethod
+    async def _stop(timer: asyncio.TimerHandle, keeper: list[asyncio.Task[None]]) -> None:
+        timer.cancel()
+        for task in keeper:
+            task.cancel()
+            await asyncio.wait({task})
 
     async def _keep(self, task_id: str, handling: Handling, current: list[str]) -> None:
-        wait = self.period
+        wait = 0.0  # started when the first renewal is due
         while True:
             await asyncio.sleep(wait)
             try:
