@@ -141,4 +141,4 @@ async def _receive(
 
 async def _close(pubsub: PubSub) -> None:
     with contextlib.suppress(redis.exceptions.RedisError, OSError):
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
