@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.chaos.servers import rabbitmqctl_eval
+from tests.controller.test_probes import free_port
+
 
 @dataclass(frozen=True)
 class Certificates:
@@ -112,13 +115,6 @@ def certificates() -> Iterator[Certificates]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_for_port(port: int, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -128,15 +124,6 @@ def _wait_for_port(port: int, timeout: float = 15) -> None:
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def _rabbitmqctl_eval(expression: str) -> str:
-    done = subprocess.run(
-        ["rabbitmqctl", "eval", expression], capture_output=True, text=True, timeout=60, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl eval failed: {done.stdout}{done.stderr}")
-    return done.stdout.strip()
 
 
 @contextmanager
@@ -149,14 +136,14 @@ def rabbitmq_tls_listener(certs: Certificates) -> Iterator[int]:
         f'{{keyfile, "{certs.server_key}"}}, {{verify, verify_none}}, '
         "{fail_if_no_peer_cert, false}]"
     )
-    reply = _rabbitmqctl_eval(f"rabbit_networking:start_ssl_listener({listener}, {options}, 1).")
+    reply = rabbitmqctl_eval(f"rabbit_networking:start_ssl_listener({listener}, {options}, 1).")
     if reply != "ok":
         raise RuntimeError(f"RabbitMQ did not start a TLS listener: {reply}")
     try:
         _wait_for_port(port)
         yield port
     finally:
-        _rabbitmqctl_eval(f"rabbit_networking:stop_tcp_listener({listener}).")
+        rabbitmqctl_eval(f"rabbit_networking:stop_tcp_listener({listener}).")
 
 
 @contextmanager

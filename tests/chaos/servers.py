@@ -100,7 +100,8 @@ def rabbitmq_restored() -> Iterator[None]:
         rabbitmq("start_app")  # a no-op when it runs
 
 
-def _rabbitmqctl_eval(expression: str) -> str:
+def rabbitmqctl_eval(expression: str) -> str:
+    """``rabbitmqctl eval`` of an Erlang expression on the running node; its reply."""
     done = subprocess.run(
         [RABBITMQCTL, "eval", expression], check=True, capture_output=True, text=True, timeout=60
     )
@@ -117,15 +118,15 @@ def rabbitmq_consumer_timeout(seconds: float) -> Iterator[None]:
     defaults = {"consumer_timeout": 1_800_000, "channel_tick_interval": 60_000}
     before = {}
     for name, default in defaults.items():
-        value = _rabbitmqctl_eval(f"application:get_env(rabbit, {name}).")
+        value = rabbitmqctl_eval(f"application:get_env(rabbit, {name}).")
         before[name] = (
             value.removeprefix("{ok,").removesuffix("}") if value != "undefined" else default
         )
     settings = {"consumer_timeout": int(seconds * 1000), "channel_tick_interval": 1000}
     for name, value in settings.items():
-        _rabbitmqctl_eval(f"application:set_env(rabbit, {name}, {value}).")
+        rabbitmqctl_eval(f"application:set_env(rabbit, {name}, {value}).")
     try:
         yield
     finally:
         for name, value in before.items():
-            _rabbitmqctl_eval(f"application:set_env(rabbit, {name}, {value}).")
+            rabbitmqctl_eval(f"application:set_env(rabbit, {name}, {value}).")
