@@ -30,6 +30,7 @@ __all__ = [
     "encode_envelope",
     "encode_sqs_body",
     "from_amqp",
+    "max_envelope_bytes",
 ]
 
 # The AMQP basic properties Celery sets, as aio-pika's ``Message`` keywords.
@@ -98,6 +99,12 @@ class Envelope:
 _ENVELOPE_OVERHEAD = 64 * 1024
 
 
+def max_envelope_bytes(limits: Limits = DEFAULT_LIMITS) -> int:
+    """The largest kombu Redis envelope :func:`decode_envelope` reads: its body is base64 (4/3
+    of the raw body) and it carries headers and properties around the body."""
+    return limits.max_body_bytes * 4 // 3 + _ENVELOPE_OVERHEAD
+
+
 def _check_envelope_size(data: bytes | str, body_maximum: int, *, field: str) -> None:
     maximum = body_maximum + _ENVELOPE_OVERHEAD
     if len(data) > maximum:
@@ -130,7 +137,8 @@ def decode_envelope(data: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> En
     The size limit applies to the envelope, whose body is base64 (4/3 of the raw body), so the
     envelope may be a third larger than ``limits.max_body_bytes``.
     """
-    _check_envelope_size(data, limits.max_body_bytes * 4 // 3, field="envelope")
+    if len(data) > (maximum := max_envelope_bytes(limits)):
+        raise LimitExceeded("size", len(data), maximum, field="envelope")
     document = _fields.mapping(jsontags.loads(data), "envelope")
     properties = dict(_fields.mapping(document.get("properties"), "envelope.properties"))
     limits.check_headers(properties, field="envelope.properties")

@@ -9,6 +9,9 @@ is how celeriac uses them:
 * **No pop without a record.** kombu pops a message with BRPOP and records it as unacked in a
   second step; a worker killed in between loses it. Here one Lua script pops and records
   (``lua/redis_claim.lua``), and hands out at most as many messages as there are free slots.
+  A payload over the size limit (:func:`~protocol.envelopes.max_envelope_bytes`), or whose
+  body is, or that is not a kombu envelope goes to ``<queue>.dead`` in that same script: the
+  worker never reads it.
 * **Claims are renewed.** Whoever sweeps ``unacked_index`` (a Celery worker too) puts back
   deliveries older than ``visibility_timeout``; kombu's own long tasks are run twice that way.
   While a delivery is unsettled this transport moves its index score forward every
@@ -51,10 +54,12 @@ import redis.asyncio
 import redis.exceptions
 
 from protocol import CeleriacError, WireMessage, decode_envelope, encode_envelope
+from protocol.envelopes import max_envelope_bytes
 from protocol.kombu_redis import (
     dead_letter_payload,
     parse_binding_member,
 )
+from protocol.limits import DEFAULT_LIMITS
 from runtime.errors import BrokerConnectionError, translate_redis_errors
 from runtime.redis_client import client_for
 from runtime.transports.base import (
@@ -86,6 +91,9 @@ _ACKS_PER_CALL = 500
 
 #: Most messages one claim pops: bounds how long the script keeps Redis busy.
 _CLAIM_MAX = 100
+#: A bigger payload, or one carrying a bigger body, is dead-lettered by the claim script,
+#: never read by the worker.
+_LARGEST, _LARGEST_BODY = max_envelope_bytes(), DEFAULT_LIMITS.max_body_bytes
 #: Longest an idle consumer blocks on one queue before trying them all again.
 _IDLE_WAIT = 0.1
 #: Stale deliveries examined per page of a sweep.
@@ -276,8 +284,9 @@ class RedisTransport(RedisFanout, RedisMirroring):
         return await asyncio.shield(self._claiming)
 
     async def _claim_batch(self, keys: list[str], names: list[str], first: int, free: int) -> int:
-        args = [time.time(), min(free, _CLAIM_MAX), len(names), len(self.layout.priority_steps)]
-        first_next, items = await self._claim(keys=keys, args=[*args, first, *names])
+        args: list[float | str] = [time.time(), min(free, _CLAIM_MAX), len(names)]
+        args += [len(self.layout.priority_steps), first, _LARGEST, _LARGEST_BODY, *names]
+        first_next, items = await self._claim(keys=keys, args=args)
         self._batch.extend((names[int(item[0])], item) for item in items)
         return int(first_next)
 
@@ -296,11 +305,11 @@ class RedisTransport(RedisFanout, RedisMirroring):
 
     async def _delivery(self, queue: str, item: list[Any]) -> Delivery | None:
         """The delivery for one claimed item; ``None`` if unreadable (and dead-lettered)."""
-        payload = bytes(item[1])
-        if len(item) < 3:  # the script moved it to .dead: not a kombu envelope
-            log.error("moved a message that is not a kombu envelope from %r to %r.dead",
-                      queue, queue)  # fmt: skip
+        if len(item) < 3:  # the script moved it to .dead; item[1] says why
+            log.error("dead-lettered a message from %r (moved to %r.dead by the claim): %s",
+                      queue, queue, item[1].decode("utf-8", "replace"))  # fmt: skip
             return None
+        payload = bytes(item[1])
         claim = Claim(tag=bytes(item[2]), queue=queue, payload=payload)
         self._unsettled[claim.tag] = claim
         try:
