@@ -3,10 +3,12 @@
     python -m benchmarks [--brokers amqp,redis,sqs,memory] [--tiny] [--out results]
                          [--scenarios noop,results,io,latency,mixed]
                          [--families celeriac,celery,aio-celery,floor]
+                         [--compare OLD.json [--tolerance 0.1]]
 
 Writes ``<out>/<UTC time>/results.json``, ``results.md``, ``throughput.png`` and
-``latency.png``, and prints the tables. ``--tiny`` runs every scenario at a token size: it
-proves the harness, it measures nothing.
+``latency.png``, and prints the tables; with ``--compare``, then each ratio's change from an
+earlier run's ``results.json`` (:mod:`benchmarks.compare`). ``--tiny`` runs every scenario at
+a token size: it proves the harness, it measures nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import aio_pika
 import redis.asyncio
 
 from . import brokers as broker_kinds
-from . import report, sqs_server
+from . import compare, report, sqs_server
 from .scenarios import SCENARIOS, TINY, Context, Scale
 from .suite import default_plan, machine, run, steps, version_of
 
@@ -41,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="token sizes: proves the harness")
     parser.add_argument("--out", type=Path, default=Path("results"), help="default: results/")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="OLD.json",
+        help="afterwards, print each ratio's change from this earlier run",
+    )
+    parser.add_argument("--tolerance", type=float, default=compare.DEFAULT_TOLERANCE,
+                        help="with --compare: mark ratios that moved by more than this "
+                        "fraction (default 0.1)")  # fmt: skip
     return parser
 
 
@@ -77,6 +88,13 @@ async def main(argv: Sequence[str] | None = None) -> int:
         print("python -m benchmarks: sqs needs aiobotocore and moto[server] (pip install -e "
               f"'.[dev]'), or {sqs_server.ENV_URL}", file=sys.stderr)  # fmt: skip
         return 2
+    old_rows = None
+    if args.compare is not None:  # read it first: a typo should not cost a whole run
+        try:
+            old_rows = compare.load_rows(args.compare)
+        except (OSError, ValueError) as exc:
+            print(f"python -m benchmarks: --compare: {exc}", file=sys.stderr)
+            return 2
     scale = TINY if args.tiny else Scale()
     plan = default_plan((20,) if args.tiny else (100, 1_000, 10_000))
     families = args.families.split(",") if args.families else None
@@ -101,6 +119,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     report.tables(rows, notes)
     print(f"\nwritten: {folder / 'results.json'}, {folder / 'results.md'}, "
           f"{', '.join(str(chart) for chart in charts)}")  # fmt: skip
+    if old_rows is not None:
+        compare.show(compare.changes(old_rows, rows), args.tolerance)
     return 1 if any("error" in row for row in rows) else 0
 
 

@@ -19,16 +19,20 @@ pytestmark = [pytest.mark.integration]
 def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     tmp_path: Path, amqp_url: str, redis_url: str
 ) -> None:
+    earlier = tmp_path / "earlier.json"
+    retired = {"scenario": "noop", "broker": "amqp", "system": "retired row", "x_floor": 0.5}
+    earlier.write_text(json.dumps({"rows": [retired]}))
+    out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--tiny", "--brokers", "amqp,redis", "--families",
-         "celeriac", "--quiet", "--out", str(tmp_path)],
+         "celeriac", "--quiet", "--out", str(out), "--compare", str(earlier)],
         cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
         env={"PATH": "/usr/bin:/bin", "CELERIAC_BENCH_AMQP_URL": amqp_url,
              "CELERIAC_BENCH_REDIS_URL": redis_url},
     )  # fmt: skip
 
     assert done.returncode == 0, done.stdout + done.stderr
-    (folder,) = tmp_path.iterdir()
+    (folder,) = out.iterdir()
     document = json.loads((folder / "results.json").read_text())
     rows = document["rows"]
     assert {(r["scenario"], r["broker"]) for r in rows} == {
@@ -45,6 +49,8 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     assert (folder / "latency.png").stat().st_size > 0
     assert "| amqp | celeriac -c 100 |" in (folder / "results.md").read_text()
     assert "noop" in done.stdout
+    assert "ratio changes" in done.stdout  # --compare: after the tables
+    assert "retired row" in done.stdout
 
 
 def test_ratios_compare_rows_of_the_same_run_and_broker() -> None:
