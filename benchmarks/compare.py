@@ -25,8 +25,14 @@ from rich.table import Table
 
 __all__ = ["RATIOS", "Change", "changes", "load_rows", "main", "show"]
 
-#: The fields of a row that are ratios within one run.
-RATIOS = ("x_celery_prefork", "x_floor", "efficiency")
+#: The fields of a row that are ratios within one run, and the row each is taken against
+#: (whose own ratio is 1 by definition, and not shown).
+RATIOS = {
+    "x_celery_prefork": "celery prefork -c 2",
+    "x_aio_celery": "aio-celery -c 100",
+    "x_floor": None,
+    "efficiency": None,
+}
 #: A ratio that moved by more than this fraction is marked.
 DEFAULT_TOLERANCE = 0.1
 
@@ -79,14 +85,20 @@ def _keyed(rows: Iterable[Row]) -> dict[tuple[str, str, str], Row]:
 
 
 def changes(old: Iterable[Row], new: Iterable[Row]) -> list[Change]:
-    """Every ratio either run has, row by row, in the new run's order (then rows it lacks)."""
+    """Every ratio either run has, row by row, in the new run's order, then the rows it lacks.
+
+    Only the scenarios and brokers the new run measured are compared: a run of
+    ``--scenarios results`` against a full earlier run says nothing about the others.
+    """
     before, after = _keyed(old), _keyed(new)
+    measured = {(scenario, broker) for scenario, broker, _ in after}
+    lacking = [key for key in before if key not in after and key[:2] in measured]
     found = []
-    for key in [*after, *(key for key in before if key not in after)]:
-        for ratio in RATIOS:
+    for key in [*after, *lacking]:
+        for ratio, reference in RATIOS.items():
             was = before.get(key, {}).get(ratio)
             now = after.get(key, {}).get(ratio)
-            if was is not None or now is not None:
+            if key[2] != reference and (was is not None or now is not None):
                 found.append(Change(*key, ratio, was, now))
     return found
 

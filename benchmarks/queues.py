@@ -47,11 +47,12 @@ def kind(broker: str) -> str:
 
 
 def task(name: str, *args: Any, result: bool = False) -> WireMessage:
-    """One Celery v2 message for task ``name``; ``result=False`` sets ``ignore_result``."""
+    """One Celery v2 message for task ``name``, with ``ignore_result`` set as a Celery client
+    sets it: ``True`` unless ``result``."""
     task_id = str(uuid.uuid4())
     message = TaskMessage(
         id=task_id, task=name, args=args, kwargs={}, root_id=task_id,
-        ignore_result=None if result else True, origin="bench",
+        ignore_result=not result, origin="bench",
     )  # fmt: skip
     return encode_task(message, now=datetime.now(UTC))
 

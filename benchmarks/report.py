@@ -20,9 +20,10 @@ __all__ = ["add_ratios", "charts", "markdown", "tables", "write_json"]
 
 Row = dict[str, Any]
 _BASELINE = "celery prefork -c 2"
+_AIO_CELERY = "aio-celery -c 100"
 _COLUMNS: dict[str, tuple[str, ...]] = {
     "noop": ("rate", "x_celery_prefork", "x_floor", "cpu_ms_per_task", "peak_rss_mib"),
-    "results": ("rate", "x_celery_prefork", "peak_rss_mib"),
+    "results": ("rate", "x_celery_prefork", "x_aio_celery", "cpu_ms_per_task", "peak_rss_mib"),
     "io": ("concurrency", "tasks", "rate", "ideal", "efficiency", "peak_rss_mib"),
     "latency": ("offered_rate", "start_p50_ms", "start_p90_ms", "start_p99_ms", "start_max_ms",
                 "result_p50_ms", "result_p99_ms"),
@@ -31,7 +32,8 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def add_ratios(rows: Sequence[Row]) -> None:
-    """Set ``x_celery_prefork`` (and ``x_floor`` on noop rows) where both rates exist."""
+    """Set ``x_celery_prefork`` (and ``x_floor`` on noop rows, ``x_aio_celery`` on results
+    rows) where both rates exist."""
     rates = {(r["scenario"], r["broker"], r["system"]): r.get("rate") for r in rows}
     for row in rows:
         if row.get("rate") is None or row["scenario"] not in ("noop", "results"):
@@ -39,6 +41,9 @@ def add_ratios(rows: Sequence[Row]) -> None:
         base = rates.get((row["scenario"], row["broker"], _BASELINE))
         if base:
             row["x_celery_prefork"] = round(row["rate"] / base, 2)
+        aio = rates.get((row["scenario"], row["broker"], _AIO_CELERY))
+        if aio and row["scenario"] == "results":
+            row["x_aio_celery"] = round(row["rate"] / aio, 2)
         if row["scenario"] == "noop" and row["family"] != "floor":
             prefetch = 2 if row["concurrency"] <= 2 else 100
             floor = rates.get(("noop", row["broker"], f"floor, prefetch {prefetch}"))

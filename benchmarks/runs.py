@@ -23,7 +23,7 @@ from .measure import TreeSampler, Usage
 from .queues import POLL, Watch
 from .systems import System
 
-__all__ = ["ROOT", "Running", "WorkerDied", "drain", "running"]
+__all__ = ["ROOT", "Running", "WorkerDied", "drain", "first_taken", "running"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +97,15 @@ async def until(
         await asyncio.sleep(interval())
 
 
+async def first_taken(watch: Watch, queue: str, total: int, run: Running, timeout: float) -> None:
+    """Wait until the first of ``total`` pre-loaded messages has left ``queue``."""
+
+    async def started() -> bool:
+        return await watch.depth(queue) < total
+
+    await until(started, run, timeout, "the first message taken", watch.interval)
+
+
 async def drain(
     watch: Watch, queue: str, total: int, run: Running, timeout: float = 300
 ) -> tuple[float, float]:
@@ -106,13 +115,10 @@ async def drain(
     start-up is not counted, in time or CPU.
     """
 
-    async def started() -> bool:
-        return await watch.depth(queue) < total
-
     async def empty() -> bool:
         return await watch.depth(queue) == 0
 
-    await until(started, run, timeout, "the first message taken", watch.interval)
+    await first_taken(watch, queue, total, run, timeout)
     began, cpu_before = time.monotonic(), run.usage().cpu_seconds
     await until(empty, run, timeout, "the queue drained", watch.interval)
     return time.monotonic() - began, run.usage().cpu_seconds - cpu_before

@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from typing import TYPE_CHECKING
 
 from aiobotocore.session import get_session
 
@@ -23,7 +22,7 @@ from runtime.transports.sqs import MAX_MESSAGES, SqsOptions, SqsTransport, sqs_q
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
-__all__ = ["delete", "depth", "kombu_broker", "preload", "queue_url", "sqs_client"]
+__all__ = ["delete", "depth", "preload", "queue_url", "sqs_client"]
 
 #: ``SendMessageBatch`` calls in flight while pre-loading.
 _SENDERS = 4
@@ -96,20 +95,3 @@ async def delete(broker: str, queues: Sequence[str]) -> None:
 
 def _tag() -> str:
     return str(uuid.uuid4())
-
-
-def kombu_broker(broker: str) -> tuple[str, dict[str, Any]]:
-    """The SQS server of ``broker`` as kombu names it: a Celery client's broker URL and
-    ``broker_transport_options``."""
-    options = SqsOptions.from_url(broker)
-    keys = ""
-    if options.access_key_id and options.secret_access_key:
-        pair = (options.access_key_id, options.secret_access_key)
-        keys = ":".join(quote(part, safe="") for part in pair) + "@"
-    transport: dict[str, Any] = {"region": options.region}
-    if options.endpoint_url is None:
-        return f"sqs://{keys}", transport
-    endpoint = urlsplit(options.endpoint_url)
-    transport["is_secure"] = endpoint.scheme == "https"
-    port = f":{endpoint.port}" if endpoint.port else ""
-    return f"sqs://{keys}{endpoint.hostname}{port}", transport

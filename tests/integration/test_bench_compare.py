@@ -45,6 +45,19 @@ def test_each_ratio_is_compared_row_by_row_and_marked_beyond_the_tolerance() -> 
     assert all(c.ratio in compare.RATIOS for c in found.values())
 
 
+def test_only_what_the_new_run_measured_is_compared_and_no_row_against_itself() -> None:
+    old = [
+        _row("celery prefork -c 2", x_celery_prefork=1.0),
+        _row("celeriac -c 100", x_celery_prefork=2.0),
+        {**_row("celeriac -c 100", x_celery_prefork=3.0), "scenario": "results"},
+    ]
+    new = [_row("celery prefork -c 2", x_celery_prefork=1.0)]
+
+    assert compare.changes(old, new) == [
+        compare.Change("noop", "amqp", "celeriac -c 100", "x_celery_prefork", 2.0, None)
+    ]
+
+
 def test_the_table_shows_old_new_and_the_change() -> None:
     found = compare.changes([_row("celeriac -c 100", x_floor=0.5)],
                             [_row("celeriac -c 100", x_floor=0.4)])  # fmt: skip
