@@ -3,7 +3,9 @@
 Records are what :mod:`protocol.results` encodes, under Celery's keys; every write is
 followed by a ``PUBLISH`` of the same bytes on a channel named like the key, which is how a
 Celery client's ``AsyncResult.get()`` learns of it without polling. A SUCCESS record is never
-overwritten (a redelivered duplicate must not replace a result a client may have read).
+overwritten (a redelivered duplicate must not replace a result a client may have read). The
+writes asked for in one turn of the event loop go to Redis in one script call
+(:class:`~runtime.batching.TurnBatch`): one round trip for a turn's results.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from protocol import (
     decode_result,
     encode_result,
 )
+from runtime.batching import TurnBatch
 from runtime.errors import translate_redis_errors
 from runtime.results.retrying import NO_RETRY, StoreRetry
 
@@ -33,7 +36,9 @@ __all__ = ["DEFAULT_RESULT_EXPIRES", "RedisResultBackend"]
 #: Celery's ``result_expires`` default: one day.
 DEFAULT_RESULT_EXPIRES = 86_400.0
 
-_STORE_SCRIPT = (files("runtime.results") / "lua" / "store_result.lua").read_text()
+_STORE_SCRIPT = (files("runtime.results") / "lua" / "store_results.lua").read_text()
+#: The most results one script call stores: a long script would hold up every other client.
+_STORES_PER_CALL = 200
 
 
 class RedisResultBackend:
@@ -57,6 +62,9 @@ class RedisResultBackend:
     ) -> None:
         self._client = client
         self._store = client.register_script(_STORE_SCRIPT)
+        self._writes: TurnBatch[tuple[str, bytes, int], int] = TurnBatch(
+            self._write_batch, most=_STORES_PER_CALL, name="celeriac-results"
+        )
         self.result_expires = result_expires
         self.failure_expires = failure_expires
         self.serializer = serializer
@@ -85,18 +93,21 @@ class RedisResultBackend:
 
     async def store(self, meta: ResultMeta) -> bool:
         """Write ``meta`` and publish it; ``False`` if a SUCCESS record was kept instead. A
-        backend that does not answer is retried as :attr:`retry` says."""
-        data = encode_result(meta, serializer=self.serializer)
+        backend that does not answer is retried as :attr:`retry` says (each retry joins the
+        batch of its turn)."""
+        write = (self.keys.task(meta.task_id), encode_result(meta, serializer=self.serializer),
+                 self._ttl(meta.status))  # fmt: skip
         action = f"store the result of {meta.task_id}"
+        return bool(await self.retry.call(lambda: self._writes.submit(write), what=action))
 
-        async def write() -> Any:
-            with translate_redis_errors(action):
-                return await self._store(
-                    keys=[self.keys.task(meta.task_id)],
-                    args=[data, self._ttl(meta.status), self.serializer],
-                )
-
-        return bool(await self.retry.call(write, what=action))
+    async def _write_batch(self, writes: list[tuple[str, bytes, int]]) -> list[int]:
+        args: list[bytes | int | str] = [self.serializer]
+        for _, data, ttl in writes:
+            args += (data, ttl)
+        what = f"store {len(writes)} results" if len(writes) > 1 else f"store {writes[0][0]}"
+        with translate_redis_errors(what):
+            written = await self._store(keys=[key for key, _, _ in writes], args=args)
+        return [int(flag) for flag in written]
 
     async def get(self, task_id: str) -> ResultMeta | None:
         """The stored record of ``task_id``, or ``None`` while it is PENDING.
@@ -129,5 +140,6 @@ class RedisResultBackend:
                 return meta
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Send the writes already asked for, then close the connection pool."""
+        await self._writes.drain()
         await self._client.aclose()

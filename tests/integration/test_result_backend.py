@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from celery import Celery
 
 from protocol import ExceptionInfo, ResultMeta, State
@@ -213,3 +214,35 @@ async def test_global_keyprefix_matches_celery(redis_url: str) -> None:
     finally:
         app.backend.client.close()
         await backend.aclose()
+
+
+class CountingRedis(redis.asyncio.Redis):
+    """A real client that counts the commands it sends (a pipeline's count as one)."""
+
+    commands: list[str]
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(str(args[0]))
+        return await super().execute_command(*args, **options)
+
+
+async def test_one_turns_results_are_stored_in_one_round_trip(redis_url: str) -> None:
+    """A hundred tasks ending in one turn: one script call stores every record, each
+    checked on its own (a SUCCESS already there is kept), in the order they were asked for."""
+    client = CountingRedis.from_url(redis_url)
+    client.commands = []
+    backend = RedisResultBackend(client)
+    ids = [str(uuid.uuid4()) for _ in range(100)]
+    assert await backend.store(_done(ids[0], State.SUCCESS, "first"))
+    client.commands.clear()
+
+    written = await asyncio.gather(
+        backend.store(_done(ids[0], State.FAILURE)),  # SUCCESS is never replaced
+        *(backend.store(_done(task_id, State.SUCCESS, n)) for n, task_id in enumerate(ids[1:])),
+        backend.store(_done(ids[1], State.FAILURE)),  # after its SUCCESS in the same call: kept
+    )
+
+    assert client.commands == ["EVALSHA"]
+    assert written == [False, *[True] * 99, False]
+    assert [(await backend.get(i)).result for i in ids[:3]] == ["first", 0, 1]  # type: ignore[union-attr]
+    await backend.aclose()

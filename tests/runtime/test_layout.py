@@ -36,7 +36,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
             "probes",
             "tls",
         ),
-        ("transports", "results"),
+        ("transports", "results", "batching"),
         ("events", "monitor"),
         ("request",),
         ("task",),
