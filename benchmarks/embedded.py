@@ -7,9 +7,10 @@ Puts T messages in queue Q of an in-process memory broker (``runtime.transports.
 :class:`~runtime.worker.Worker` (the class ``celeriac worker`` runs, on the benchmark app) with
 N slots on that queue until it has handled all T, and prints one JSON line on stdout::
 
-    {"tasks": T, "seconds": ..., "cpu_seconds": ...}
+    {"tasks": T, "seconds": ..., "cpu_seconds": ..., "rss_ready_bytes": ...}
 
-timed from the worker being ready to the last message handled (CPU: this process's). What is
+timed from the worker being ready to the last message handled (CPU: this process's), with the
+process's peak RSS when the worker was ready (the messages loaded, none taken). What is
 left is celeriac's own per-task cost, with no broker client and no network: a ceiling for the
 rows measured on real brokers. One run per process, so the caller's RSS samples are this row's.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import time
 
 from runtime.serve import configure_logging
@@ -46,6 +48,7 @@ async def drain(queue: str, concurrency: int, total: int, sleep: float | None) -
                     transport=transport, grace=5)  # fmt: skip
     running = asyncio.create_task(worker.run(), name="embedded-worker")
     await worker.ready.wait()
+    ready_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     began, cpu = time.monotonic(), time.process_time()
     while worker.processed < total:
         if running.done():  # it failed: say why
@@ -55,7 +58,7 @@ async def drain(queue: str, concurrency: int, total: int, sleep: float | None) -
     seconds, cpu = time.monotonic() - began, time.process_time() - cpu
     worker.stop()
     await running
-    return {"tasks": total, "seconds": seconds, "cpu_seconds": cpu}
+    return {"tasks": total, "seconds": seconds, "cpu_seconds": cpu, "rss_ready_bytes": ready_rss}
 
 
 def main() -> None:

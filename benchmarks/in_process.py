@@ -32,12 +32,14 @@ async def noop(ctx: Context, kind: str, system: System) -> Row:
 
 
 async def io(ctx: Context, kind: str, system: System) -> Row:
-    """Tasks awaiting ``io_seconds`` each, in-process; efficiency against the ideal rate."""
+    """Tasks awaiting ``concurrency / io_rate`` seconds each, in-process; efficiency against
+    the ideal rate, and the memory each waiting task holds."""
     scale = ctx.scale
     total = max(scale.io_min, scale.io_rounds * system.concurrency)
-    extra = ["--tasks", str(total), "--sleep", str(scale.io_seconds)]
+    extra = ["--tasks", str(total), "--sleep", str(scale.io_seconds(system.concurrency))]
     found, peak = await _embedded(ctx.brokers[kind], system, extra)
-    return io_row(total, found["seconds"], system.concurrency / scale.io_seconds, peak)
+    ready = found["rss_ready_bytes"] / 2**20
+    return io_row(system.concurrency, total, found["seconds"], scale.io_rate, (ready, peak))
 
 
 async def _embedded(

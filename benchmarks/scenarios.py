@@ -44,8 +44,10 @@ class Scale:
 
     noop_tasks: int = 10_000
     results_tasks: int = 10_000
-    io_seconds: float = 0.05
-    io_rounds: int = 3  # each io run has max(io_min, io_rounds x concurrency) tasks
+    # Every io row's ideal rate: concurrency / task seconds. Below every floor, so a row that
+    # misses it is held back by the worker, not by the client or the broker.
+    io_rate: float = 1_000.0
+    io_rounds: int = 2  # each io run has max(io_min, io_rounds x concurrency) tasks
     io_min: int = 2_000
     latency_seconds: float = 3.0
     latency_share: float = 0.5  # of the system's measured no-op rate
@@ -65,6 +67,10 @@ class Scale:
     def results_tasks_on(self, kind: str) -> int:
         """Round trips to make on broker ``kind``."""
         return self.sqs_results_tasks if kind == "sqs" else self.results_tasks
+
+    def io_seconds(self, concurrency: int) -> float:
+        """How long each io task awaits at ``concurrency``: the ideal rate is ``io_rate``."""
+        return concurrency / self.io_rate
 
     def latency_rate_cap_on(self, kind: str) -> float:
         """The highest rate the latency scenario offers on broker ``kind``."""
@@ -165,13 +171,15 @@ async def results(ctx: Context, kind: str, system: System) -> Row:
 
 
 async def io(ctx: Context, kind: str, system: System) -> Row:
-    """N tasks that each await ``io_seconds``; efficiency against the ideal rate."""
+    """N tasks that each await ``concurrency / io_rate`` seconds; efficiency against the ideal
+    rate, and the memory each waiting task holds."""
     scale = ctx.scale
     broker, queue = ctx.brokers[kind], queue_name()
     total = max(scale.io_min, scale.io_rounds * system.concurrency)
+    seconds_each = scale.io_seconds(system.concurrency)
     counter = f"{queue}:done"
     env = {"BENCH_REDIS_URL": ctx.redis}
-    messages = (task("bench.sleep", scale.io_seconds, counter) for _ in range(total))
+    messages = (task("bench.sleep", seconds_each, counter) for _ in range(total))
     await preload(broker, queue, messages)
     try:
         async with (
@@ -187,23 +195,31 @@ async def io(ctx: Context, kind: str, system: System) -> Row:
                 return int(await client.get(counter) or 0) >= total
 
             await until(started, run, 120, "the first message taken")
-            began = time.monotonic()
+            began, idle = time.monotonic(), run.usage().peak_rss_mib
             # Ten times the ideal duration, and some: a task that fails never counts itself.
-            deadline = 30 + 10 * total * scale.io_seconds / system.concurrency
+            deadline = 30 + 10 * total / scale.io_rate
             await until(finished, run, deadline, "every task done")
             seconds = time.monotonic() - began
             peak = run.usage().peak_rss_mib
             await client.delete(counter)
     finally:
         await delete(broker, [queue])
-    return io_row(total, seconds, system.concurrency / scale.io_seconds, peak)
+    return io_row(system.concurrency, total, seconds, scale.io_rate, (idle, peak))
 
 
-def io_row(total: int, seconds: float, ideal: float, peak_mib: float) -> Row:
-    """An io row: ``total`` tasks done in ``seconds``, against the ``ideal`` rate."""
+def io_row(
+    concurrency: int, total: int, seconds: float, ideal: float, rss_mib: tuple[float, float]
+) -> Row:
+    """An io row: ``total`` tasks done in ``seconds`` against the ``ideal`` rate; ``rss_mib``
+    is the RSS when the first task was taken and its peak, whose difference over
+    ``concurrency`` is what one waiting task holds."""
     rate = total / seconds
-    return {"tasks": total, "rate": round(rate, 1), "ideal": round(ideal, 1),
-            "efficiency": round(rate / ideal, 3), "peak_rss_mib": round(peak_mib, 1)}  # fmt: skip
+    idle, peak = rss_mib
+    per_task = max(0.0, peak - idle) * 1024 / concurrency
+    return {"tasks": total, "task_seconds": round(concurrency / ideal, 3),
+            "rate": round(rate, 1), "ideal": round(ideal, 1),
+            "efficiency": round(rate / ideal, 3), "peak_rss_mib": round(peak, 1),
+            "kib_per_waiting_task": round(per_task, 2)}  # fmt: skip
 
 
 async def latency(ctx: Context, kind: str, system: System) -> Row:

@@ -43,6 +43,9 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     assert not [r for r in rows if "error" in r]
     assert all(r["rate"] > 0 for r in rows if r["scenario"] in ("noop", "results", "io"))
     assert all(r["start_p50_ms"] <= r["start_max_ms"] for r in rows if r["scenario"] == "latency")
+    io_rows = [r for r in rows if r["scenario"] == "io"]
+    assert all(r["task_seconds"] == r["concurrency"] / 1000 for r in io_rows)  # ideal 1,000/s
+    assert all(r["ideal"] == 1000 and r["kib_per_waiting_task"] >= 0 for r in io_rows)
     assert document["machine"]["cpus"] >= 1
     assert set(document["machine"]["brokers"]) == {"rabbitmq", "redis"}
     assert (folder / "throughput.png").stat().st_size > 0
