@@ -60,32 +60,36 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
-_SCALARS = (str, bytes, int, float, type(None))
+#: Exact types that hold nothing to descend into: most of what a message holds.
+_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 def check_depth(value: Any, max_depth: int, *, field: str) -> None:
     """Raise :class:`LimitExceeded` if lists/dicts in ``value`` nest deeper than ``max_depth``.
 
-    Iterative, so a hostile value cannot exhaust the interpreter's stack while being measured,
-    and each container is visited once, so yaml aliases that share one list a billion times
-    over cost no more than the list itself.
+    Iterative, one nesting level at a time, so a hostile value cannot exhaust the
+    interpreter's stack while being measured, and each container is visited once, so yaml
+    aliases that share one list a billion times over cost no more than the list itself.
     """
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    level, depth = [value], 1
     seen: set[int] = set()
-    while stack:
-        item, depth = stack.pop()
-        if id(item) in seen:
-            continue
-        if isinstance(item, dict):  # the concrete types first: the Mapping ABC check is slow
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        elif isinstance(item, Mapping):
-            children = item.values()
-        else:
-            continue
-        if depth > max_depth:
-            raise LimitExceeded("nesting depth", depth, max_depth, field=field)
-        seen.add(id(item))
-        # Scalars, most of what a message holds, are never pushed.
-        stack.extend((child, depth + 1) for child in children if not isinstance(child, _SCALARS))
+    while level:
+        below = []
+        for item in level:
+            kind = type(item)  # the concrete types first: the Mapping ABC check is slow
+            if kind is dict:
+                children: Any = item.values()
+            elif isinstance(item, list | tuple):
+                children = item
+            elif isinstance(item, Mapping):
+                children = item.values()
+            else:
+                continue
+            if id(item) in seen:
+                continue
+            if depth > max_depth:
+                raise LimitExceeded("nesting depth", depth, max_depth, field=field)
+            seen.add(id(item))
+            # Scalars are never queued; their exact type is one set lookup.
+            below += [child for child in children if type(child) not in _SCALARS]
+        level, depth = below, depth + 1
