@@ -121,8 +121,7 @@ def _from_fields(
 ) -> TaskMessage:
     where = "headers" if v1_body is None else "body"
 
-    def get(key: str) -> Any:
-        return fields.get(key)
+    get = fields.get
 
     hard, soft = _timelimit(get("timelimit"))
     group = get("group")
