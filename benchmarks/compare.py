@@ -31,6 +31,7 @@ RATIOS = {
     "x_celery_prefork": "celery prefork -c 2",
     "x_aio_celery": "aio-celery -c 100",
     "x_floor": None,
+    "x_one_process": None,
     "efficiency": None,
 }
 #: A ratio that moved by more than this fraction is marked.

@@ -22,7 +22,8 @@ Row = dict[str, Any]
 _BASELINE = "celery prefork -c 2"
 _AIO_CELERY = "aio-celery -c 100"
 _COLUMNS: dict[str, tuple[str, ...]] = {
-    "noop": ("rate", "x_celery_prefork", "x_floor", "cpu_ms_per_task", "peak_rss_mib"),
+    "noop": ("rate", "x_celery_prefork", "x_floor", "x_one_process", "cpu_ms_per_task",
+             "peak_rss_mib"),
     "results": ("rate", "x_celery_prefork", "x_aio_celery", "cpu_ms_per_task", "peak_rss_mib"),
     "io": ("concurrency", "task_seconds", "tasks", "rate", "ideal", "efficiency",
            "peak_rss_mib", "kib_per_waiting_task"),
@@ -34,7 +35,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
 
 def add_ratios(rows: Sequence[Row]) -> None:
     """Set ``x_celery_prefork`` (and ``x_floor`` on noop rows, ``x_aio_celery`` on results
-    rows) where both rates exist."""
+    rows, ``x_one_process`` on ``--processes`` rows) where both rates exist."""
     rates = {(r["scenario"], r["broker"], r["system"]): r.get("rate") for r in rows}
     for row in rows:
         if row.get("rate") is None or row["scenario"] not in ("noop", "results"):
@@ -42,6 +43,10 @@ def add_ratios(rows: Sequence[Row]) -> None:
         base = rates.get((row["scenario"], row["broker"], _BASELINE))
         if base:
             row["x_celery_prefork"] = round(row["rate"] / base, 2)
+        if " --processes " in row["system"]:
+            one = rates.get((row["scenario"], row["broker"], f"celeriac -c {row['concurrency']}"))
+            if one:
+                row["x_one_process"] = round(row["rate"] / one, 2)
         aio = rates.get((row["scenario"], row["broker"], _AIO_CELERY))
         if aio and row["scenario"] == "results":
             row["x_aio_celery"] = round(row["rate"] / aio, 2)

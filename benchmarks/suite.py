@@ -42,8 +42,9 @@ def _throughput_systems() -> list[System]:
 
 
 def _noop_extra_systems() -> list[System]:
-    """The cost of task events, the bare clients' floors, and no broker at all."""
-    return [celeriac(100, events=True), floor(2), floor(100), celeriac_in_process(100)]
+    """The cost of task events, two processes, the bare clients' floors, and no broker."""
+    return [celeriac(100, events=True), celeriac(100, processes=2), floor(2), floor(100),
+            celeriac_in_process(100)]  # fmt: skip
 
 
 #: scenario -> the systems it measures (each on the brokers it supports).

@@ -68,8 +68,16 @@ def test_ratios_compare_rows_of_the_same_run_and_broker() -> None:
         row("celeriac -c 100", "celeriac", 100, 6000.0),
         row("celeriac -c 2", "celeriac", 2, 2000.0),
         row("celeriac -c 100", "celeriac", 100, 500.0, broker="redis"),  # no baseline there
+        row("celeriac --processes 2 -c 100", "celeriac", 100, 9000.0),
+        row("aio-celery -c 100", "aio-celery", 100, 3000.0),
+        {**row("celeriac -c 100", "celeriac", 100, 3600.0), "scenario": "results"},
+        {**row("aio-celery -c 100", "aio-celery", 100, 3000.0), "scenario": "results"},
     ]
     report.add_ratios(rows)
+
+    assert rows[6]["x_one_process"] == 1.5
+    assert rows[8]["x_aio_celery"] == 1.2
+    assert "x_aio_celery" not in rows[3]  # noop rows are taken against the floor
 
     assert (rows[3]["x_celery_prefork"], rows[3]["x_floor"], rows[3]["floor"]) == (
         6.0, 0.75, "prefetch 100",
