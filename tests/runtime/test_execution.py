@@ -394,3 +394,42 @@ def executor_watchdog_margin() -> float:
     """How long past the hard limit the watchdog waits, plus one of its rounds."""
     probe = watchdog_module.LoopWatchdog(asyncio.get_running_loop())
     return probe.margin + probe.interval
+
+
+@app.task(name="t.which_task")
+async def which_task() -> int:
+    await asyncio.sleep(0)
+    return id(asyncio.current_task())
+
+
+async def test_only_a_hard_limit_gives_a_run_a_task_of_its_own(executor: Executor) -> None:
+    """Without a hard limit the coroutine runs in the caller's task (the message's handler):
+    one task per message fewer. A hard limit needs its own, to abandon a stubborn one."""
+    inline = await executor.run(which_task, _request("t.which_task"), TimeLimits(soft=5))
+    own = await executor.run(which_task, _request("t.which_task"), TimeLimits(hard=5))
+
+    assert inline.value == id(asyncio.current_task())
+    assert own.value != id(asyncio.current_task())
+
+
+async def test_cancelling_the_caller_cancels_a_run_in_its_task(executor: Executor) -> None:
+    """A stopping worker or ``revoke(terminate=True)`` cancels the handler: the run sees the
+    cancellation and the caller gets it, not a task failure."""
+    seen: list[str] = []
+
+    @app.task(name="t.waits")
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    caller = asyncio.create_task(executor.run(waits, _request("t.waits"), NO_LIMITS))
+    await asyncio.sleep(0.05)
+    caller.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert seen == ["cancelled"]
+    assert current_request.get() is None
