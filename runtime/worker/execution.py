@@ -1,8 +1,6 @@
 """Running one task function under its time limits.
 
-Coroutine functions run on the event loop: in their own ``asyncio.Task`` when they have a hard
-limit (so that it can abandon one that ignores cancellation), else in the caller's task, the
-message's handler (one task per message fewer); plain functions run
+Coroutine functions run on the event loop in their own ``asyncio.Task``; plain functions run
 in a bounded thread pool, or, on a queue whose pool is ``process``, in a process of a pool
 (:mod:`runtime.worker.processes`), where a hard limit can kill them. All see the
 :class:`~runtime.request.Request` in ``current_request``.
