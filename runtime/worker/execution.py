@@ -212,8 +212,6 @@ class Executor:
             return Outcome.failed(error)
         if coroutine is None and isolated:
             return await self._run_in_process(task, request, limits, started)
-        if coroutine is not None and limits.hard is None:
-            return await _run_inline(coroutine, request, limits.soft, started)
         if coroutine is not None:
             run = self._start_coroutine(coroutine, f"{task.name}[{request.id}]", context, limits)
         else:
@@ -236,7 +234,13 @@ class Executor:
         finally:
             for release in run.releases:
                 release()
-        return _outcome_of(runner, time.monotonic() - started)
+        if runner.cancelled():
+            cancelled = TaskCancelled("the task was cancelled before it finished")
+            return Outcome.failed(cancelled, runtime=time.monotonic() - started)
+        raised = runner.exception()
+        if raised is not None:
+            return Outcome.failed(raised, runtime=time.monotonic() - started)
+        return Outcome(State.SUCCESS, value=runner.result(), runtime=time.monotonic() - started)
 
     async def _run_in_process(
         self, task: Task[Any, Any], request: Request, limits: TimeLimits, started: float
@@ -320,52 +324,6 @@ class Executor:
 
 async def _drive(guard: _SoftLimitGuard) -> Any:
     return await guard
-
-
-async def _run_inline(
-    coroutine: Coroutine[Any, Any, Any], request: Request, soft: float | None, started: float
-) -> Outcome:
-    """Run a coroutine with no hard limit in the calling task (the message's handler): only a
-    hard limit needs a task of its own, to abandon a coroutine that ignores cancellation.
-
-    The soft limit, ``revoke(terminate=True)`` and a stopping worker all cancel the handler,
-    which reaches the coroutine at its ``await`` as it would reach a task of its own. What
-    differs: ``current_request`` is set in the handler's context for the run, so a context
-    variable the task sets stays visible to the rest of its own message's handling.
-    """
-    handler = asyncio.current_task()
-    assert handler is not None
-    guard = _SoftLimitGuard(coroutine)
-    timer = None if soft is None else handler.get_loop().call_later(soft, guard.expire, handler)
-    token = current_request.set(request)
-    try:
-        value = await guard
-    except asyncio.CancelledError:
-        if handler.cancelling():  # the worker, or terminate, is cancelling this handling
-            raise
-        # The task raised CancelledError on its own: it failed, as a task of its own would.
-        cancelled = TaskCancelled("the task was cancelled before it finished")
-        return Outcome.failed(cancelled, runtime=time.monotonic() - started)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as error:
-        return Outcome.failed(error, runtime=time.monotonic() - started)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        current_request.reset(token)
-    return Outcome(State.SUCCESS, value=value, runtime=time.monotonic() - started)
-
-
-def _outcome_of(runner: asyncio.Future[Any], runtime: float) -> Outcome:
-    """The outcome of a run that ended in ``runtime`` seconds."""
-    if runner.cancelled():
-        cancelled = TaskCancelled("the task was cancelled before it finished")
-        return Outcome.failed(cancelled, runtime=runtime)
-    raised = runner.exception()
-    if raised is not None:
-        return Outcome.failed(raised, runtime=runtime)
-    return Outcome(State.SUCCESS, value=runner.result(), runtime=runtime)
 
 
 async def _ended_within(runner: asyncio.Future[Any], seconds: float | None) -> bool:
