@@ -41,7 +41,8 @@ class System:
 
 def celeriac(concurrency: int, *, processes: int = 1, events: bool = False) -> System:
     """``celeriac worker -c N`` on the benchmark app (``events``: with ``-E``, task events
-    sent, which SQS cannot carry)."""
+    sent, which SQS cannot carry; ``processes``: under the supervisor, not on SQS, where moto
+    is the bottleneck)."""
     label = f"celeriac -c {concurrency}"
     extra: tuple[str, ...] = ()
     if processes > 1:
@@ -55,7 +56,7 @@ def celeriac(concurrency: int, *, processes: int = 1, events: bool = False) -> S
         ("-m", "runtime.cli", "worker", "-A", "benchmarks.celeriac_app:app", "--broker",
          "{broker}", "-Q", "{queue}", "-c", str(concurrency), "--loglevel", "warning",
          "--log-format", "json", *extra),
-        brokers=("amqp", "redis") if events else ("amqp", "redis", "sqs"),
+        brokers=("amqp", "redis") if events or processes > 1 else ("amqp", "redis", "sqs"),
     )  # fmt: skip
 
 
