@@ -101,7 +101,8 @@ _ENVELOPE_OVERHEAD = 64 * 1024
 
 def max_envelope_bytes(limits: Limits = DEFAULT_LIMITS) -> int:
     """The largest kombu Redis envelope :func:`decode_envelope` reads: its body is base64 (4/3
-    of the raw body) and it carries headers and properties around the body."""
+    of the raw body) and it carries headers and properties around the body (the bound
+    ``_check_envelope_size`` applies there)."""
     return limits.max_body_bytes * 4 // 3 + _ENVELOPE_OVERHEAD
 
 
@@ -137,8 +138,7 @@ def decode_envelope(data: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> En
     The size limit applies to the envelope, whose body is base64 (4/3 of the raw body), so the
     envelope may be a third larger than ``limits.max_body_bytes``.
     """
-    if len(data) > (maximum := max_envelope_bytes(limits)):
-        raise LimitExceeded("size", len(data), maximum, field="envelope")
+    _check_envelope_size(data, limits.max_body_bytes * 4 // 3, field="envelope")
     document = _fields.mapping(jsontags.loads(data), "envelope")
     properties = dict(_fields.mapping(document.get("properties"), "envelope.properties"))
     limits.check_headers(properties, field="envelope.properties")
