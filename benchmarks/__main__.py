@@ -1,7 +1,7 @@
 """``python -m benchmarks``: every scenario on every broker, celeriac beside its peers.
 
     python -m benchmarks [--brokers amqp,redis,sqs,memory] [--tiny] [--out results]
-                         [--scenarios noop,results,io,latency,mixed]
+                         [--scenarios noop,results,io,latency,mixed,eta]
                          [--families celeriac,celery,aio-celery,floor]
                          [--compare OLD.json [--tolerance 0.1]]
 

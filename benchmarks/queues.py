@@ -46,13 +46,13 @@ def kind(broker: str) -> str:
     raise ValueError(f"benchmarks fill amqp://, redis:// or sqs:// brokers, not {broker!r}")
 
 
-def task(name: str, *args: Any, result: bool = False) -> WireMessage:
+def task(name: str, *args: Any, result: bool = False, eta: datetime | None = None) -> WireMessage:
     """One Celery v2 message for task ``name``, with ``ignore_result`` set as a Celery client
-    sets it: ``True`` unless ``result``."""
+    sets it: ``True`` unless ``result``; due at ``eta`` if given."""
     task_id = str(uuid.uuid4())
     message = TaskMessage(
         id=task_id, task=name, args=args, kwargs={}, root_id=task_id,
-        ignore_result=not result, origin="bench",
+        ignore_result=not result, origin="bench", eta=eta,
     )  # fmt: skip
     return encode_task(message, now=datetime.now(UTC))
 

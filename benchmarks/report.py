@@ -30,6 +30,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "latency": ("offered_rate", "start_p50_ms", "start_p90_ms", "start_p99_ms", "start_max_ms",
                 "result_p50_ms", "result_p99_ms"),
     "mixed": ("short_wait_p50_ms", "short_wait_p99_ms", "short_wait_max_ms"),
+    "eta": ("tasks", "taken_in", "seconds", "rate", "x_celery_prefork", "plain_start_ms"),
 }  # fmt: skip
 
 
@@ -38,7 +39,7 @@ def add_ratios(rows: Sequence[Row]) -> None:
     rows, ``x_one_process`` on ``--processes`` rows) where both rates exist."""
     rates = {(r["scenario"], r["broker"], r["system"]): r.get("rate") for r in rows}
     for row in rows:
-        if row.get("rate") is None or row["scenario"] not in ("noop", "results"):
+        if row.get("rate") is None or row["scenario"] not in ("noop", "results", "eta"):
             continue
         base = rates.get((row["scenario"], row["broker"], _BASELINE))
         if base:

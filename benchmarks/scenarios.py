@@ -1,4 +1,4 @@
-"""The five scenarios, each measuring one system on one broker and returning one row.
+"""The six scenarios, each measuring one system on one broker and returning one row.
 
 * ``noop``: N no-op messages pre-loaded, results ignored; drain rate, CPU per task, peak RSS.
 * ``results``: N no-op tasks pre-loaded, results stored in Redis; from the first taken to the
@@ -10,6 +10,9 @@
   both from the *intended* send time, so a system that falls behind shows it.
 * ``mixed``: two workers of the system; long tasks first, then short ones: how long the short
   ones wait (prefetch-1 fairness: a busy worker must not hold a message an idle one could run).
+* ``eta``: N tasks due in an hour pre-loaded at ``-c 2``: how long until every one is taken in
+  (Celery holds them in memory, celeriac defers them to the broker), and how soon a plain task
+  sent then starts.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio
@@ -27,7 +31,7 @@ from protocol import ResultKeys, decode_result
 from runtime import App
 from runtime.load import percentiles
 
-from .queues import Watch, delete, preload, task
+from .queues import POLL, Watch, delete, preload, task
 from .runs import Running, drain, first_taken, running, until
 from .systems import System
 
@@ -55,6 +59,8 @@ class Scale:
     mixed_long: int = 3
     mixed_long_seconds: float = 2.0
     mixed_short: int = 30
+    eta_tasks: int = 1_000
+    eta_seconds: float = 30.0  # a row that has not taken every ETA task in by then stops there
     # moto spends time in proportion to the queue's length on every call: SQS runs stay small.
     sqs_noop_tasks: int = 500
     sqs_results_tasks: int = 500
@@ -81,7 +87,7 @@ class Scale:
 #: A scale small enough for a test to prove the harness works.
 TINY = Scale(
     noop_tasks=200, results_tasks=30, io_rounds=2, io_min=100, latency_seconds=1.0,
-    latency_rate_cap=40.0, mixed_long=3, mixed_long_seconds=1.0, mixed_short=6,
+    latency_rate_cap=40.0, mixed_long=3, mixed_long_seconds=1.0, mixed_short=6, eta_tasks=50,
     sqs_noop_tasks=30, sqs_results_tasks=10, sqs_latency_rate_cap=20.0,
 )  # fmt: skip
 
@@ -353,6 +359,53 @@ async def mixed(ctx: Context, kind: str, system: System) -> Row:
             "short": scale.mixed_short, **_spread("short_wait", waits)}  # fmt: skip
 
 
+async def eta(ctx: Context, kind: str, system: System) -> Row:
+    """N pre-loaded tasks due in an hour: from the first taken until the queue is empty (or
+    ``eta_seconds`` have passed); then, if it emptied, one plain task's publish-to-start,
+    which before would have waited behind them.
+
+    Celery holds what it takes in (raising its prefetch for each); celeriac defers each to the
+    broker's delay without keeping a slot, at most ``max_held`` unacknowledged meanwhile, each
+    confirmed and acked within milliseconds: the queue empty is where both have taken it in.
+    """
+    scale = ctx.scale
+    broker, queue, total = ctx.brokers[kind], queue_name(), scale.eta_tasks
+    key = f"{queue}:stamps"
+    due = datetime.now(UTC) + timedelta(hours=1)
+    await preload(broker, queue, (task("noop", eta=due) for _ in range(total)))
+    app = App("bench-eta", broker=broker)
+    try:
+        async with (
+            Watch(broker) as watch,
+            redis.asyncio.Redis.from_url(ctx.redis) as client,
+            running(system, broker, queue, {"BENCH_REDIS_URL": ctx.redis}) as run,
+        ):
+            await first_taken(watch, queue, total, run, timeout=120)
+            began = time.monotonic()
+            while (
+                left := await watch.depth(queue)
+            ) and time.monotonic() - began < scale.eta_seconds:
+                run.check()
+                await asyncio.sleep(POLL)
+            seconds, plain = time.monotonic() - began, None
+            if not left:
+                await app.connect([queue])
+                await app.send_task("bench.stamp", args=(time.time(), key), queue=queue)
+
+                async def stamped() -> bool:
+                    return int(await client.llen(key)) >= 1
+
+                await until(stamped, run, 30, "the plain task")
+                (plain,) = [_stamp_latency(raw) for raw in await client.lrange(key, 0, -1)]
+                await client.delete(key)
+    finally:
+        await app.aclose()
+        await delete(broker, [queue])
+    return {"tasks": total, "taken_in": total - left, "seconds": round(seconds, 3),
+            "rate": round((total - left) / seconds, 1),
+            "plain_start_ms": None if plain is None else round(plain * 1000, 1)}  # fmt: skip
+
+
 SCENARIOS: dict[str, Scenario] = {
-    "noop": noop, "results": results, "io": io, "latency": latency, "mixed": mixed,
+    "noop": noop, "results": results, "io": io, "latency": latency, "mixed": mixed, "eta": eta,
 }  # fmt: skip

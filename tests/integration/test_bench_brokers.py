@@ -87,7 +87,8 @@ def test_a_tiny_run_on_sqs_and_memory_has_their_rows_and_notes(
 
 
 def test_each_broker_gets_the_scenarios_and_rows_that_apply_to_it() -> None:
-    todo = steps(default_plan((100, 1_000)), ["noop", "results", "io", "latency", "mixed"],
+    todo = steps(default_plan((100, 1_000)),
+                 ["noop", "results", "io", "latency", "mixed", "eta"],
                  ["amqp", "sqs", "memory"])  # fmt: skip
     found = {(s.scenario, s.broker, s.system.label) for s in todo}
 
@@ -104,6 +105,11 @@ def test_each_broker_gets_the_scenarios_and_rows_that_apply_to_it() -> None:
     }  # fmt: skip
     assert not [label for _, broker, label in found if broker == "amqp" and "in-process" in label]
     assert ("io", "amqp", "celery threads -c 100") in found
+    on_amqp = {(scenario, label) for scenario, broker, label in found if broker == "amqp"}
+    assert {label for scenario, label in on_amqp if scenario == "eta"} == {
+        "celeriac -c 2",
+        "celery prefork -c 2",
+    }
 
 
 def test_sqs_is_a_default_broker_exactly_when_it_can_be_started(

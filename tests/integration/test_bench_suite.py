@@ -37,12 +37,14 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     rows = document["rows"]
     assert {(r["scenario"], r["broker"]) for r in rows} == {
         (scenario, broker)
-        for scenario in ("noop", "results", "io", "latency", "mixed")
+        for scenario in ("noop", "results", "io", "latency", "mixed", "eta")
         for broker in ("amqp", "redis")
     }
     assert not [r for r in rows if "error" in r]
     assert all(r["rate"] > 0 for r in rows if r["scenario"] in ("noop", "results", "io"))
     assert all(r["start_p50_ms"] <= r["start_max_ms"] for r in rows if r["scenario"] == "latency")
+    eta_rows = [r for r in rows if r["scenario"] == "eta"]
+    assert all(r["taken_in"] == r["tasks"] == 50 and r["plain_start_ms"] > 0 for r in eta_rows)
     io_rows = [r for r in rows if r["scenario"] == "io"]
     assert all(r["task_seconds"] == r["concurrency"] / 1000 for r in io_rows)  # ideal 1,000/s
     assert all(r["ideal"] == 1000 and r["kib_per_waiting_task"] >= 0 for r in io_rows)
