@@ -1,10 +1,17 @@
 """Tasks that wait without a slot: for their ETA, or for a rate-limit token.
 
 A task due later never keeps a slot. One due within :data:`ETA_HOLD_WINDOW` is held here,
-unacknowledged and slot-free, up to ``max_held`` at once; any other goes back to the broker
-with :meth:`Transport.defer`, which returns it shortly before it is due. A task waiting for
-its rate limit gives its slot back meanwhile (see :mod:`runtime.ratelimit`).
-:meth:`Waiting.cancel_all` ends every wait at shutdown: the messages go back unstarted.
+unacknowledged and slot-free; any other goes back to the broker with :meth:`Transport.defer`,
+which returns it shortly before it is due. A task waiting for its rate limit gives its slot
+back meanwhile (see :mod:`runtime.ratelimit`).
+
+``max_held`` bounds the messages a worker keeps unacknowledged without a slot: those held,
+those waiting for a rate-limit token, and those on their way back to the broker. A deferral
+gives its slot back before it starts, so a thousand deferrals go out together (their
+publishes confirmed in the broker's batches) while the slots run other tasks; with the bound
+reached, one defers holding its slot, as flow control then wants.
+:meth:`Waiting.cancel_all` ends every wait at shutdown: the messages go back unstarted. A
+deferral already started is not cancelled: it ends in the broker either way.
 """
 
 from __future__ import annotations
@@ -45,6 +52,12 @@ class Waiting:
         self.max_held = max_held
         self._waiting: set[asyncio.Task[Any]] = set()
         self._held: dict[asyncio.Task[Any], Request] = {}  # held for their ETA, by handler
+        self._deferring = 0  # deferrals under way without a slot
+
+    @property
+    def without_slot(self) -> int:
+        """Messages kept unacknowledged without a slot: waiting here, or being deferred."""
+        return len(self._waiting) + self._deferring
 
     def held(self) -> list[Request]:
         """The requests held for their ETA (those deferred to the broker are the broker's)."""
@@ -74,15 +87,9 @@ class Waiting:
         delay = (eta - datetime.now(UTC)).total_seconds()
         if delay <= 0:
             return True
-        if delay > ETA_HOLD_WINDOW or len(self._waiting) >= self.max_held:
-            try:
-                await self.transport.defer(handling.delivery, eta)
-            except BrokerConnectionError as exc:
-                log.warning("task_defer_failed", eta=eta.isoformat(), error=str(exc))
-            else:
-                handling.settled = True
-                log.info("task_deferred", eta=eta.isoformat())
-                return False
+        room = self.without_slot < self.max_held
+        if (delay > ETA_HOLD_WINDOW or not room) and await self._defer(handling, eta, room, log):
+            return False
         current = asyncio.current_task()
         assert current is not None
         handling.release()
@@ -96,6 +103,24 @@ class Waiting:
         finally:
             self._waiting.discard(current)
             self._held.pop(current, None)
+        return True
+
+    async def _defer(self, handling: Handling, eta: datetime, slot_free: bool, log: Any) -> bool:
+        """Give the message back to the broker until ``eta``; whether it went. ``slot_free``:
+        give the slot back first, the message counted against ``max_held`` meanwhile."""
+        if slot_free:
+            handling.release()
+            self._deferring += 1
+        try:
+            await self.transport.defer(handling.delivery, eta)
+        except BrokerConnectionError as exc:
+            log.warning("task_defer_failed", eta=eta.isoformat(), error=str(exc))
+            return False
+        finally:
+            if slot_free:
+                self._deferring -= 1
+        handling.settled = True
+        log.info("task_deferred", eta=eta.isoformat())
         return True
 
     async def for_rate_limit(self, task: Task[Any, Any], handling: Handling) -> None:
