@@ -64,6 +64,15 @@ class DelayedDelivery:
         """The exchange a delayed message is published to: the highest level's."""
         return self.level(LEVELS - 1)
 
+    def first_stop(self, seconds: int) -> str:
+        """The exchange to publish a message delayed ``seconds`` to: the level of its highest
+        1 bit. From :attr:`entry` the broker would route it down through every level above,
+        whose bit is 0, one topic-exchange hop each, to the same place: here it starts there.
+        """
+        if not 1 <= seconds < 2**LEVELS:
+            raise ValueError(f"a delay must be 1 to {2**LEVELS - 1} seconds, not {seconds}")
+        return self.level(seconds.bit_length() - 1)
+
     @property
     def delivery(self) -> str:
         """The topic exchange delayed messages leave through, to their destination."""

@@ -92,3 +92,49 @@ def test_destinations_are_bound_as_kombu_binds_them() -> None:
 def test_an_unknown_queue_type_is_refused() -> None:
     with pytest.raises(ValueError, match="classic or quorum"):
         DelayedDelivery(queue_type="stream")
+
+
+def _topic_matches(pattern: list[str], words: list[str]) -> bool:
+    """AMQP topic matching: ``*`` is one word, ``#`` zero or more."""
+    if not pattern:
+        return not words
+    if pattern[0] == "#":
+        return any(_topic_matches(pattern[1:], words[n:]) for n in range(len(words) + 1))
+    if not words or pattern[0] not in ("*", words[0]):
+        return False
+    return _topic_matches(pattern[1:], words[1:])
+
+
+def _first_queue_from(exchange: str, key: str, topology: Any) -> str:
+    """The queue a message published to ``exchange`` with ``key`` first lands in, following
+    the topology's bindings as RabbitMQ routes (every level's patterns are exclusive)."""
+    words = key.split(".")
+    for queue, source, pattern in topology.queue_bindings:
+        if source == exchange and _topic_matches(pattern.split("."), words):
+            return str(queue)
+    (onward,) = [
+        destination
+        for destination, source, pattern in topology.exchange_bindings
+        if source == exchange and _topic_matches(pattern.split("."), words)
+    ]
+    return _first_queue_from(onward, key, topology)
+
+
+@pytest.mark.parametrize("seconds", [1, 2, 3, 59, 1000, 3600, 2**27, 2**LEVELS - 1])
+def test_the_first_stop_is_where_routing_from_the_entry_first_holds_the_message(
+    seconds: int,
+) -> None:
+    delayed = DelayedDelivery(prefix="celeriac")
+    key = delay_routing_key(seconds, "celery")
+    topology = delayed.topology()
+
+    reached = _first_queue_from(delayed.entry, key, topology)
+
+    assert delayed.first_stop(seconds) == reached
+    assert _first_queue_from(delayed.first_stop(seconds), key, topology) == reached
+
+
+@pytest.mark.parametrize("seconds", [0, 2**LEVELS])
+def test_no_first_stop_for_an_impossible_delay(seconds: int) -> None:
+    with pytest.raises(ValueError, match="1 to"):
+        DelayedDelivery().first_stop(seconds)

@@ -344,8 +344,9 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         properties = _outgoing(message)
         properties.pop("expiration", None)
         copy = aio_pika.Message(message.body, **properties)
-        key = delay_routing_key(max(1, seconds), queue)
-        await self._send(copy, self._delayed.layout.entry, key, mandatory=True)
+        seconds = max(1, seconds)
+        key = delay_routing_key(seconds, queue)
+        await self._send(copy, self._delayed.layout.first_stop(seconds), key, mandatory=True)
 
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         """Publish and wait for the broker's confirm (``exchange=""``: to queue ``routing_key``)."""
