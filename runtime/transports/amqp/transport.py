@@ -407,10 +407,17 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 self._consumer_tags.append(str(ok.consumer_tag))
 
     async def _regulate(self, channel: AbstractRobustChannel) -> None:
-        """Follow capacity changes and channel reopens, one ``_apply`` per burst."""
+        """Follow capacity changes and channel reopens, one ``_apply`` per burst.
+
+        While settlements are being written it waits: each batch applies the QoS first, slots
+        given back included, so a burst of acks and a burst of freed slots usually cancel out
+        with no ``basic.qos`` at all, and the end of the writing wakes it again.
+        """
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._flushing is not None:
+                continue
             try:
                 raw = await channel.get_underlay_channel()
                 if raw.is_closed:
@@ -478,6 +485,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                             done.set_result(None)
         finally:
             self._flushing = None
+            self._wake.set()  # what changed meanwhile and no batch applied
 
     async def _write_settlements(self, batch: list[_Pending]) -> None:
         """Lower the QoS for the messages whose slots are still taken, then settle all.
