@@ -407,12 +407,8 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 self._consumer_tags.append(str(ok.consumer_tag))
 
     async def _regulate(self, channel: AbstractRobustChannel) -> None:
-        """Follow capacity changes and channel reopens, one ``_apply`` per burst.
-
-        While settlements are being written it waits: each batch applies the QoS first, slots
-        given back included, so a burst of acks and a burst of freed slots usually cancel out
-        with no ``basic.qos`` at all, and the end of the writing wakes it again.
-        """
+        """Follow capacity changes and channel reopens, one ``_apply`` per burst; none while
+        settlements are written: each batch applies it, so acks and freed slots cancel out."""
         while True:
             await self._wake.wait()
             self._wake.clear()
