@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    MutableMapping,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,12 +46,14 @@ __all__ = [
     "configure_logging",
     "configure_monitor",
     "first_env",
+    "freeze_when_ready",
     "import_target",
     "load_app",
     "loop_factory",
     "mask_event_secrets",
     "node_name",
     "serve",
+    "tuned_collector",
 ]
 
 
@@ -263,8 +273,42 @@ def serve(options: WorkerOptions, *, companion: Companion | None = None) -> int:
     """
     app = load_app(options.app_path)
     configure(app, options)
-    with asyncio.Runner(loop_factory=loop_factory(options.loop)) as runner:
+    with tuned_collector(), asyncio.Runner(loop_factory=loop_factory(options.loop)) as runner:
         return runner.run(_run(app, options, companion))
+
+
+#: Container allocations between two collections of the youngest generation (CPython: 700).
+YOUNG_COLLECTION_EVERY = 10_000
+
+
+@contextlib.contextmanager
+def tuned_collector() -> Iterator[None]:
+    """CPython's collector set for a worker process, as it was again on the way out.
+
+    A full collection traverses every tracked object, and with the default thresholds one
+    follows every 70,000 allocations or so once the old generation has grown a quarter: with
+    10,000 tasks waiting (some 600,000 objects) that was 3 of the 4.8 CPU seconds of a
+    20,000-task run (``gc.callbacks``). Collecting the young generation every
+    :data:`YOUNG_COLLECTION_EVERY` allocations makes every older collection ten times rarer;
+    what start-up allocated is frozen once the worker is ready (:func:`freeze_when_ready`),
+    out of every later traversal.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
+async def freeze_when_ready(worker: Worker) -> None:
+    """Once ``worker`` consumes, move every object allocated so far (modules, the app, the
+    broker clients) out of the collector's sight: it never frees them, and each full
+    collection no longer traverses them."""
+    await worker.ready.wait()
+    gc.collect()
+    gc.freeze()
 
 
 async def _run(app: App, options: WorkerOptions, companion: Companion | None = None) -> int:
@@ -304,6 +348,7 @@ async def _run(app: App, options: WorkerOptions, companion: Companion | None = N
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     beside = None if companion is None else asyncio.create_task(companion(worker))
+    freezing = asyncio.create_task(freeze_when_ready(worker))
     try:
         async with _probes(worker, options.http_port):
             await worker.run()
@@ -311,6 +356,7 @@ async def _run(app: App, options: WorkerOptions, companion: Companion | None = N
         print(f"celeriac: {exc}", file=sys.stderr)
         return 1
     finally:
+        freezing.cancel()
         if beside is not None:
             beside.cancel()
             await asyncio.wait({beside})
