@@ -152,10 +152,8 @@ class Leases:
         )
         try:
             yield
-        except BaseException:
+        finally:
             await self._stop(timer, keeper)
-            raise
-        await self._stop(timer, keeper)
         if current:
             await self._take(keys=[self._key(task_id)], args=[current[-1]])
 
