@@ -35,6 +35,7 @@ import structlog
 from runtime.errors import BackendError, BrokerConnectionError, translate_redis_errors
 
 from .keys import Keys
+from .loops import stop_if_cancelled
 from .metrics import ControllerMetrics
 from .schedules import Schedule, fire_id, plan, task_id_for
 
@@ -145,6 +146,7 @@ class Scheduler:
     async def _keep_lease(self) -> None:
         while True:
             await self._renew()
+            stop_if_cancelled("lease")
             await asyncio.sleep(self.lease_ttl / 3)
 
     async def _renew(self) -> None:
@@ -196,6 +198,7 @@ class Scheduler:
                 except BackendError as exc:
                     self.log.error("schedule_state_unavailable", error=str(exc))
                     delay = 1.0
+            stop_if_cancelled("scheduler")
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # lands as the wait ends, and this loop would then never stop.
             with contextlib.suppress(TimeoutError):

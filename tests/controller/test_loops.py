@@ -1,5 +1,5 @@
 """The controller's periodic loop (``controller.loops.every``): it outlives a failing step, and
-it ends when cancelled even if the step's client turns the cancellation into an error."""
+it ends when cancelled even if the step's client lost the cancellation."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ async def test_a_failing_step_is_logged_and_tried_again() -> None:
     assert [log["event"] for log in logs] == ["step_failed"]
 
 
-async def test_a_cancellation_the_step_turns_into_an_error_still_ends_the_loop() -> None:
+async def test_a_cancellation_the_step_lost_still_ends_the_loop() -> None:
     entered = asyncio.Event()
 
     async def step() -> None:
@@ -48,9 +48,9 @@ async def test_a_cancellation_the_step_turns_into_an_error_still_ends_the_loop()
         try:
             await asyncio.sleep(10)
         except asyncio.CancelledError:
-            if swallow:  # as a client re-making its connection may do
-                raise BackendError("result backend: connection reset") from None
-            raise
+            if not swallow:
+                raise
+            # As redis-py 8.1's asyncio.wait_for on 3.11, cancelled as the send completes.
 
     loop = asyncio.create_task(_every(step))
     await entered.wait()

@@ -7,6 +7,7 @@ turn of firing) itself, so what fires when is decided by the test, not by timing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -221,6 +222,34 @@ async def test_the_lease_is_given_up_on_the_way_out(
         async with asyncio.timeout(10):  # a loop that swallows the cancellation fails here
             await running
     assert await client.get(f"{unique_name}:controller:lease") is None
+
+
+async def test_the_lease_loop_stops_even_if_redis_swallows_the_cancellation(
+    make: Any, unique_name: str
+) -> None:
+    a, _ = make("a")
+    renewing = asyncio.Event()
+    lease_script = a._lease_script
+
+    async def swallowing(**kwargs: Any) -> Any:  # redis-py 8.1 on 3.11, cancelled mid-send
+        if not renewing.is_set():
+            renewing.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.2)
+        return await lease_script(**kwargs)
+
+    a._lease_script = swallowing
+    running = asyncio.create_task(a.run())
+    await renewing.wait()
+    running.cancel()
+    await asyncio.wait([running], timeout=5)
+    stopped = running.done()
+    while not running.done():  # cancel its loops again, not to leave them running
+        for task in asyncio.all_tasks():
+            if task.get_name() in ("celeriac-lease", "celeriac-scheduler"):
+                task.cancel()
+        await asyncio.sleep(0.01)
+    assert stopped, "cancelled, the lease loop carried on"
 
 
 def test_schedule_names_must_be_unique(client: Any) -> None:
