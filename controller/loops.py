@@ -7,10 +7,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runtime.errors import BackendError, BrokerConnectionError
+from runtime.redis_client import stop_if_cancelled
 
 from .metrics import ControllerMetrics
 
-__all__ = ["every", "stop_if_cancelled"]
+__all__ = ["every"]
 
 
 async def every(
@@ -35,18 +36,3 @@ async def every(
             metrics.passed(failed)
         stop_if_cancelled(failed)
         await asyncio.sleep(interval)
-
-
-def stop_if_cancelled(loop: str) -> None:
-    """Raise ``CancelledError`` if the current task was cancelled during a step that lost the
-    cancellation; call it after every step of a loop that runs until cancelled.
-
-    redis-py 8.1 sends each command through ``asyncio.wait_for`` (its ``socket_timeout`` is 5 s
-    by default), which on Python 3.11 returns the send's result when the cancellation lands in
-    the turn the send completes: the task counts the cancel request (``cancelling()``) but
-    nothing is raised, and a loop would go round for ever. Seen in CI as a controller that
-    never exited on SIGTERM, its watch loop going round with ``cancelling() == 1``.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError(f"{loop}: cancelled during a step")

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from runtime.errors import BackendError, BrokerConnectionError, translate_redis_errors
+from runtime.redis_client import stop_if_cancelled
 
 from .keys import Keys
-from .loops import stop_if_cancelled
 from .metrics import ControllerMetrics
 from .schedules import Schedule, fire_id, plan, task_id_for
 

@@ -16,6 +16,7 @@ from importlib.metadata import version
 from typing import Any
 
 from runtime.errors import BackendError
+from runtime.redis_client import stop_if_cancelled
 from runtime.results.runs import RunRegistry
 
 __all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "beat_forever"]
@@ -45,6 +46,7 @@ async def beat_forever(
             )  # fmt: skip
         except BackendError as exc:
             log.warning("heartbeat_failed", error=str(exc))
+        stop_if_cancelled("heartbeat")
         due = time.monotonic() + interval
         await asyncio.sleep(interval)
         lag = max(0.0, time.monotonic() - due)

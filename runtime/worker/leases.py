@@ -42,6 +42,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from protocol.wire import WireMessage
+from runtime.redis_client import stop_if_cancelled
 from runtime.transports.base import Delivery, SendsLater, Transport
 
 if TYPE_CHECKING:
@@ -175,6 +176,7 @@ class Leases:
                 wait = min(self.period / 4, 10.0)
             else:
                 wait = self.period
+            stop_if_cancelled("lease renewal")
 
     async def _renew(self, task_id: str, handling: Handling, current: list[str]) -> None:
         lease = uuid.uuid4().hex
