@@ -290,9 +290,8 @@ def tuned_collector() -> Iterator[None]:
     10,000 tasks waiting (some 600,000 objects) full collections took 1.5 of the 3.4 CPU
     seconds of a 20,000-task run (``gc.callbacks``; 0.06 of 2.4 with these settings).
     Collecting the young generation every :data:`YOUNG_COLLECTION_EVERY` allocations makes
-    every older collection ten times rarer;
-    what start-up allocated is frozen once the worker is ready (:func:`freeze_when_ready`),
-    out of every later traversal.
+    every older collection ten times rarer; what start-up allocated is frozen once the worker
+    is ready (:func:`freeze_when_ready`), out of every later traversal.
     """
     before = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, *before[1:])
