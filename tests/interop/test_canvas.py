@@ -154,6 +154,8 @@ def test_a_failing_member_fails_the_chord_and_runs_the_body_errback(
     assert [r.state for r in result.parent.results] == ["SUCCESS", "FAILURE", "SUCCESS"]
     # As Celery records it, the body's children are the errback group just sent for it.
     [[[errbacks_id, _], [[[errback_id, _], _]]]] = _meta(celery_client, result.id)["children"]
+    # Its marker is written by its body, its record only after: wait for the record.
+    assert celery_client.AsyncResult(errback_id).get(timeout=10) == result.id
     assert _meta(celery_client, errback_id)["parent_id"] == result.id
     assert _meta(celery_client, errback_id)["group_id"] == errbacks_id
 
