@@ -55,15 +55,23 @@ async def _until(condition: object, seconds: float = 5) -> None:
             await asyncio.sleep(0.005)
 
 
+async def _later_then_now(
+    transport: SlowToDefer, ran: list[str], *, later: int, max_held_eta: int = 1000
+) -> tuple[Worker, asyncio.Task[None]]:
+    """Queue ``later`` tasks due in ten minutes, then one due now; start a one-slot worker."""
+    due = datetime.now(UTC) + timedelta(minutes=10)
+    for n in range(later):
+        await _send(transport, f"later-{n}", eta=due)
+    await _send(transport, "now")
+    worker = Worker(_app(ran), queues=["q"], concurrency=1, hostname="w", transport=transport,
+                    max_held_eta=max_held_eta)  # fmt: skip
+    return worker, asyncio.create_task(worker.run())
+
+
 async def test_deferrals_keep_no_slot_so_a_plain_task_runs_while_they_go_out() -> None:
     ran: list[str] = []
     transport = SlowToDefer()
-    later = datetime.now(UTC) + timedelta(minutes=10)
-    for n in range(20):
-        await _send(transport, f"later-{n}", eta=later)
-    await _send(transport, "now")
-    worker = Worker(_app(ran), queues=["q"], concurrency=1, hostname="w", transport=transport)
-    running = asyncio.create_task(worker.run())
+    worker, running = await _later_then_now(transport, ran, later=20)
 
     await _until(lambda: ran == ["now"])
     assert transport.deferring == 20  # it ran while every deferral was still under way
@@ -80,14 +88,7 @@ async def test_deferrals_keep_no_slot_so_a_plain_task_runs_while_they_go_out() -
 async def test_no_more_than_max_held_are_deferred_without_a_slot() -> None:
     ran: list[str] = []
     transport = SlowToDefer()
-    later = datetime.now(UTC) + timedelta(minutes=10)
-    for n in range(6):
-        await _send(transport, f"later-{n}", eta=later)
-    await _send(transport, "now")
-    worker = Worker(
-        _app(ran), queues=["q"], concurrency=1, hostname="w", transport=transport, max_held_eta=2
-    )
-    running = asyncio.create_task(worker.run())
+    worker, running = await _later_then_now(transport, ran, later=6, max_held_eta=2)
 
     # Two without a slot, the third deferring in the only slot; nothing more is taken.
     await _until(lambda: transport.deferring == 3)
