@@ -265,13 +265,22 @@ async def _warm_up(
     app: App, client: redis.asyncio.Redis, queue: str, key: str, run: Running
 ) -> None:
     """One stamp through the worker (then forgotten): it is up and consuming."""
+    await _one_stamp(app, client, queue, key, run, timeout=120)
+
+
+async def _one_stamp(
+    app: App, client: redis.asyncio.Redis, queue: str, key: str, run: Running, *, timeout: float
+) -> float:
+    """Send one ``bench.stamp`` and wait for it to run: its publish-to-start in seconds."""
     await app.send_task("bench.stamp", args=(time.time(), key), queue=queue)
 
     async def arrived() -> bool:
         return int(await client.llen(key)) >= 1
 
-    await until(arrived, run, 120, "the warm-up task")
+    await until(arrived, run, timeout, "the stamp")
+    (started,) = [_stamp_latency(raw) for raw in await client.lrange(key, 0, -1)]
     await client.delete(key)
+    return started
 
 
 async def _open_loop(
@@ -365,8 +374,9 @@ async def eta(ctx: Context, kind: str, system: System) -> Row:
     which before would have waited behind them.
 
     Celery holds what it takes in (raising its prefetch for each); celeriac defers each to the
-    broker's delay without keeping a slot, at most ``max_held`` unacknowledged meanwhile, each
-    confirmed and acked within milliseconds: the queue empty is where both have taken it in.
+    broker's delay without keeping a slot, at most ``max_held`` unacknowledged meanwhile, most
+    confirmed and acked within a few milliseconds (traced on RabbitMQ: p50 1.6 ms, p90 32 ms):
+    the queue empty is where both have, or nearly have, taken them in.
     """
     scale = ctx.scale
     broker, queue, total = ctx.brokers[kind], queue_name(), scale.eta_tasks
@@ -390,14 +400,7 @@ async def eta(ctx: Context, kind: str, system: System) -> Row:
             seconds, plain = time.monotonic() - began, None
             if not left:
                 await app.connect([queue])
-                await app.send_task("bench.stamp", args=(time.time(), key), queue=queue)
-
-                async def stamped() -> bool:
-                    return int(await client.llen(key)) >= 1
-
-                await until(stamped, run, 30, "the plain task")
-                (plain,) = [_stamp_latency(raw) for raw in await client.lrange(key, 0, -1)]
-                await client.delete(key)
+                plain = await _one_stamp(app, client, queue, key, run, timeout=30)
     finally:
         await app.aclose()
         await delete(broker, [queue])
