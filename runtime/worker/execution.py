@@ -1,21 +1,22 @@
 """Running one task function under its time limits.
 
-Coroutine functions run on the event loop in their own ``asyncio.Task``; plain functions run
-in a bounded thread pool, or, on a queue whose pool is ``process``, in a process of a pool
+Coroutine functions run on the event loop, in the asyncio task that handles their message
+(:mod:`runtime.worker.inline`: no task of their own); plain functions run in a bounded thread
+pool, or, on a queue whose pool is ``process``, in a process of a pool
 (:mod:`runtime.worker.processes`), where a hard limit can kill them. All see the
 :class:`~runtime.request.Request` in ``current_request``.
 
 Soft limit: ``SoftTimeLimitExceeded`` is raised inside the task, where it can be caught.
 
-* In a coroutine it is raised at the ``await`` the task is suspended on: the task is
-  cancelled and the cancellation is turned into ``SoftTimeLimitExceeded`` on its way in
-  (:class:`_SoftLimitGuard`), so ``asyncio.timeout`` and ``current_task()`` inside the task
-  still work.
+* In a coroutine it is raised at the ``await`` the coroutine is suspended on: the handler's
+  task is cancelled and the cancellation is turned into ``SoftTimeLimitExceeded`` on its way
+  in, so ``asyncio.timeout`` and ``current_task()`` inside the task still work.
 * In a thread it is raised asynchronously (``PyThreadState_SetAsyncExc``) at the next Python
   bytecode the thread runs.
 
 Hard limit: the task is cancelled (coroutine) or sent ``TimeLimitExceeded`` (thread), the
-worker waits ``hard_grace`` seconds at most, and records ``TimeLimitExceeded(hard)`` either way.
+worker waits ``hard_grace`` seconds at most, and records ``TimeLimitExceeded(hard)`` either way;
+a coroutine still awaiting then goes on in a task of its own, unwaited for.
 
 Where the soft limit lands in a coroutine, it is raised at the outermost ``await`` of the
 task's own coroutine chain. Two consequences on Python 3.11: inside ``asyncio.wait_for`` the
@@ -40,7 +41,7 @@ import inspect
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import Context, copy_context
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from runtime.exceptions import SoftTimeLimitExceeded, TaskCancelled, TimeLimitEx
 from runtime.policy import TimeLimits
 from runtime.request import Request, current_request
 from runtime.task import Task
+from runtime.worker.inline import InlineRun
 from runtime.worker.processes import ProcessRunner, failure_of
 from runtime.worker.watchdog import LoopWatchdog
 
@@ -86,48 +88,6 @@ class _Started:
     runner: asyncio.Future[Any]
     stop: Callable[[], object]
     releases: list[Callable[[], object]] = field(default_factory=list)
-
-
-class _SoftLimitGuard:
-    """Drives a coroutine, turning the soft-limit cancellation into SoftTimeLimitExceeded.
-
-    It sits between the asyncio.Task and the task's coroutine, passing every yielded future
-    up and every result down unchanged, like ``await`` does. The one difference: the
-    CancelledError that :meth:`expire` provokes is thrown into the coroutine as
-    ``SoftTimeLimitExceeded``, and the task is un-cancelled, since it is not being cancelled.
-    """
-
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self._coro = coro
-        self._expired = False
-
-    def expire(self, runner: asyncio.Task[Any]) -> None:
-        """Interrupt ``runner`` (which is driving this guard) with the soft limit."""
-        if not runner.done():
-            self._expired = True
-            runner.cancel()
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        send: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                yielded = self._coro.throw(error) if error is not None else self._coro.send(send)
-            except StopIteration as stop:
-                return stop.value
-            send, error = None, None
-            try:
-                send = yield yielded
-            except asyncio.CancelledError as exc:
-                error = exc
-                if self._expired:
-                    self._expired = False
-                    runner = asyncio.current_task()
-                    if runner is not None:
-                        runner.uncancel()
-                    error = SoftTimeLimitExceeded()
-            except BaseException as exc:  # thrown in by the loop: pass it to the task
-                error = exc
 
 
 class _ThreadCall:
@@ -173,6 +133,9 @@ class Executor:
         self._processes = ProcessRunner(threads)
         self._watchdog: LoopWatchdog | None = None
         self._watchdog_started = False
+        #: Coroutines that went on after the worker stopped waiting for them (see
+        #: :mod:`runtime.worker.inline`).
+        self._detached: set[asyncio.Task[Any]] = set()
 
     def resize(self, threads: int) -> None:
         """Run plain functions in ``threads`` threads from now on (``pool_grow``/``shrink``).
@@ -210,12 +173,19 @@ class Executor:
             coroutine = task.fn(*args, **kwargs) if task.is_coroutine else None
         except Exception as error:
             return Outcome.failed(error)
-        if coroutine is None and isolated:
-            return await self._run_in_process(task, request, limits, started)
         if coroutine is not None:
-            run = self._start_coroutine(coroutine, f"{task.name}[{request.id}]", context, limits)
-        else:
-            run = self._start_thread(lambda: context.run(task.fn, *args, **kwargs), limits)
+            name = f"{task.name}[{request.id}]"
+            return await self._run_coroutine(coroutine, name, context, limits, started)
+        if isolated:
+            return await self._run_in_process(task, request, limits, started)
+        return await self._run_in_thread(
+            lambda: context.run(task.fn, *args, **kwargs), limits, started
+        )
+
+    async def _run_in_thread(
+        self, fn: Callable[[], Any], limits: TimeLimits, started: float
+    ) -> Outcome:
+        run = self._start_thread(fn, limits)
         runner = run.runner
         # Whatever happens to the run, its future's outcome is read (no "never retrieved").
         runner.add_done_callback(_observe)
@@ -234,7 +204,7 @@ class Executor:
         finally:
             for release in run.releases:
                 release()
-        if runner.cancelled():
+        if runner.cancelled():  # not by the worker: its cancel would have been raised above
             cancelled = TaskCancelled("the task was cancelled before it finished")
             return Outcome.failed(cancelled, runtime=time.monotonic() - started)
         raised = runner.exception()
@@ -265,20 +235,41 @@ class Executor:
             )
         return Outcome(State.SUCCESS, value=call.value, runtime=elapsed)
 
-    def _start_coroutine(
-        self, coroutine: Coroutine[Any, Any, Any], name: str, context: Context, limits: TimeLimits
-    ) -> _Started:
+    async def _run_coroutine(
+        self,
+        coroutine: Coroutine[Any, Any, Any],
+        name: str,
+        context: Context,
+        limits: TimeLimits,
+        started: float,
+    ) -> Outcome:
+        """Run ``coroutine`` in the calling task (:class:`~runtime.worker.inline.InlineRun`)."""
         loop = asyncio.get_running_loop()
-        guard = _SoftLimitGuard(coroutine)
-        runner = loop.create_task(_drive(guard), name=name, context=context)
-        run = _Started(runner, runner.cancel)
+        run = InlineRun(coroutine, context, name, grace=self.hard_grace, detached=self._detached)
+        timers: list[asyncio.TimerHandle] = []
+        watchdog = None
         if limits.soft is not None:
-            run.releases.append(loop.call_later(limits.soft, guard.expire, runner).cancel)
-        watchdog = self._loop_watchdog() if limits.hard is not None else None
-        if watchdog is not None and limits.hard is not None:
-            watchdog.watch(runner, limits.hard)
-            run.releases.append(lambda: watchdog.forget(runner))
-        return run
+            timers.append(loop.call_later(limits.soft, run.expire_soft))
+        if limits.hard is not None:
+            timers.append(loop.call_later(limits.hard, run.expire_hard, limits.hard))
+            watchdog = self._loop_watchdog()
+            if watchdog is not None:
+                watchdog.watch(run, limits.hard)
+        try:
+            value = await run
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise  # the worker is being stopped; the last two end the loop, as from a task
+        except BaseException as raised:
+            runtime = time.monotonic() - started
+            if run.timed_out:
+                return Outcome(State.FAILURE, exception=raised, runtime=runtime)
+            return Outcome.failed(raised, runtime=runtime)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            if watchdog is not None:
+                watchdog.forget(run)
+        return Outcome(State.SUCCESS, value=value, runtime=time.monotonic() - started)
 
     def _start_thread(self, fn: Callable[[], Any], limits: TimeLimits) -> _Started:
         loop = asyncio.get_running_loop()
@@ -320,10 +311,6 @@ class Executor:
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
-
-
-async def _drive(guard: _SoftLimitGuard) -> Any:
-    return await guard
 
 
 async def _ended_within(runner: asyncio.Future[Any], seconds: float | None) -> bool:

@@ -8,10 +8,10 @@ deadline of every coroutine run and, once one is past it by ``margin`` seconds, 
 
 The signal's handler runs in the main thread, between two bytecodes of whatever runs there,
 or in place of a blocking system call, which the signal interrupts (``time.sleep`` and socket
-reads return to Python at once). It raises ``TimeLimitExceeded`` only if the task running on
-the loop at that moment is the overdue one, so the exception lands inside that task's
-coroutine and fails it like the loop's own timer would have; a signal that arrives after the
-task has yielded finds another task or none running and does nothing.
+reads return to Python at once). It raises ``TimeLimitExceeded`` only if the overdue run's
+coroutine is stepping at that moment (:class:`Watched`), so the exception lands inside it and
+fails it like the loop's own timer would have; a signal that arrives after the coroutine has
+yielded finds other code running and does nothing.
 
 A task that catches the exception and holds the loop on is signalled again every
 ``interval``; one still holding it ``give_up_after`` seconds past its hard limit has taken
@@ -34,13 +34,13 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from runtime.exceptions import TimeLimitExceeded
 
-__all__ = ["EX_SOFTWARE", "HARD_LIMIT_SIGNAL", "LoopWatchdog"]
+__all__ = ["EX_SOFTWARE", "HARD_LIMIT_SIGNAL", "LoopWatchdog", "Watched"]
 
 HARD_LIMIT_SIGNAL = signal.SIGRTMIN + 1
 """The signal the watchdog interrupts the main thread with (a real-time one: no library
@@ -50,6 +50,20 @@ EX_SOFTWARE = 70
 """The exit status after a task held the loop past any hope of recovery."""
 
 _log = structlog.get_logger("celeriac.watchdog")
+
+
+class Watched(Protocol):
+    """A coroutine run the watchdog holds to its hard limit
+    (:class:`~runtime.worker.inline.InlineRun`)."""
+
+    #: Whether the coroutine's own code is running now: only then may the signal raise.
+    stepping: bool
+
+    def done(self) -> bool:
+        """Whether the run is over (read from the watchdog's thread)."""
+
+    def get_name(self) -> str:
+        """The run's name, for the log."""
 
 
 class LoopWatchdog:
@@ -67,9 +81,9 @@ class LoopWatchdog:
         self.margin = margin
         self.interval = interval
         self.give_up_after = give_up_after
-        self._deadlines: dict[asyncio.Task[Any], tuple[float, float]] = {}
+        self._deadlines: dict[Watched, tuple[float, float]] = {}
         self._lock = threading.Lock()
-        self._target: tuple[asyncio.Task[Any], float] | None = None
+        self._target: tuple[Watched, float] | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._previous_handler: Any = None
@@ -107,15 +121,15 @@ class LoopWatchdog:
             signal.signal(HARD_LIMIT_SIGNAL, self._previous_handler)
             self._previous_handler = None
 
-    def watch(self, task: asyncio.Task[Any], hard: float) -> None:
-        """Hold ``task`` to ``hard`` seconds from now."""
+    def watch(self, run: Watched, hard: float) -> None:
+        """Hold ``run`` to ``hard`` seconds from now."""
         with self._lock:
-            self._deadlines[task] = (time.monotonic() + hard, hard)
+            self._deadlines[run] = (time.monotonic() + hard, hard)
 
-    def forget(self, task: asyncio.Task[Any]) -> None:
-        """``task`` has ended, or the loop has dealt with it."""
+    def forget(self, run: Watched) -> None:
+        """``run`` has ended, or the loop has dealt with it."""
         with self._lock:
-            self._deadlines.pop(task, None)
+            self._deadlines.pop(run, None)
 
     def _watch(self) -> None:
         main_thread = threading.main_thread().ident
@@ -146,9 +160,9 @@ class LoopWatchdog:
         if target is None:
             return
         task, hard = target
-        # Only inside the overdue task's own step: anywhere else (the loop's machinery,
-        # another task) the exception would break what it lands in.
-        if asyncio.current_task(self._loop) is not task:
+        # Only inside the overdue coroutine's own step: anywhere else (the loop's machinery,
+        # the worker's code, another task) the exception would break what it lands in.
+        if not task.stepping:
             return
         self._target = None
         _log.warning("hard_limit_interrupt", task=task.get_name(), hard_limit=hard)

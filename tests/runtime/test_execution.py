@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import signal
 import threading
 import time
@@ -364,19 +366,21 @@ async def test_the_watchdog_signal_raises_only_inside_the_overdue_task(
         while not released:
             try:
                 await asyncio.sleep(0.001)
-            except asyncio.CancelledError:
-                continue
+            except (asyncio.CancelledError, TimeLimitExceeded):
+                continue  # a signal landing in its own step is caught too: it stays watched
 
     async def busy_neighbour() -> int:
         steps = 0
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             sum(range(2000))  # keeps the main thread in Python code where signals land
             steps += 1
             await asyncio.sleep(0)
         return steps
 
-    executor = Executor(threads=1, hard_grace=2.0)  # the run stays watched past the margin
+    # The run stays watched past the margin for 3 s: the watchdog's rounds, with this main
+    # thread busy, start up to a second late, and at least two must signal.
+    executor = Executor(threads=1, hard_grace=3.0)
     try:
         neighbour = asyncio.create_task(busy_neighbour())
         outcome = await executor.run(awaits_on, _request("t.awaits_on"), TimeLimits(hard=0.1))
@@ -394,3 +398,117 @@ def executor_watchdog_margin() -> float:
     """How long past the hard limit the watchdog waits, plus one of its rounds."""
     probe = watchdog_module.LoopWatchdog(asyncio.get_running_loop())
     return probe.margin + probe.interval
+
+
+# A coroutine runs in the task that awaits the run (no task of its own): what the task author
+# sees must not change for it.
+
+
+async def test_a_coroutine_runs_in_the_callers_task_with_a_context_of_its_own(
+    executor: Executor,
+) -> None:
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="worker's")
+
+    @app.task(name="t.sets_a_variable")
+    async def sets_a_variable() -> bool:
+        marker.set("task's")
+        await asyncio.sleep(0)
+        return asyncio.current_task() is caller and marker.get() == "task's"
+
+    caller = asyncio.current_task()
+    outcome = await executor.run(sets_a_variable, _request("t.sets_a_variable"), NO_LIMITS)
+
+    assert outcome.value is True
+    assert marker.get() == "worker's"
+
+
+async def test_a_timeout_inside_the_task_is_the_tasks_own_business(executor: Executor) -> None:
+    """``asyncio.timeout`` cancels the task it runs in, here the caller's, and takes the
+    cancellation back: the run goes on and nothing is left cancelling."""
+
+    @app.task(name="t.times_out_inside")
+    async def times_out_inside() -> str:
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            await asyncio.sleep(0.01)
+            return "went on"
+        return "never"
+
+    outcome = await executor.run(
+        times_out_inside, _request("t.times_out_inside"), TimeLimits(soft=5, hard=10)
+    )
+
+    assert (outcome.state, outcome.value) == (State.SUCCESS, "went on")
+    caller = asyncio.current_task()
+    assert caller is not None
+    assert caller.cancelling() == 0
+
+
+async def test_a_future_cancelled_by_someone_else_fails_the_task(executor: Executor) -> None:
+    @app.task(name="t.awaits_a_doomed_future")
+    async def awaits_a_doomed_future() -> None:
+        doomed = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, doomed.cancel)
+        await doomed
+
+    outcome = await executor.run(
+        awaits_a_doomed_future, _request("t.awaits_a_doomed_future"), NO_LIMITS
+    )
+
+    assert isinstance(outcome.exception, TaskCancelled)
+
+
+async def test_a_cancelled_run_does_not_wait_for_a_coroutine_that_ignores_it(
+    executor: Executor,
+) -> None:
+    """The worker's cancellation leaves the run at once; the coroutine, which caught it and
+    awaits on, goes on by itself and still ends."""
+    released, finished = asyncio.Event(), asyncio.Event()
+
+    @app.task(name="t.ignores_cancellation")
+    async def ignores_cancellation() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await released.wait()
+            finished.set()
+
+    run = asyncio.create_task(
+        executor.run(ignores_cancellation, _request("t.ignores_cancellation"), NO_LIMITS)
+    )
+    await asyncio.sleep(0.02)
+    run.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 1)
+    assert not finished.is_set()
+    released.set()
+    await asyncio.wait_for(finished.wait(), 1)
+
+
+async def test_a_coroutine_past_its_hard_limit_and_grace_goes_on_by_itself(
+    executor: Executor,
+) -> None:
+    """The hard limit's outcome comes after ``hard_grace``; the coroutine that caught both
+    cancellations is left to end on its own, in the run's context."""
+    finished: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @app.task(name="t.outlives_its_limit", bind=True)
+    async def outlives_its_limit(self: Any) -> None:
+        for _ in range(2):  # the hard limit's cancellation, then the grace's end
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+        await asyncio.sleep(0.05)
+        finished.set_result(self.request.id)
+
+    started = time.monotonic()
+    outcome = await executor.run(
+        outlives_its_limit, _request("t.outlives_its_limit", task_id="late"), TimeLimits(hard=0.1)
+    )
+
+    assert outcome.timed_out
+    assert 0.1 + 0.2 <= time.monotonic() - started < 1.5  # hard limit plus the fixture's grace
+    assert not finished.done()
+    assert await asyncio.wait_for(finished, 1) == "late"

@@ -1,0 +1,254 @@
+"""A task's coroutine driven inside the asyncio task that handles its message.
+
+Every delivery is handled in an asyncio task of its own. Running the task's coroutine in a
+second one would double the tasks per message: a Task, its first step and its wake-up, and a
+future to wait on it with a timeout, for every run. :class:`InlineRun` drives the coroutine
+from the handler's task instead, step by step, each step in the run's own
+:class:`~contextvars.Context` (the task's context variables stay its own, as in a task of its
+own), and stands between the two the way ``await`` does, except for the cancellations the
+worker provokes:
+
+* **soft limit** (:meth:`InlineRun.expire_soft`): the cancellation is thrown into the coroutine
+  as ``SoftTimeLimitExceeded`` and the handler's task is un-cancelled, since it is not being
+  cancelled;
+* **hard limit** (:meth:`InlineRun.expire_hard`): the cancellation is thrown in, and the
+  coroutine gets ``grace`` seconds to end; the run ends with ``TimeLimitExceeded`` either way;
+* **any other cancellation of the handler** (``revoke(terminate=True)``, the worker stopping) is
+  thrown in, and leaves the run as ``CancelledError`` whatever the coroutine does with it.
+
+A coroutine that awaits on after the hard limit's grace or the worker's cancellation is not
+waited for: what remains of it goes on in an asyncio task of its own (:func:`_detach`), as a
+coroutine run in its own task was left running before, and the handler goes on.
+
+A cancellation the coroutine takes back is its own business: ``asyncio.timeout`` inside the
+task cancels the task it runs in (the handler's) and un-cancels it on its way out, and the run
+goes on. A ``CancelledError`` the coroutine raises while nobody cancels the handler (its own
+``raise``, or a future it awaits cancelled by someone else) fails the run with
+``TaskCancelled``, as a cancelled task of its own did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Generator
+from contextvars import Context
+from typing import Any
+
+from runtime.exceptions import SoftTimeLimitExceeded, TaskCancelled, TimeLimitExceeded
+
+__all__ = ["InlineRun"]
+
+_SOFT = "soft"
+_HARD = "hard"
+_GIVE_UP = "give up"
+
+
+class InlineRun:
+    """One coroutine run in the current asyncio task (see the module docstring): ``await`` it
+    for the coroutine's value.
+
+    Created inside the task that awaits it. ``detached`` keeps the tasks that go on with the
+    coroutines given up on (each leaves the set as it ends).
+    """
+
+    __slots__ = (
+        "_abandon_timer",
+        "_cancels",
+        "_context",
+        "_coro",
+        "_detached",
+        "_give_up",
+        "_grace",
+        "_hard",
+        "_name",
+        "_reason",
+        "_stopping",
+        "_task",
+        "ended",
+        "stepping",
+        "timed_out",
+    )
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        context: Context,
+        name: str,
+        *,
+        grace: float,
+        detached: set[asyncio.Task[Any]],
+    ) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("an InlineRun runs inside an asyncio task")
+        self._task = task
+        self._coro = coro
+        self._context = context
+        self._name = name
+        self._grace = grace
+        self._detached = detached
+        self._reason: str | None = None
+        self._hard = 0.0
+        self._abandon_timer: asyncio.TimerHandle | None = None
+        #: The worker's cancellation of the handler, once thrown in, and the handler's
+        #: pending cancellations then (fewer later: the coroutine took it back).
+        self._stopping: asyncio.CancelledError | None = None
+        self._cancels = 0
+        #: The hard limit's grace is over: the coroutine is not waited for any longer.
+        self._give_up = False
+        #: Whether the coroutine's own code is running now (the watchdog's signal may land).
+        self.stepping = False
+        #: Whether the run is over (for the watchdog, which watches it from its thread).
+        self.ended = False
+        #: Whether the hard limit ended the run.
+        self.timed_out = False
+
+    def done(self) -> bool:
+        """Whether the run is over."""
+        return self.ended
+
+    def get_name(self) -> str:
+        """The run's name, as the watchdog logs it."""
+        return self._name
+
+    def expire_soft(self) -> None:
+        """The soft limit: ``SoftTimeLimitExceeded`` is raised where the coroutine awaits."""
+        self._interrupt(_SOFT)
+
+    def expire_hard(self, seconds: float) -> None:
+        """The hard limit of ``seconds``: the coroutine is cancelled and the run ends with
+        ``TimeLimitExceeded(seconds)`` once it has, or ``grace`` seconds later."""
+        self._hard = seconds
+        self._interrupt(_HARD)
+
+    def _interrupt(self, reason: str) -> None:
+        if not self.ended:
+            self._reason = reason
+            self._task.cancel()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        send: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    yielded = self._step(send, error)
+                except StopIteration as stop:
+                    value = stop.value
+                    break
+                except BaseException as raised:
+                    if (ending := self._ending()) is not None:
+                        raise ending from None
+                    if isinstance(raised, asyncio.CancelledError):
+                        raise TaskCancelled("the task was cancelled before it finished") from None
+                    raise
+                if self._stopping is not None and self._task.cancelling() < self._cancels:
+                    self._stopping = None  # the coroutine took the cancellation back
+                if self._stopping is not None or self._give_up:
+                    _detach(self._coro, yielded, self._context, self._name, self._detached)
+                    raise self._ending() or AssertionError("nothing ends the run")
+                send, error = None, None
+                try:
+                    send = yield yielded
+                except asyncio.CancelledError as cancelled:
+                    error = self._cancelled(cancelled)
+                except BaseException as thrown:  # passed on to the coroutine, as await does
+                    error = thrown
+        finally:
+            self.ended = True
+            if self._abandon_timer is not None:
+                self._abandon_timer.cancel()
+        if (ending := self._ending()) is not None:
+            raise ending
+        return value
+
+    def _step(self, send: Any, error: BaseException | None) -> Any:
+        """Run the coroutine to its next ``await`` of a future (what it yields)."""
+        try:
+            self.stepping = True
+            if error is None:
+                return self._context.run(self._coro.send, send)
+            return self._context.run(self._coro.throw, error)
+        finally:
+            self.stepping = False
+
+    def _cancelled(self, cancelled: asyncio.CancelledError) -> BaseException:
+        """The handler's task was cancelled at the coroutine's ``await``: by whom, and what the
+        coroutine gets thrown in."""
+        reason, self._reason = self._reason, None
+        task = self._task
+        if reason is not None:
+            task.uncancel()  # the run's own interruption, not the handler's
+        if task.cancelling():
+            self._stopping, self._cancels = cancelled, task.cancelling()
+        elif reason == _SOFT:
+            return SoftTimeLimitExceeded()
+        elif reason == _HARD:
+            self.timed_out = True
+            loop = task.get_loop()
+            self._abandon_timer = loop.call_later(self._grace, self._interrupt, _GIVE_UP)
+        elif reason == _GIVE_UP:
+            self._give_up = True
+        return cancelled
+
+    def _ending(self) -> BaseException | None:
+        """What ends the run whatever the coroutine did last: the worker's cancellation if it
+        still stands, else ``TimeLimitExceeded`` once the hard limit was reached; or nothing."""
+        if self._stopping is not None and self._task.cancelling() >= self._cancels:
+            return self._stopping
+        if self.timed_out:
+            return TimeLimitExceeded(self._hard)
+        return None
+
+
+def _detach(
+    coro: Coroutine[Any, Any, Any],
+    yielded: Any,
+    context: Context,
+    name: str,
+    detached: set[asyncio.Task[Any]],
+) -> None:
+    """Go on with ``coro``, which has just yielded ``yielded``, in a task of its own."""
+    rest = asyncio.get_running_loop().create_task(
+        _remaining(_Rest(coro, yielded)), name=name, context=context
+    )
+    detached.add(rest)
+    rest.add_done_callback(_forget_detached(detached))
+
+
+def _forget_detached(detached: set[asyncio.Task[Any]]) -> Any:
+    def forget(rest: asyncio.Task[Any]) -> None:
+        detached.discard(rest)
+        if not rest.cancelled():
+            rest.exception()  # observed: nobody waits for it
+
+    return forget
+
+
+async def _remaining(rest: _Rest) -> Any:
+    return await rest
+
+
+class _Rest:
+    """The rest of a coroutine that has already yielded ``yielded``: awaiting this yields it
+    up first, then drives the coroutine on as ``await`` would."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        yielded = self._yielded
+        while True:
+            send: Any = None
+            error: BaseException | None = None
+            try:
+                send = yield yielded
+            except BaseException as thrown:
+                error = thrown
+            try:
+                yielded = self._coro.send(send) if error is None else self._coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
