@@ -18,7 +18,7 @@ from typing import Any
 
 from . import _fields, jsontags
 from .errors import LimitExceeded, MalformedMessage
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, Limits, json_nests_within
 from .wire import WireMessage
 
 __all__ = [
@@ -140,10 +140,11 @@ def decode_envelope(data: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> En
     """
     _check_envelope_size(data, limits.max_body_bytes * 4 // 3, field="envelope")
     document = _fields.mapping(jsontags.loads(data), "envelope")
+    shallow = json_nests_within(data, limits.max_depth)
     properties = dict(_fields.mapping(document.get("properties"), "envelope.properties"))
-    limits.check_headers(properties, field="envelope.properties")
+    limits.check_headers(properties, field="envelope.properties", shallow=shallow)
     headers = _fields.mapping(document.get("headers") or {}, "envelope.headers")
-    limits.check_headers(headers)
+    limits.check_headers(headers, shallow=shallow)
     delivery_info = _fields.mapping(
         properties.pop("delivery_info", None) or {}, "envelope.properties.delivery_info"
     )

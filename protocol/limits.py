@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_MAX_HEADERS",
     "Limits",
     "check_depth",
+    "json_nests_within",
 ]
 
 # 16 MiB: RabbitMQ 4.x refuses larger messages by default (`max_message_size`), SQS stops at
@@ -52,16 +53,32 @@ class Limits:
         if len(data) > self.max_body_bytes:
             raise LimitExceeded("size", len(data), self.max_body_bytes, field=field)
 
-    def check_headers(self, headers: Mapping[str, Any], *, field: str = "headers") -> None:
-        """Raise :class:`LimitExceeded` if there are too many headers or they nest too deeply."""
+    def check_headers(
+        self, headers: Mapping[str, Any], *, field: str = "headers", shallow: bool = False
+    ) -> None:
+        """Raise :class:`LimitExceeded` if there are too many headers or they nest too deeply
+        (``shallow``: they are known not to, see :func:`json_nests_within`)."""
         if len(headers) > self.max_headers:
             raise LimitExceeded("header count", len(headers), self.max_headers, field=field)
-        check_depth(headers, self.max_depth, field=field)
+        if not shallow:
+            check_depth(headers, self.max_depth, field=field)
 
 
 DEFAULT_LIMITS = Limits()
 #: Exact types that hold nothing to descend into: most of what a message holds.
 _SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def json_nests_within(text: bytes | str, max_depth: int) -> bool:
+    """Whether the JSON document ``text`` cannot nest deeper than ``max_depth``, known without
+    parsing it: every level opens with ``[`` or ``{``, so their count bounds the depth (those
+    inside strings only count too many). JSON cannot escape them, and in UTF-16 or UTF-32
+    bytes each still holds its ASCII byte. Counting is C speed; :func:`check_depth` walks the
+    parsed value in Python, so this lets most documents skip the walk.
+    """
+    if isinstance(text, bytes):
+        return text.count(b"[") + text.count(b"{") <= max_depth
+    return text.count("[") + text.count("{") <= max_depth
 
 
 def check_depth(value: Any, max_depth: int, *, field: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _fields, serialization
 from .errors import MalformedMessage
-from .limits import DEFAULT_LIMITS, Limits, check_depth
+from .limits import DEFAULT_LIMITS, Limits, check_depth, json_nests_within
 from .serialization import DEFAULT_ACCEPT, AcceptPolicy
 from .signature import Signature
 from .task import TaskMessage
@@ -68,7 +68,8 @@ def decode_task(
     payload = serialization.loads(
         body, message.content_type, message.content_encoding, accept=accept, limits=limits
     )
-    check_depth(payload, limits.max_depth, field="body")
+    if message.content_type != serialization.JSON or not json_nests_within(body, limits.max_depth):
+        check_depth(payload, limits.max_depth, field="body")
 
     if "task" in headers:
         if isinstance(payload, Mapping) and "args" in payload:

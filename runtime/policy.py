@@ -58,6 +58,8 @@ class TimeLimits:
     def lenient(cls, soft: float | None, hard: float | None) -> TimeLimits:
         """Limits as Celery reads them: a value <= 0 is no limit, and a soft limit at or after
         the hard one would never fire, so it is dropped. Never raises."""
+        if soft is None and hard is None:  # most tasks: one shared value, nothing to check
+            return UNLIMITED
         soft = soft if soft is not None and soft > 0 else None
         hard = hard if hard is not None and hard > 0 else None
         if soft is not None and hard is not None and soft >= hard:

@@ -6,10 +6,13 @@ import base64
 import json
 import zlib
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import aio_pika
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol import (
     AcceptPolicy,
@@ -30,7 +33,7 @@ from protocol import (
     encode_task,
     from_amqp,
 )
-from protocol.limits import check_depth
+from protocol.limits import check_depth, json_nests_within
 
 GOOD = encode_task(TaskMessage(id="id-1", task="proj.add", args=(1, 2)))
 
@@ -386,6 +389,77 @@ def test_shared_references_are_measured_once() -> None:
     with pytest.raises(LimitExceeded):
         check_depth(shared, 50, field="body")
     check_depth(shared, 100, field="body")
+
+
+def test_depth_counts_containers_only() -> None:
+    """Tagged JSON values (datetimes, decimals) and scalars hold nothing to descend into."""
+    check_depth([datetime(2026, 1, 1, tzinfo=UTC), Decimal("1.5"), "x"], 1, field="body")
+    check_depth(Decimal("1.5"), 0, field="body")
+
+    with pytest.raises(LimitExceeded):
+        check_depth([[Decimal("1.5")]], 1, field="body")
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='[]{}ab"\\'),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_JSON_VALUES, st.integers(min_value=0, max_value=12))
+def test_counting_brackets_never_underestimates_the_depth(value: Any, max_depth: int) -> None:
+    """Brackets inside strings, escaped quotes, UTF-16: the count may be too high, never low."""
+    text = json.dumps(value, ensure_ascii=False)
+    for document in (text, text.encode(), text.encode("utf-16")):
+        if json_nests_within(document, max_depth):
+            assert _depth(value) <= max_depth
+
+
+def test_counting_brackets_is_exact_without_brackets_in_strings() -> None:
+    nested: Any = {"a": 1}
+    for _ in range(9):
+        nested = [nested, "x"]
+    document = json.dumps(nested).encode()
+
+    assert json_nests_within(document, 10)
+    assert not json_nests_within(document, 9)
+
+
+def test_a_shallow_message_with_many_brackets_in_its_strings_is_still_read() -> None:
+    """Too many brackets to skip the walk: the walk measures it, and it is not too deep."""
+    brackets = "[" * 10
+    message = _with(
+        body=json.dumps([[brackets], {}, EMBED]).encode(),
+        headers={**GOOD.headers, "argsrepr": brackets},
+    )
+    envelope = _envelope(headers={**GOOD.headers, "argsrepr": brackets}, p_extra=brackets)
+
+    assert decode_task(message, limits=SMALL).args == (brackets,)
+    assert decode_envelope(envelope, limits=Limits(max_depth=4)).message.headers["argsrepr"] == (
+        brackets
+    )
+
+
+def test_envelope_headers_nested_too_deep_are_refused() -> None:
+    deep: Any = 1
+    for _ in range(5):
+        deep = {"a": deep}
+
+    with pytest.raises(LimitExceeded, match="nesting depth"):
+        decode_envelope(
+            _envelope(headers={**GOOD.headers, "stamps": deep}), limits=Limits(max_depth=4)
+        )
 
 
 def test_error_reasons_stay_short() -> None:
