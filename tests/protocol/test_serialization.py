@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 import uuid
 from datetime import UTC, date, datetime, time
@@ -10,6 +12,8 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kombu import compression as kombu_compression
 from kombu import serialization as kombu_serialization
 from kombu.utils.json import dumps as kombu_json_dumps
@@ -75,6 +79,48 @@ def test_json_tags_are_read_however_the_document_is_spelled(document: str | byte
 @pytest.mark.parametrize("document", ['{"a": [1, {"b": 2}]}', b'{"a": [1, {"b": 2}]}'])
 def test_json_without_tags_is_plain_json(document: str | bytes) -> None:
     assert jsontags.loads(document) == {"a": [1, {"b": 2}]}
+
+
+_PLAIN_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()  # unbounded: past 64 bits too
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()  # NaN and the infinities: json writes and reads them, orjson does not
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=20,
+)
+
+
+@given(_PLAIN_JSON, st.booleans(), st.booleans())
+def test_json_is_read_exactly_as_the_json_module_reads_it(
+    value: Any, ascii_only: bool, as_bytes: bool
+) -> None:
+    """Whichever parser reads it (orjson where it reads exactly, json otherwise)."""
+    document: str | bytes = json.dumps(value, ensure_ascii=ascii_only)
+    if as_bytes:
+        try:
+            document = document.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 spelling
+            document = document.encode("utf-16")
+
+    assert repr(jsontags.loads(document)) == repr(json.loads(document))
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        (b"18446744073709551616", 18446744073709551616),  # past 64 bits: orjson makes it a float
+        (b"[-9223372036854775809]", [-9223372036854775809]),
+        (b'{"n": NaN}', {"n": math.nan}),
+        (b"1e400", math.inf),
+        (b'"\\ud800"', "\ud800"),
+    ],
+    ids=["2**64", "below -2**63", "NaN", "1e400", "lone surrogate"],
+)
+def test_json_that_orjson_reads_otherwise_is_read_by_json(document: bytes, expected: Any) -> None:
+    assert repr(jsontags.loads(document)) == repr(expected)
 
 
 def test_json_uses_dunder_json_and_read_only_mappings() -> None:
