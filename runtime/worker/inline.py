@@ -17,8 +17,9 @@ worker provokes:
   thrown in, and leaves the run as ``CancelledError`` whatever the coroutine does with it.
 
 A coroutine that awaits on after the hard limit's grace or the worker's cancellation is not
-waited for: what remains of it goes on in an asyncio task of its own (:func:`_detach`), as a
-coroutine run in its own task was left running before, and the handler goes on.
+waited for: what remains of it goes on in an asyncio task of its own
+(:meth:`InlineRun._go_on_alone`), as a coroutine run in its own task was left running before,
+and the handler goes on.
 
 A cancellation the coroutine takes back is its own business: ``asyncio.timeout`` inside the
 task cancels the task it runs in (the handler's) and un-cancels it on its way out, and the run
@@ -145,7 +146,7 @@ class InlineRun:
                 if self._stopping is not None and self._task.cancelling() < self._cancels:
                     self._stopping = None  # the coroutine took the cancellation back
                 if self._stopping is not None or self._give_up:
-                    _detach(self._coro, yielded, self._context, self._name, self._detached)
+                    self._go_on_alone(yielded)
                     raise self._ending() or AssertionError("nothing ends the run")
                 send, error = None, None
                 try:
@@ -191,6 +192,14 @@ class InlineRun:
             self._give_up = True
         return cancelled
 
+    def _go_on_alone(self, yielded: Any) -> None:
+        """Go on with the coroutine, which has just yielded ``yielded``, in a task of its own."""
+        rest = self._task.get_loop().create_task(
+            _remaining(_Rest(self._coro, yielded)), name=self._name, context=self._context
+        )
+        self._detached.add(rest)
+        rest.add_done_callback(_forget_detached(self._detached))
+
     def _ending(self) -> BaseException | None:
         """What ends the run whatever the coroutine did last: the worker's cancellation if it
         still stands, else ``TimeLimitExceeded`` once the hard limit was reached; or nothing."""
@@ -199,21 +208,6 @@ class InlineRun:
         if self.timed_out:
             return TimeLimitExceeded(self._hard)
         return None
-
-
-def _detach(
-    coro: Coroutine[Any, Any, Any],
-    yielded: Any,
-    context: Context,
-    name: str,
-    detached: set[asyncio.Task[Any]],
-) -> None:
-    """Go on with ``coro``, which has just yielded ``yielded``, in a task of its own."""
-    rest = asyncio.get_running_loop().create_task(
-        _remaining(_Rest(coro, yielded)), name=name, context=context
-    )
-    detached.add(rest)
-    rest.add_done_callback(_forget_detached(detached))
 
 
 def _forget_detached(detached: set[asyncio.Task[Any]]) -> Any:
