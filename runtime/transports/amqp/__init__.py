@@ -1,7 +1,8 @@
 """RabbitMQ (AMQP 0-9-1) through aio-pika and aiormq: the transport (:mod:`.transport`), Celery
 5.5's delayed-delivery topology (:mod:`.delayed`) and the remote-control fanout
-(:mod:`.fanout`). Imports only :mod:`runtime.transports.base` and :mod:`.reconnect` of the
-transports, and :mod:`runtime.errors`."""
+(:mod:`.fanout`), and a faster reading of message properties for pamqp (:mod:`.properties`).
+Imports only :mod:`runtime.transports.base` and :mod:`.reconnect` of the transports, and
+:mod:`runtime.errors`."""
 
 from .transport import AmqpTransport
 

@@ -17,7 +17,8 @@ transport.consume(...): slots.take()`` does. Settling a delivery while its slot 
 taken costs a ``basic.qos`` round trip; giving the slot back first (acks_late) costs none.
 Settlements asked for in the same turn of the event loop share one round trip, and their
 acks leave in one write: under load an early-acking worker pays per burst, not per message.
-The hot path reads aiormq's frames directly, without aio-pika's message wrapper.
+The hot path reads aiormq's frames directly, without aio-pika's message wrapper, and
+:mod:`.properties` reads their properties (installed on connect).
 
 Quorum queues refuse global QoS (RabbitMQ closes the whole connection, 540 NOT_IMPLEMENTED),
 and a per-consumer prefetch cannot follow the free slots (RabbitMQ applies a new one only to
@@ -62,7 +63,7 @@ from runtime.transports.base import (
 )
 from runtime.transports.reconnect import BackoffConnection
 
-from . import fanout
+from . import fanout, properties
 from .delayed import DELAYED_DELIVERY, DelayedQueues
 from .monitor import AmqpMirroring
 
@@ -107,8 +108,7 @@ class _Received:
 
 
 _Buffered = tuple[str, _Received] | None
-#: A settlement waiting to be written: the message, ack (``None``) or reject's requeue flag,
-#: and the future its caller awaits.
+#: A settlement to write: the message, ``None`` (ack) or reject's requeue flag, the caller's future.
 _Pending = tuple[_Received, bool | None, asyncio.Future[None]]
 
 
@@ -151,6 +151,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         Once connected, aio-pika reconnects by itself, with exponential backoff and jitter
         (:mod:`runtime.transports.reconnect`), and reopens the channels.
         """
+        properties.install()
         split = urlsplit(self._url)
         port = split.port or (5671 if split.scheme == "amqps" else 5672)
         with translate_amqp_errors(f"connect to {split.hostname or 'localhost'}:{port}"):
@@ -338,8 +339,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         await self.ack(delivery)
 
     async def send_later(self, message: WireMessage, queue: str, seconds: int) -> None:
-        """Publish ``message`` to ``queue`` through the delayed delivery of :meth:`defer`, to
-        arrive ``seconds`` (at least 1) from now, and wait for the broker's confirm."""
+        """Publish to ``queue`` by :meth:`defer`'s delays, due in ``seconds`` (>= 1), confirmed."""
         await self._delayed.prepare(self._require(), queue)
         properties = _outgoing(message)
         properties.pop("expiration", None)

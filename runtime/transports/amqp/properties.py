@@ -1,0 +1,241 @@
+"""A faster reading of AMQP message properties, for pamqp's ``Basic.Properties``.
+
+Every delivery's content header carries the message properties, and a Celery message's
+``headers`` property is a field table of about twenty entries. pamqp reads it by copying the
+rest of the frame at every field (``value[offset:]``) and looking each decoder up by name:
+63 us a Celery header frame, a fifth of the worker's CPU per no-op task. :func:`read` walks
+the same bytes by offset, ~4x faster, and :func:`install` puts it in front of pamqp's own
+``Basic.Properties.unmarshal``, which aiormq calls for every content header.
+
+What :func:`read` returns is exactly what pamqp's reading would set (its types too: ``'x'``
+byte arrays as ``bytearray``, a long string that is not UTF-8 as ``bytes``, timestamps past
+2106 read as milliseconds, ``Decimal``\\ s). It is stricter than pamqp about malformed
+frames (a string or a table overrunning its bounds, which pamqp truncates or reads past), and
+whatever it refuses, or any error at all, goes to pamqp's own reading, unchanged: so a frame
+is read exactly as before, only faster. ``tests/runtime/test_amqp_properties.py`` checks the
+two against each other on random properties and on random bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from pamqp import commands
+from pamqp.base import BasicProperties
+
+__all__ = ["install", "installed", "read"]
+
+_PROPERTIES = commands.Basic.Properties
+_LONG = struct.Struct(">i").unpack_from
+_ULONG = struct.Struct(">I").unpack_from
+_LONGLONG = struct.Struct(">q").unpack_from
+_ULONGLONG = struct.Struct(">Q").unpack_from
+_TEN = decimal.Decimal(10)
+_UTC = datetime.UTC
+#: ``(flag, attribute, AMQP type)`` of each property, in the order they are encoded.
+_LAYOUT = tuple(
+    (_PROPERTIES.flags[name], name, getattr(_PROPERTIES, f"_{name}"))
+    for name in _PROPERTIES.__slots__
+)
+
+# The original reading, kept for what read() refuses and for uninstalling.
+_pamqp_unmarshal: Callable[[Any, int, bytes], None] = _PROPERTIES.unmarshal
+
+
+class _Malformed(ValueError):
+    """The bytes are not a well-formed encoding; pamqp's own reading decides what happens."""
+
+
+def read(flags: int, data: bytes) -> dict[str, Any]:
+    """The properties ``flags`` names, read from ``data``: ``{attribute: value}``, as pamqp's
+    ``Basic.Properties.unmarshal`` would set them. Raises ``ValueError`` (among others) for a
+    malformed encoding."""
+    values: dict[str, Any] = {}
+    offset = 0
+    for flag, name, kind in _LAYOUT:
+        if not flags & flag:
+            continue
+        if kind == "shortstr":
+            length = data[offset]
+            end = offset + 1 + length
+            if end > len(data):
+                raise _Malformed("short string past the end")
+            values[name] = data[offset + 1 : end].decode("utf-8")
+            offset = end
+        elif kind == "table":
+            values[name], offset = _table(data, offset)
+        elif kind == "octet":
+            values[name] = data[offset]
+            offset += 1
+        elif kind == "timestamp":
+            values[name] = _timestamp(_ULONGLONG(data, offset)[0])
+            offset += 8
+        else:  # pragma: no cover - pamqp's Basic.Properties has no other type
+            raise _Malformed(f"unknown property type {kind!r}")
+    return values
+
+
+def _table(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
+    """The field table at ``offset`` and the offset after it."""
+    end = offset + 4 + _ULONG(data, offset)[0]
+    if end > len(data):
+        raise _Malformed("field table past the end")
+    offset += 4
+    table: dict[str, Any] = {}
+    while offset < end:
+        length = data[offset]
+        offset += 1 + length
+        key = data[offset - length : offset].decode("utf-8")
+        kind = data[offset]
+        if kind == 83:  # S, a long string: inline, as most of Celery's headers are
+            start = offset + 5
+            offset = start + _ULONG(data, offset + 1)[0]
+            if offset > end:
+                raise _Malformed("long string past its table")
+            try:
+                table[key] = data[start:offset].decode("utf-8")
+            except UnicodeDecodeError:
+                table[key] = data[start:offset]
+        elif kind == 86:  # V, void: the other half of them
+            table[key] = None
+            offset += 1
+        else:
+            table[key], offset = _value(data, offset, end)
+    if offset != end:
+        raise _Malformed("field table entry past the table's end")
+    return table, end
+
+
+def _array(data: bytes, offset: int) -> tuple[list[Any], int]:
+    """The field array at ``offset`` and the offset after it."""
+    end = offset + 4 + _ULONG(data, offset)[0]
+    if end > len(data):
+        raise _Malformed("field array past the end")
+    offset += 4
+    array: list[Any] = []
+    while offset < end:
+        value, offset = _value(data, offset, end)
+        array.append(value)
+    if offset != end:
+        raise _Malformed("field array item past the array's end")
+    return array, end
+
+
+def _value(data: bytes, offset: int, limit: int) -> tuple[Any, int]:
+    """The typed field value at ``offset`` and the offset after it, which must not pass
+    ``limit`` (the end of the table or array holding it)."""
+    kind = data[offset]
+    fixed = _FIXED.get(kind)
+    if fixed is not None:
+        unpack, size = fixed
+        return unpack(data, offset + 1)[0], offset + 1 + size
+    reader = _VARIABLE.get(kind)
+    if reader is None:
+        raise _Malformed(f"unknown field type {bytes([kind])!r}")
+    return reader(data, offset + 1, limit)
+
+
+def _long_string(data: bytes, offset: int, limit: int) -> tuple[str | bytes, int]:
+    end = offset + 4 + _ULONG(data, offset)[0]
+    if end > limit:
+        raise _Malformed("long string past its table")
+    raw = data[offset + 4 : end]
+    try:
+        return raw.decode("utf-8"), end
+    except UnicodeDecodeError:
+        return raw, end  # as pamqp gives it
+
+
+def _byte_array(data: bytes, offset: int, limit: int) -> tuple[bytearray, int]:
+    end = offset + 4 + _ULONG(data, offset)[0]
+    if end > limit:
+        raise _Malformed("byte array past its table")
+    return bytearray(data[offset + 4 : end]), end
+
+
+def _decimal(data: bytes, offset: int, _limit: int) -> tuple[decimal.Decimal, int]:
+    places, raw = data[offset], _LONG(data, offset + 1)[0]  # signed, as pamqp reads it
+    return decimal.Decimal(raw) * (_TEN**-places), offset + 5
+
+
+def _void(_data: bytes, offset: int, _limit: int) -> tuple[None, int]:
+    return None, offset
+
+
+def _boolean(data: bytes, offset: int, _limit: int) -> tuple[bool, int]:
+    return bool(data[offset]), offset + 1
+
+
+def _stamp(data: bytes, offset: int, _limit: int) -> tuple[datetime.datetime, int]:
+    return _timestamp(_ULONGLONG(data, offset)[0]), offset + 8
+
+
+def _nested_table(data: bytes, offset: int, _limit: int) -> tuple[dict[str, Any], int]:
+    return _table(data, offset)  # its own length bounds it; the caller checks the end
+
+
+def _nested_array(data: bytes, offset: int, _limit: int) -> tuple[list[Any], int]:
+    return _array(data, offset)
+
+
+#: Fixed-size field types (the type byte): how to unpack them and their size. ``L`` is signed,
+#: as in pamqp (and RabbitMQ, which sends ``l``).
+_FIXED: dict[int, tuple[Callable[[bytes, int], tuple[Any, ...]], int]] = {
+    ord("b"): (struct.Struct(">b").unpack_from, 1),
+    ord("B"): (struct.Struct(">B").unpack_from, 1),
+    ord("s"): (struct.Struct(">h").unpack_from, 2),
+    ord("u"): (struct.Struct(">H").unpack_from, 2),
+    ord("I"): (_LONG, 4),
+    ord("i"): (_ULONG, 4),
+    ord("l"): (_LONGLONG, 8),
+    ord("L"): (_LONGLONG, 8),
+    ord("f"): (struct.Struct(">f").unpack_from, 4),
+    ord("d"): (struct.Struct(">d").unpack_from, 8),
+}
+#: The other field types: their readers. ``NUL`` is read as void, as pamqp does.
+_VARIABLE: dict[int, Callable[[bytes, int, int], tuple[Any, int]]] = {
+    ord("S"): _long_string,
+    ord("V"): _void,
+    0: _void,
+    ord("F"): _nested_table,
+    ord("A"): _nested_array,
+    ord("t"): _boolean,
+    ord("T"): _stamp,
+    ord("D"): _decimal,
+    ord("x"): _byte_array,
+}
+
+
+def _timestamp(value: int) -> datetime.datetime:
+    # pamqp reads a value past 2106 (more than 32 bits) as milliseconds.
+    seconds: float = value / 1000.0 if value > 0xFFFFFFFF else value
+    return datetime.datetime.fromtimestamp(seconds, tz=_UTC)
+
+
+def _unmarshal(self: BasicProperties, flags: int, data: bytes) -> None:
+    """``Basic.Properties.unmarshal`` by :func:`read`, or by pamqp when :func:`read` refuses."""
+    try:
+        values = read(flags, data)
+    except Exception:  # whatever it is, pamqp's reading decides
+        _pamqp_unmarshal(self, flags, data)
+        return
+    for name, value in values.items():
+        setattr(self, name, value)
+
+
+def install() -> None:
+    """Read every AMQP content header of this process with :func:`read` (idempotent).
+
+    Process-wide, as aiormq offers no other hook; every reader of pamqp frames in the process,
+    aio-pika included, gets the same values as before.
+    """
+    _PROPERTIES.unmarshal = _unmarshal  # type: ignore[method-assign]
+
+
+def installed() -> bool:
+    """Whether :func:`install` is in effect."""
+    return _PROPERTIES.unmarshal is _unmarshal
