@@ -1,10 +1,11 @@
-"""The faster reading of AMQP message properties reads every frame exactly as pamqp does.
+"""The faster readings of AMQP frames read every frame exactly as pamqp does.
 
-:mod:`runtime.transports.amqp.properties` replaces pamqp's ``Basic.Properties.unmarshal`` in
-the worker. Each test here reads the same bytes both ways, pamqp's own reading and the
-installed one, and compares everything pamqp would set, types included (``repr``): on a Celery
-message as RabbitMQ delivers it, on well-formed properties with every field type AMQP 0-9-1
-and RabbitMQ define, and on those same bytes cut short or with a byte changed.
+:mod:`runtime.transports.amqp.decoding` replaces pamqp's ``Basic.Properties.unmarshal`` and
+``Basic.Deliver.unmarshal`` in the worker. Each test here reads the same bytes both ways,
+pamqp's own reading and the installed one, and compares everything pamqp would set, types
+included (``repr``): on a Celery message as RabbitMQ delivers it, on well-formed frames with
+every field type AMQP 0-9-1 and RabbitMQ define, and on those same bytes cut short or with a
+byte changed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiormq
+import aiormq.abc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,9 +25,10 @@ from pamqp import commands, frame
 from pamqp.header import ContentHeader
 
 from benchmarks.quick_noop import preload
-from runtime.transports.amqp import AmqpTransport, properties
+from runtime.transports.amqp import AmqpTransport, decoding
 
 Properties = commands.Basic.Properties
+Deliver = commands.Basic.Deliver
 
 
 def outcome(unmarshal: Any, flags: int, data: bytes) -> str:
@@ -40,8 +43,8 @@ def outcome(unmarshal: Any, flags: int, data: bytes) -> str:
 
 def assert_read_alike(flags: int, data: bytes) -> None:
     """The installed reading and pamqp's agree on ``flags`` and ``data``."""
-    assert outcome(properties._unmarshal, flags, data) == outcome(
-        properties._pamqp_unmarshal, flags, data
+    assert outcome(decoding._unmarshal_properties, flags, data) == outcome(
+        decoding._pamqp_properties, flags, data
     )
 
 
@@ -160,15 +163,17 @@ def test_malformed_properties_get_pamqps_own_answer(flags: int, data: bytes) -> 
 
 def test_a_long_string_that_is_not_utf8_is_bytes() -> None:
     data = _table([(b"k", _sized(b"S", b"\xff\xfe"))])
-    assert properties.read(Properties.flags["headers"], data) == {"headers": {"k": b"\xff\xfe"}}
+    assert decoding.read_properties(Properties.flags["headers"], data) == {
+        "headers": {"k": b"\xff\xfe"}
+    }
 
 
 def test_what_the_installed_reading_refuses_goes_to_pamqp() -> None:
     data = b"\x00\x00\x00\x07\x01kS\x00\x00\x00\x05abcde"
     with pytest.raises(ValueError, match="past its table"):
-        properties.read(Properties.flags["headers"], data)
+        decoding.read_properties(Properties.flags["headers"], data)
     target = Properties()
-    properties._unmarshal(target, Properties.flags["headers"], data)
+    decoding._unmarshal_properties(target, Properties.flags["headers"], data)
     assert target.headers == {"k": "abcde"}  # pamqp's lenient reading, as before
 
 
@@ -184,53 +189,124 @@ def test_pamqps_encoding_of_a_celery_message_is_read_back() -> None:
     )  # fmt: skip
     payload = ContentHeader(body_size=10, properties=sent).marshal()
     flags = struct.unpack_from(">H", payload, 12)[0]
-    assert properties.read(flags, payload[14:])["headers"] == headers
+    assert decoding.read_properties(flags, payload[14:])["headers"] == headers
     assert_read_alike(flags, payload[14:])
+
+
+def deliver_outcome(unmarshal: Any, data: bytes) -> str:
+    """What ``unmarshal`` sets on a fresh ``Basic.Deliver``, or the type of error it raises."""
+    target = Deliver()
+    try:
+        unmarshal(target, data)
+    except Exception as exc:  # the type is what is compared
+        return f"raises {type(exc).__name__}"
+    return repr({name: getattr(target, name) for name in Deliver.__slots__})
+
+
+def assert_deliver_read_alike(data: bytes) -> None:
+    """The installed reading of a ``Basic.Deliver`` and pamqp's agree on ``data``."""
+    assert deliver_outcome(decoding._unmarshal_deliver, data) == deliver_outcome(
+        decoding._pamqp_deliver, data
+    )
+
+
+_short_names = st.text(max_size=40).map(str.encode).filter(lambda raw: len(raw) < 256)
+
+
+@st.composite
+def encoded_deliver(draw: st.DrawFn) -> bytes:
+    """A ``Basic.Deliver``'s arguments: any tags and names, any bits in the flags octet."""
+    return b"".join(
+        (
+            _short(draw(_short_names)),
+            struct.pack(">q", draw(st.integers(-(2**63), 2**63 - 1))),
+            bytes([draw(st.integers(0, 255))]),
+            _short(draw(_short_names)),
+            _short(draw(_short_names)),
+        )
+    )
+
+
+@settings(max_examples=300)
+@given(encoded_deliver(), st.data())
+def test_a_deliver_is_read_as_pamqp_reads_it_whole_and_damaged(
+    raw: bytes, data: st.DataObject
+) -> None:
+    assert_deliver_read_alike(raw)
+    cut = data.draw(st.integers(0, len(raw) - 1), label="cut at")
+    assert_deliver_read_alike(raw[:cut])
+    at = data.draw(st.integers(0, len(raw) - 1), label="changed at")
+    byte = data.draw(st.integers(0, 255), label="changed to")
+    assert_deliver_read_alike(raw[:at] + bytes([byte]) + raw[at + 1 :])
+
+
+def test_a_deliver_pamqp_wrote_is_read_back() -> None:
+    sent = Deliver("ctag1.abc", 2**40, True, "celery", "celery.é")
+    assert decoding.read_deliver(sent.marshal()) == ("ctag1.abc", 2**40, True, "celery", "celery.é")
+    received = frame.unmarshal(frame.marshal(sent, 1))[2]
+    assert every_field(received, Deliver) == every_field(sent, Deliver)
 
 
 @contextlib.contextmanager
 def pamqps_own_reading() -> Iterator[None]:
     """pamqp's ``Basic.Properties.unmarshal`` in place for the block, the faster one after."""
-    Properties.unmarshal = properties._pamqp_unmarshal  # type: ignore[method-assign]
+    decoding.uninstall()
     try:
         yield
     finally:
-        properties.install()
+        decoding.install()
 
 
 async def test_connecting_the_transport_installs_the_reading(amqp_url: str) -> None:
     with pamqps_own_reading():
-        assert not properties.installed()
+        assert not decoding.installed()
         transport = AmqpTransport(amqp_url)
         await transport.connect()
         try:
-            assert properties.installed()
+            assert decoding.installed()
         finally:
             await transport.aclose()
-    properties.install()  # idempotent
-    assert properties.installed()
+    decoding.install()  # idempotent
+    assert decoding.installed()
 
 
 async def test_a_celery_message_from_rabbitmq_reads_alike_both_ways(
     amqp_url: str, unique_name: str
 ) -> None:
-    """A message as a Celery client publishes it and RabbitMQ delivers it, frame and all."""
+    """A message as a Celery client publishes it and RabbitMQ delivers it, frames and all."""
     await asyncio.to_thread(preload, unique_name, 1, amqp_url)
     connection = await aiormq.connect(amqp_url)
     try:
         channel = await connection.channel()
-        got = await channel.basic_get(unique_name, no_ack=True)
+        delivered: asyncio.Future[aiormq.abc.DeliveredMessage] = asyncio.Future()
+
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            if not delivered.done():
+                delivered.set_result(message)
+
+        await channel.basic_consume(unique_name, on_message, no_ack=True)
+        got = await asyncio.wait_for(delivered, 10)
     finally:
         await connection.close()
-    raw = frame.marshal(got.header, 1)
+    frames = frame.marshal(got.delivery, 1) + frame.marshal(got.header, 1)
     with pamqps_own_reading():
-        by_pamqp = frame.unmarshal(raw)[2].properties
-    by_celeriac = frame.unmarshal(raw)[2].properties
-    assert by_celeriac.headers["task"] == "noop"
-    assert by_celeriac.headers["timelimit"] == [None, None]
-    assert repr(every_property(by_celeriac)) == repr(every_property(by_pamqp))
+        by_pamqp = [read for _, _, read in _frames(frames)]
+    by_celeriac = [read for _, _, read in _frames(frames)]
+    assert isinstance(by_celeriac[0], Deliver)
+    assert by_celeriac[0].routing_key == unique_name
+    assert by_celeriac[1].properties.headers["task"] == "noop"
+    assert repr(every_field(by_celeriac[0], Deliver)) == repr(every_field(by_pamqp[0], Deliver))
+    assert repr(every_field(by_celeriac[1].properties)) == repr(every_field(by_pamqp[1].properties))
 
 
-def every_property(read: Any) -> dict[str, Any]:
-    """Every property of ``read``, by name."""
-    return {name: getattr(read, name) for name in Properties.__slots__}
+def _frames(data: bytes) -> Iterator[tuple[int, int, Any]]:
+    """The frames in ``data``, read by pamqp's ``frame.unmarshal`` one after the other."""
+    while data:
+        used, channel, read = frame.unmarshal(data)
+        yield used, channel, read
+        data = data[used:]
+
+
+def every_field(read: Any, kind: Any = Properties) -> dict[str, Any]:
+    """Every field of ``read``, a ``kind`` of pamqp frame, by name."""
+    return {name: getattr(read, name) for name in kind.__slots__}
