@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, time
@@ -129,16 +128,18 @@ def _may_hold_tags(text: str | bytes) -> bool:
 
 
 # orjson reads integers past 64 bits as floats, where json keeps them exact: a run of 19
-# digits or more (in a number or not) sends the document to json.
-_LONG_DIGITS = re.compile(r"[0-9]{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+# digits or more (in a number or not) sends the document to json. Found by turning every
+# digit into "0" and looking for 19 of them: 1.2 us for a kombu Redis envelope, where the
+# regular expression [0-9]{19} took 13 us.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
 
 
 def _orjson_reads_exactly(text: str | bytes) -> bool:
     """Whether orjson reads ``text`` as json would, if it reads it at all."""
-    if isinstance(text, bytes):
-        return _LONG_DIGITS_BYTES.search(text) is None
-    return _LONG_DIGITS.search(text) is None
+    if isinstance(text, str):  # digits are ASCII, so UTF-8 keeps every run of them
+        text = text.encode("utf-8", "surrogatepass")
+    return _LONG_RUN not in text.translate(_DIGITS_AS_ZERO)
 
 
 def loads(text: str | bytes) -> Any:
