@@ -18,7 +18,7 @@ taken costs a ``basic.qos`` round trip; giving the slot back first (acks_late) c
 Settlements asked for in the same turn of the event loop share one round trip, and their
 acks leave in one write: under load an early-acking worker pays per burst, not per message.
 The hot path reads aiormq's frames directly, without aio-pika's message wrapper, and
-:mod:`.decoding` reads their first two frames (installed on connect).
+:mod:`.codec` reads their first two frames (installed on connect).
 
 Quorum queues refuse global QoS (RabbitMQ closes the whole connection, 540 NOT_IMPLEMENTED),
 and a per-consumer prefetch cannot follow the free slots (RabbitMQ applies a new one only to
@@ -63,7 +63,7 @@ from runtime.transports.base import (
 )
 from runtime.transports.reconnect import BackoffConnection
 
-from . import decoding, fanout
+from . import codec, fanout
 from .delayed import DELAYED_DELIVERY, DelayedQueues
 from .monitor import AmqpMirroring
 
@@ -151,7 +151,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         Once connected, aio-pika reconnects by itself, with exponential backoff and jitter
         (:mod:`runtime.transports.reconnect`), and reopens the channels.
         """
-        decoding.install()
+        codec.install()
         split = urlsplit(self._url)
         port = split.port or (5671 if split.scheme == "amqps" else 5672)
         with translate_amqp_errors(f"connect to {split.hostname or 'localhost'}:{port}"):

@@ -1,11 +1,12 @@
-"""The faster readings of AMQP frames read every frame exactly as pamqp does.
+"""celeriac's AMQP codec: it reads every frame exactly as pamqp does, and writes floats exactly.
 
-:mod:`runtime.transports.amqp.decoding` replaces pamqp's ``Basic.Properties.unmarshal`` and
-``Basic.Deliver.unmarshal`` in the worker. Each test here reads the same bytes both ways,
+:mod:`runtime.transports.amqp.codec` replaces pamqp's ``Basic.Properties.unmarshal`` and
+``Basic.Deliver.unmarshal`` in the worker. Each reading test here reads the same bytes both ways,
 pamqp's own reading and the installed one, and compares everything pamqp would set, types
 included (``repr``): on a Celery message as RabbitMQ delivers it, on well-formed frames with
 every field type AMQP 0-9-1 and RabbitMQ define, and on those same bytes cut short or with a
-byte changed.
+byte changed. The writing tests check floats arrive exactly where Celery's client reads them,
+and that nothing else is written differently.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from typing import Any
 
 import aiormq
 import aiormq.abc
+import kombu
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pamqp import commands, frame
+from pamqp import commands, decode, encode, frame
 from pamqp.header import ContentHeader
 
 from benchmarks.quick_noop import preload
-from runtime.transports.amqp import AmqpTransport, decoding
+from runtime import App
+from runtime.transports.amqp import AmqpTransport, codec
 
 Properties = commands.Basic.Properties
 Deliver = commands.Basic.Deliver
@@ -43,8 +46,8 @@ def outcome(unmarshal: Any, flags: int, data: bytes) -> str:
 
 def assert_read_alike(flags: int, data: bytes) -> None:
     """The installed reading and pamqp's agree on ``flags`` and ``data``."""
-    assert outcome(decoding._unmarshal_properties, flags, data) == outcome(
-        decoding._pamqp_properties, flags, data
+    assert outcome(codec._unmarshal_properties, flags, data) == outcome(
+        codec._pamqp_properties, flags, data
     )
 
 
@@ -163,7 +166,7 @@ def test_malformed_properties_get_pamqps_own_answer(flags: int, data: bytes) -> 
 
 def test_a_long_string_that_is_not_utf8_is_bytes() -> None:
     data = _table([(b"k", _sized(b"S", b"\xff\xfe"))])
-    assert decoding.read_properties(Properties.flags["headers"], data) == {
+    assert codec.read_properties(Properties.flags["headers"], data) == {
         "headers": {"k": b"\xff\xfe"}
     }
 
@@ -171,9 +174,9 @@ def test_a_long_string_that_is_not_utf8_is_bytes() -> None:
 def test_what_the_installed_reading_refuses_goes_to_pamqp() -> None:
     data = b"\x00\x00\x00\x07\x01kS\x00\x00\x00\x05abcde"
     with pytest.raises(ValueError, match="past its table"):
-        decoding.read_properties(Properties.flags["headers"], data)
+        codec.read_properties(Properties.flags["headers"], data)
     target = Properties()
-    decoding._unmarshal_properties(target, Properties.flags["headers"], data)
+    codec._unmarshal_properties(target, Properties.flags["headers"], data)
     assert target.headers == {"k": "abcde"}  # pamqp's lenient reading, as before
 
 
@@ -189,7 +192,7 @@ def test_pamqps_encoding_of_a_celery_message_is_read_back() -> None:
     )  # fmt: skip
     payload = ContentHeader(body_size=10, properties=sent).marshal()
     flags = struct.unpack_from(">H", payload, 12)[0]
-    assert decoding.read_properties(flags, payload[14:])["headers"] == headers
+    assert codec.read_properties(flags, payload[14:])["headers"] == headers
     assert_read_alike(flags, payload[14:])
 
 
@@ -205,8 +208,8 @@ def deliver_outcome(unmarshal: Any, data: bytes) -> str:
 
 def assert_deliver_read_alike(data: bytes) -> None:
     """The installed reading of a ``Basic.Deliver`` and pamqp's agree on ``data``."""
-    assert deliver_outcome(decoding._unmarshal_deliver, data) == deliver_outcome(
-        decoding._pamqp_deliver, data
+    assert deliver_outcome(codec._unmarshal_deliver, data) == deliver_outcome(
+        codec._pamqp_deliver, data
     )
 
 
@@ -242,32 +245,32 @@ def test_a_deliver_is_read_as_pamqp_reads_it_whole_and_damaged(
 
 def test_a_deliver_pamqp_wrote_is_read_back() -> None:
     sent = Deliver("ctag1.abc", 2**40, True, "celery", "celery.é")
-    assert decoding.read_deliver(sent.marshal()) == ("ctag1.abc", 2**40, True, "celery", "celery.é")
+    assert codec.read_deliver(sent.marshal()) == ("ctag1.abc", 2**40, True, "celery", "celery.é")
     received = frame.unmarshal(frame.marshal(sent, 1))[2]
     assert every_field(received, Deliver) == every_field(sent, Deliver)
 
 
 @contextlib.contextmanager
 def pamqps_own_reading() -> Iterator[None]:
-    """pamqp's ``Basic.Properties.unmarshal`` in place for the block, the faster one after."""
-    decoding.uninstall()
+    """pamqp's own reading and writing in place for the block, celeriac's after."""
+    codec.uninstall()
     try:
         yield
     finally:
-        decoding.install()
+        codec.install()
 
 
 async def test_connecting_the_transport_installs_the_reading(amqp_url: str) -> None:
     with pamqps_own_reading():
-        assert not decoding.installed()
+        assert not codec.installed()
         transport = AmqpTransport(amqp_url)
         await transport.connect()
         try:
-            assert decoding.installed()
+            assert codec.installed()
         finally:
             await transport.aclose()
-    decoding.install()  # idempotent
-    assert decoding.installed()
+    codec.install()  # idempotent
+    assert codec.installed()
 
 
 async def test_a_celery_message_from_rabbitmq_reads_alike_both_ways(
@@ -310,3 +313,52 @@ def _frames(data: bytes) -> Iterator[tuple[int, int, Any]]:
 def every_field(read: Any, kind: Any = Properties) -> dict[str, Any]:
     """Every field of ``read``, a ``kind`` of pamqp frame, by name."""
     return {name: getattr(read, name) for name in kind.__slots__}
+
+
+_FLOATS = {"ratio": 0.1, "limits": [None, 0.1, 1.3], "nested": {"tiny": -2.5e-300}, "n": 3}
+
+
+def test_floats_in_tables_are_written_as_doubles() -> None:
+    written = encode.field_table(_FLOATS)
+    assert decode.field_table(written) == (len(written), _FLOATS)
+    assert b"d" + struct.pack(">d", 0.1) in written
+    with pamqps_own_reading():  # pamqp alone writes 32-bit floats: 0.1 comes back changed
+        assert decode.field_table(encode.field_table(_FLOATS))[1]["ratio"] != 0.1
+
+
+@settings(max_examples=200)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+)
+def test_every_other_value_is_written_as_pamqp_writes_it(value: Any) -> None:
+    with pamqps_own_reading():
+        by_pamqp = encode.field_table({"v": value})
+    assert encode.field_table({"v": value}) == by_pamqp
+
+
+async def test_celerys_client_reads_the_floats_celeriac_sends(
+    amqp_url: str, unique_name: str
+) -> None:
+    """A task sent by celeriac's ``App`` with float limits and headers, read by kombu."""
+    app = App("producer", broker=amqp_url)
+    try:
+        await app.connect([unique_name])
+        await app.send_task(
+            "tasks.add", (1, 2), queue=unique_name, soft_time_limit=0.1, headers={"ratio": 1.3}
+        )
+    finally:
+        await app.aclose()
+
+    def read() -> Any:
+        with kombu.Connection(amqp_url) as connection:
+            return connection.default_channel.basic_get(unique_name, no_ack=True)
+
+    message = await asyncio.to_thread(read)
+    assert message.headers["timelimit"] == [None, 0.1]
+    assert message.headers["ratio"] == 1.3

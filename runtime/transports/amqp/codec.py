@@ -1,21 +1,27 @@
-"""Faster readings of the two frames every AMQP delivery starts with, for pamqp.
+"""Where celeriac reads and writes AMQP frames otherwise than pamqp, which aiormq is built on.
 
-aiormq reads frames with pamqp, which decodes a method's fields and a message's properties
-generically: each field's decoder looked up by type name, the rest of the frame copied
-(``value[offset:]``) after every field. A Celery message's ``headers`` property is a field
-table of about twenty entries, so its content header cost 45-63 us to read here and a
-``Basic.Deliver`` 7-8 us: a fifth of the worker's CPU per no-op task. :func:`read_properties`
-and :func:`read_deliver` walk the same bytes by offset, and :func:`install` puts them in
-front of pamqp's own ``Basic.Properties.unmarshal`` and ``Basic.Deliver.unmarshal`` (a Celery
+**Faster readings of the two frames every delivery starts with.** pamqp decodes a method's
+fields and a message's properties generically: each field's decoder looked up by type name,
+the rest of the frame copied (``value[offset:]``) after every field. A Celery message's
+``headers`` property is a field table of about twenty entries, so its content header cost
+45-63 us to read here and a ``Basic.Deliver`` 7-8 us: a fifth of the worker's CPU per no-op
+task. :func:`read_properties` and :func:`read_deliver` walk the same bytes by offset, in front
+of pamqp's own ``Basic.Properties.unmarshal`` and ``Basic.Deliver.unmarshal`` (a Celery
 header frame 45 -> 25 us, a ``Basic.Deliver`` 7.1 -> 1.1 us, this machine, ``timeit``).
-
 What they return is exactly what pamqp's reading would set (its types too: ``'x'`` byte
 arrays as ``bytearray``, a long string that is not UTF-8 as ``bytes``, timestamps past 2106
 read as milliseconds, ``Decimal``\\ s). They are stricter than pamqp about malformed frames (a
 string or a table overrunning its bounds, which pamqp truncates or reads past), and whatever
 they refuse, or any error at all, goes to pamqp's own reading, unchanged: so a frame is read
-exactly as before, only faster. ``tests/runtime/test_amqp_decoding.py`` checks the two
-against each other on random frames, whole and damaged.
+exactly as before, only faster.
+
+**Floats in field tables written as doubles.** pamqp writes a Python float in a header table
+as a 32-bit ``f``, so a soft time limit of 0.1 s arrived as 0.10000000149011612; Celery's
+client (py-amqp) writes ``d``, a double, and so does celeriac with :func:`install`.
+
+:func:`install` (called when the transport connects) puts all three in place, process-wide, as
+aiormq offers no other hook. ``tests/runtime/test_amqp_codec.py`` checks the readings against
+pamqp's on random frames, whole and damaged, and the floats as Celery's client reads them.
 """
 
 from __future__ import annotations
@@ -26,10 +32,17 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from pamqp import commands
+from pamqp import commands, encode
 from pamqp.base import BasicProperties
 
-__all__ = ["install", "installed", "read_deliver", "read_properties", "uninstall"]
+__all__ = [
+    "encode_table_value",
+    "install",
+    "installed",
+    "read_deliver",
+    "read_properties",
+    "uninstall",
+]
 
 _PROPERTIES = commands.Basic.Properties
 _DELIVER = commands.Basic.Deliver
@@ -45,9 +58,11 @@ _LAYOUT = tuple(
     for name in _PROPERTIES.__slots__
 )
 
-# pamqp's own readings, for what the faster ones refuse.
+# pamqp's own readings, for what the faster ones refuse, and its own table-value writer.
 _pamqp_properties: Callable[[Any, int, bytes], None] = _PROPERTIES.unmarshal
 _pamqp_deliver: Callable[[Any, bytes], None] = _DELIVER.unmarshal
+_pamqp_table_value = encode.encode_table_value
+_DOUBLE = struct.Struct(">d").pack
 
 
 class _Malformed(ValueError):
@@ -263,25 +278,37 @@ def _unmarshal_deliver(self: commands.Basic.Deliver, data: bytes) -> None:
         _pamqp_deliver(self, data)
 
 
-def install() -> None:
-    """Read every ``Basic.Deliver`` and message properties of this process by this module
-    (idempotent).
+def encode_table_value(value: Any) -> bytes:
+    """A field-table value as pamqp writes it, except a float: a double (``d``), as py-amqp
+    writes it, not pamqp's 32-bit ``f``."""
+    if isinstance(value, float):
+        return b"d" + _DOUBLE(value)
+    return _pamqp_table_value(value)
 
-    Process-wide, as aiormq offers no other hook; every reader of pamqp frames in the process,
-    aio-pika included, gets the same values as before.
+
+def install() -> None:
+    """Read every ``Basic.Deliver`` and message properties of this process by this module, and
+    write floats in field tables as doubles (idempotent).
+
+    Process-wide, as aiormq offers no other hook: every reader of pamqp frames in the process,
+    aio-pika included, gets the same values as before, and every writer exact floats.
     """
     _PROPERTIES.unmarshal = _unmarshal_properties  # type: ignore[method-assign]
     _DELIVER.unmarshal = _unmarshal_deliver  # type: ignore[method-assign,assignment]
+    encode.encode_table_value = encode_table_value
 
 
 def uninstall() -> None:
-    """Let pamqp read them itself again."""
+    """Let pamqp read and write them itself again."""
     _PROPERTIES.unmarshal = _pamqp_properties  # type: ignore[method-assign,assignment]
     _DELIVER.unmarshal = _pamqp_deliver  # type: ignore[method-assign,assignment]
+    encode.encode_table_value = _pamqp_table_value
 
 
 def installed() -> bool:
     """Whether :func:`install` is in effect."""
-    return _PROPERTIES.unmarshal is _unmarshal_properties and (
-        _DELIVER.unmarshal is _unmarshal_deliver
+    return (
+        _PROPERTIES.unmarshal is _unmarshal_properties
+        and _DELIVER.unmarshal is _unmarshal_deliver
+        and encode.encode_table_value is encode_table_value
     )
