@@ -289,7 +289,7 @@ async def test_a_renewed_claim_survives_kombus_sweep_and_a_lapsed_one_does_not( 
 ) -> None:  # fmt: skip
     """A long task is not restored by a Celery worker's sweep while its worker lives; once
     the worker is cut off from Redis (as dead), the same sweep gives the message back."""
-    holder = await open_transport(proxy.url, visibility_timeout=1)
+    holder = await open_transport(proxy.url, visibility_timeout=1, unacked_mutex_expire=1)
     await holder.publish(_message(1), routing_key=unique_name)
     consumer = SlotConsumer(holder, [unique_name], Slots(1))
     held = await consumer.get()
@@ -301,7 +301,15 @@ async def test_a_renewed_claim_survives_kombus_sweep_and_a_lapsed_one_does_not( 
 
     proxy.refuse()  # the holder can no longer renew: as if it died
     await asyncio.sleep(1.5)
-    await kombu_sweep(1)
+
+    async def swept() -> bool:
+        # Cut off mid-sweep, the holder leaves the sweep mutex held until it expires (1 s
+        # here, kombu's 300 s by default), and a sweep meanwhile skips: sweep again, as a
+        # Celery worker does every interval.
+        await kombu_sweep(1)
+        return bool(await raw.llen(layout.queue_key(unique_name)))
+
+    await _eventually(swept)
     other = await open_transport()
     again = await SlotConsumer(other, [unique_name], Slots(1)).get()
 
