@@ -196,6 +196,35 @@ def test_pamqps_encoding_of_a_celery_message_is_read_back() -> None:
     assert_read_alike(flags, payload[14:])
 
 
+def _headers_read(headers: dict[str, Any]) -> dict[str, Any]:
+    payload = ContentHeader(body_size=0, properties=Properties(headers=headers)).marshal()
+    flags = struct.unpack_from(">H", payload, 12)[0]
+    read: dict[str, Any] = codec.read_properties(flags, payload[14:])["headers"]
+    return read
+
+
+def test_messages_share_one_copy_of_each_header_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_KEYS", {})
+    first, second = _headers_read({"task": "a", "id": "1"}), _headers_read({"task": "b"})
+
+    def task_name_key(headers: dict[str, Any]) -> str:
+        return next(name for name in headers if name == "task")
+
+    assert task_name_key(second) is task_name_key(first)
+    assert first == {"task": "a", "id": "1"}
+    assert second == {"task": "b"}
+
+
+def test_the_shared_header_names_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_KEYS", {})
+    monkeypatch.setattr(codec, "_KEYS_MAX", 3)
+    many = {f"name{n}": n for n in range(10)}
+
+    assert _headers_read(many) == many
+    assert _headers_read(many) == many  # the names past the bound are read each time
+    assert list(codec._KEYS.values()) == ["name0", "name1", "name2"]
+
+
 def deliver_outcome(unmarshal: Any, data: bytes) -> str:
     """What ``unmarshal`` sets on a fresh ``Basic.Deliver``, or the type of error it raises."""
     target = Deliver()
