@@ -8,11 +8,13 @@ missing there.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import aio_pika
+import aiormq.abc
 import pytest
 from celery import Celery
 
@@ -564,6 +566,36 @@ async def test_an_unreadable_message_is_dead_lettered_not_handed_out(
     assert receiver.count == 1
     assert await _ready(transport, f"{queue}.dead") == 1
     assert await _ready(transport, queue) == 0
+
+
+async def test_a_delivery_handed_out_keeps_none_of_aiormqs_frames(
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
+) -> None:
+    """A run that waits for minutes holds its message once: aiormq's frames, and the header
+    table read from them, are let go once the delivery is read."""
+
+    def frames() -> list[aiormq.abc.DeliveredMessage]:
+        gc.collect()
+        return [
+            held
+            for held in gc.get_objects()
+            if isinstance(held, aiormq.abc.DeliveredMessage) and held.routing_key == queue
+        ]
+
+    await transport.declare([QueueSpec(queue)])
+    await transport.publish(_message(b'{"n": 0}', custom="header"), routing_key=queue)
+    receivers.append(receiver := SlotConsumer(transport, [queue], Slots(1)))
+
+    delivery = await receiver.get()
+
+    assert delivery.message.headers == {"custom": "header"}
+    assert frames() == []
+    await transport.ack(delivery)
+    await _until(lambda: _settled(transport, queue))
+
+
+async def _settled(transport: AmqpTransport, queue: str) -> bool:
+    return await transport.queue_depth(queue) == (0, 0)
 
 
 async def test_consuming_resumes_after_the_connection_drops(

@@ -16,13 +16,14 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import aio_pika
-import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from protocol import CeleriacError, WireMessage, from_amqp
 from protocol.control import NODE_QUEUE_ARGUMENTS
 from protocol.envelopes import AMQP_PROPERTY_NAMES
 from runtime.errors import translate_amqp_errors
+
+from .received import BROKER_ERRORS
 
 __all__ = ["AmqpBroadcasting", "declare_exchange", "listen"]
 
@@ -149,7 +150,5 @@ async def _receive(
 
 
 async def _close(channel: AbstractChannel) -> None:
-    with contextlib.suppress(
-        aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError
-    ):
+    with contextlib.suppress(*BROKER_ERRORS):
         await channel.close()

@@ -66,6 +66,7 @@ from runtime.transports.reconnect import BackoffConnection
 from . import codec, fanout
 from .delayed import DELAYED_DELIVERY, DelayedQueues
 from .monitor import AmqpMirroring
+from .received import BROKER_ERRORS, Received, ack_together, unless_lost
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpTransport", "ConnectionFactory"]
 
@@ -77,7 +78,6 @@ ConnectionFactory = Callable[[str], Awaitable[AbstractRobustConnection]]
 #: Seconds one connection attempt may take.
 CONNECT_TIMEOUT = 10.0
 
-_BROKER_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
 _PROPERTIES = ("correlation_id", "reply_to", "delivery_mode", "priority", "expiration")
 _CLASSIC = QueueSpec("")
 
@@ -86,30 +86,9 @@ _FETCH_IDLE_MIN = 0.005
 _FETCH_IDLE_MAX = 0.1
 
 
-class _Received:
-    """A message as it came off a channel: its frames, and whether it has been settled.
-
-    The hot path works on aiormq's frames directly; aio-pika's message wrapper costs more
-    per delivery than the rest of the transport together.
-    """
-
-    __slots__ = ("channel", "delivered", "settled", "tag")
-
-    def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
-        self.delivered = delivered
-        self.channel = delivered.channel
-        self.tag = delivered.delivery_tag or 0
-        self.settled = False
-
-    @property
-    def lost(self) -> bool:
-        """Whether the channel it arrived on has closed (the broker then redelivers it)."""
-        return self.channel.is_closed
-
-
-_Buffered = tuple[str, _Received] | None
+_Buffered = tuple[str, Received] | None
 #: A settlement to write: the message, ``None`` (ack) or reject's requeue flag, the caller's future.
-_Pending = tuple[_Received, bool | None, asyncio.Future[None]]
+_Pending = tuple[Received, bool | None, asyncio.Future[None]]
 
 
 class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
@@ -134,7 +113,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         self._buffer: asyncio.Queue[_Buffered] | None = None  # set while consume() runs
         self._raw: aiormq.abc.AbstractChannel | None = None  # the consumer's current channel
         self._consumer_tags: list[str] = []
-        self._unsettled: set[_Received] = set()
+        self._unsettled: set[Received] = set()
         self._pending: list[_Pending] = []  # settlements the flush task has not written yet
         self._flushing: asyncio.Task[None] | None = None
         self._prefetch = 0
@@ -229,7 +208,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             unsubscribe()
             await self._stop_regulator()
             if not self._closing:  # else closing the connection returns everything
-                with contextlib.suppress(*_BROKER_ERRORS):
+                with contextlib.suppress(*BROKER_ERRORS):
                     if self._raw is not None and not self._raw.is_closed:
                         await self._locked_apply(self._raw)  # target 0: cancel the consumers
                     # What waited for a slot when the iteration ended (cancelled), then the rest.
@@ -245,9 +224,9 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             self._consumer.reopen_callbacks.add(lambda _channel: self._wake.set())
         return self._consumer
 
-    async def _delivery(self, queue: str, message: _Received) -> Delivery | None:
+    async def _delivery(self, queue: str, message: Received) -> Delivery | None:
         """The delivery for ``message``; ``None`` if it was unreadable (and dead-lettered)."""
-        delivered = message.delivered
+        delivered = message.take()
         header = delivered.header.properties
         properties = {name: getattr(header, name) for name in _PROPERTIES}
         try:
@@ -259,7 +238,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 properties=properties,
             )
         except CeleriacError as exc:
-            await self._drop_unreadable(queue, message, properties, exc)
+            await self._drop_unreadable(queue, message, delivered, properties, exc)
             return None
         return Delivery(
             message=wire,
@@ -297,7 +276,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 continue
             idle = _FETCH_IDLE_MIN
             name, got = fetched
-            delivery = await self._delivery(name, _Received(got))
+            delivery = await self._delivery(name, Received(got))
             if delivery is not None:
                 yield delivery
 
@@ -421,7 +400,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 if raw is not self._raw and self._raw is not None:
                     await self.declare(list(self._declared.values()))  # a fresh broker node
                 await self._locked_apply(raw)
-            except (BrokerConnectionError, *_BROKER_ERRORS) as exc:
+            except (BrokerConnectionError, *BROKER_ERRORS) as exc:
                 log.warning("AMQP flow control will retry: %s", exc)
                 await asyncio.sleep(1)
                 self._wake.set()
@@ -434,11 +413,11 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             await asyncio.gather(regulator, return_exceptions=True)
 
     async def _on_message(self, queue: str, delivered: aiormq.abc.DeliveredMessage) -> None:
-        message = _Received(delivered)
+        message = Received(delivered)
         if self._buffer is not None:
             self._buffer.put_nowait((queue, message))
         elif not self._closing:  # arrived while consume() was ending
-            with contextlib.suppress(*_BROKER_ERRORS):
+            with contextlib.suppress(*BROKER_ERRORS):
                 await message.channel.basic_reject(message.tag, requeue=True)
 
     async def _settle(self, delivery: Delivery, requeue: bool | None) -> None:
@@ -448,7 +427,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         ``basic.qos`` lowering for all of them (see :meth:`_flush`): the QoS round trip is
         paid per burst, not per message.
         """
-        message: _Received = delivery.handle
+        message: Received = delivery.handle
         if message.lost or message.settled:
             return
         message.settled = True
@@ -495,13 +474,13 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             if held:
                 self._unsettled.difference_update(held)
                 async with self._qos_lock:
-                    await _unless_lost(held[0], self._apply(held[0].channel))
+                    await unless_lost(held[0], self._apply(held[0].channel))
             acks = [message for message, requeue, _ in live if requeue is None]
             if acks:
-                await _unless_lost(acks[0], _ack_together(acks))
+                await unless_lost(acks[0], ack_together(acks))
             for message, requeue, _ in live:
                 if requeue is not None:
-                    await _unless_lost(
+                    await unless_lost(
                         message, message.channel.basic_reject(message.tag, requeue=requeue)
                     )
         except BaseException:
@@ -513,13 +492,18 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             raise
 
     async def _drop_unreadable(
-        self, queue: str, message: _Received, properties: dict[str, Any], exc: CeleriacError
+        self,
+        queue: str,
+        message: Received,
+        delivered: aiormq.abc.DeliveredMessage,
+        properties: dict[str, Any],
+        exc: CeleriacError,
     ) -> None:
         """Dead-letter a message ``from_amqp`` refused; it never reached a slot, QoS stays."""
-        header = message.delivered.header.properties
+        header = delivered.header.properties
         kept = {name: value for name, value in properties.items() if value is not None}
         wire = WireMessage(
-            message.delivered.body,
+            delivered.body,
             header.content_type,
             header.content_encoding,
             header.headers or {},
@@ -528,10 +512,10 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         try:
             await self._publish_dead(wire, queue, f"unreadable: {exc}")
             await message.channel.basic_ack(message.tag)
-        except (BrokerConnectionError, *_BROKER_ERRORS) as failed:
+        except (BrokerConnectionError, *BROKER_ERRORS) as failed:
             # Celery rejects an unknown format too; requeueing would redeliver it forever.
             log.error("dropping an unreadable message from %r: %s", queue, failed)
-            with contextlib.suppress(*_BROKER_ERRORS):
+            with contextlib.suppress(*BROKER_ERRORS):
                 await message.channel.basic_reject(message.tag, requeue=False)
 
     async def _publish_dead(self, message: WireMessage, queue: str, reason: str) -> None:
@@ -557,38 +541,6 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 else self._publisher.default_exchange
             )
             await target.publish(message, routing_key=routing_key, mandatory=mandatory)
-
-
-async def _unless_lost(message: _Received, operation: Awaitable[None]) -> None:
-    """Await ``operation`` on ``message``'s channel; a broker error is ignored if that channel
-    has closed meanwhile (the broker then redelivers the message anyway)."""
-    try:
-        await operation
-    except _BROKER_ERRORS:
-        if not message.lost:
-            raise
-
-
-async def _ack_together(messages: list[_Received]) -> None:
-    """Ack ``messages`` with one write, waiting until it has left (frames of a closed channel
-    are dropped: the broker redelivers those messages).
-
-    aiormq writes each ``basic_ack`` call to the socket on its own; a burst of acks in one
-    frame set costs one system call.
-    """
-    channel = messages[0].channel
-    if any(message.channel is not channel for message in messages):  # a reconnect mid-batch
-        for message in messages:
-            await _ack_together([message])
-        return
-    if channel.is_closed:
-        return
-    written = channel.create_future()  # aiormq fails it if the channel closes first
-    frames = [amqp_spec.Basic.Ack(delivery_tag=message.tag) for message in messages]
-    await channel.connection.write_queue.put(
-        aiormq.abc.ChannelFrame.marshall(channel.number, frames, drain_future=written)
-    )
-    await written
 
 
 def _outgoing(message: WireMessage) -> dict[str, Any]:
