@@ -118,7 +118,8 @@ def sequence(value: Any, field: str, *, null_is_empty: bool = False) -> tuple[An
 
 
 def mapping(value: Any, field: str, *, null_is_empty: bool = False) -> Mapping[str, Any]:
-    """A mapping with string keys, as a read-only copy; null too, if ``null_is_empty``."""
+    """A mapping with string keys, as a read-only copy (an empty one shared: a message's
+    ``{}`` kwargs are held for as long as it runs); null too, if ``null_is_empty``."""
     if value is None and null_is_empty:
         return EMPTY
     # dict first: what every decoder returns, and far cheaper to test than the Mapping ABC.
@@ -127,7 +128,7 @@ def mapping(value: Any, field: str, *, null_is_empty: bool = False) -> Mapping[s
     for key in value:
         if not isinstance(key, str):
             raise MalformedMessage(f"keys must be strings, got {_kind(key)}", field=field)
-    return MappingProxyType(dict(value))
+    return MappingProxyType(dict(value)) if value else EMPTY
 
 
 def optional_strings(value: Any, field: str) -> tuple[str, ...] | None:

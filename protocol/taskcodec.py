@@ -171,9 +171,16 @@ def _from_fields(
         ),
         stamps=_fields.mapping(get("stamps"), f"{where}.stamps", null_is_empty=True),
         lang=_fields.text(_fields.or_default(get("lang"), "py"), f"{where}.lang"),
-        headers=MappingProxyType({k: v for k, v in headers.items() if k not in _NOT_CUSTOM}),
+        headers=_custom(headers),
         protocol=protocol,
     )
+
+
+def _custom(headers: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The headers Celery does not define (a shared empty mapping when there are none, as in
+    most messages)."""
+    custom = {name: value for name, value in headers.items() if name not in _NOT_CUSTOM}
+    return MappingProxyType(custom) if custom else _fields.EMPTY
 
 
 def encode_task(

@@ -56,6 +56,22 @@ def test_plain_call(serializer: str) -> None:
     assert captured.headers["origin"].startswith("gen")
 
 
+def test_empty_mappings_are_one_shared_read_only_mapping() -> None:
+    """A run waiting for minutes holds its message: Celery's ``{}`` kwargs, stamps and
+    custom headers cost nothing per message."""
+    app = make_app()
+    first, second = (
+        decode_task(capture(app, "proj.add", args=(1,), task_id=_task_id()).wire())
+        for _ in range(2)
+    )
+
+    for name in ("kwargs", "stamps", "headers"):
+        assert getattr(first, name) == {}
+        assert getattr(first, name) is getattr(second, name)
+        with pytest.raises(TypeError):
+            getattr(first, name)["added"] = 1  # type: ignore[index]
+
+
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])
 def test_every_option(serializer: str) -> None:
     """The WIRE.md capture: countdown, expires, priority, limits, link, link_error, headers."""
