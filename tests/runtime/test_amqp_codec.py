@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +33,12 @@ from runtime.transports.amqp import AmqpTransport, codec
 
 Properties = commands.Basic.Properties
 Deliver = commands.Basic.Deliver
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _installed() -> None:
+    """The codec in place, as a connected transport leaves it, whichever tests run."""
+    codec.install()
 
 
 def outcome(unmarshal: Any, flags: int, data: bytes) -> str:
@@ -369,6 +376,94 @@ def test_every_other_value_is_written_as_pamqp_writes_it(value: Any) -> None:
     with pamqps_own_reading():
         by_pamqp = encode.field_table({"v": value})
     assert encode.field_table({"v": value}) == by_pamqp
+
+
+def written(marshal: Any, properties: Any) -> str:
+    """What ``marshal`` writes for ``properties``, or the type of error it raises."""
+    try:
+        return repr(marshal(properties))
+    except Exception as exc:  # the type is what is compared
+        return f"raises {type(exc).__name__}"
+
+
+def assert_written_alike(properties: Any) -> None:
+    """The installed writing and pamqp's (with the installed float writer) agree."""
+    assert written(codec._marshal_properties, properties) == written(
+        codec._pamqp_marshal, properties
+    )
+
+
+_table_keys = st.one_of(
+    st.text(max_size=12), st.text(min_size=129, max_size=140), st.just("é" * 65)
+)
+_table_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**65), 2**65)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.decimals(places=2, min_value=-(10**6), max_value=10**6)
+    | st.datetimes(min_value=datetime.datetime(1970, 1, 2), max_value=datetime.datetime(2100, 1, 1))
+    | st.binary(max_size=8).map(bytearray)
+    | st.sampled_from([b"bytes", (1, 2), {3}, object]),  # pamqp refuses these
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_table_keys, inner, max_size=4),
+    max_leaves=16,
+)
+_PROPERTY_VALUES = {
+    "shortstr": st.text(max_size=20) | st.text(min_size=120, max_size=300) | st.integers(),
+    "table": st.dictionaries(_table_keys, _table_values, max_size=12)
+    | st.sampled_from([[], "", 0, ["not a table"]]),
+    "octet": st.integers(-5, 300) | st.booleans(),
+    "timestamp": st.datetimes(
+        min_value=datetime.datetime(1970, 1, 2), max_value=datetime.datetime(2100, 1, 1)
+    ),
+}
+
+
+@st.composite
+def any_properties(draw: st.DrawFn) -> Any:
+    """Properties with any subset set, to values of their types and some that are not."""
+    properties = Properties()
+    for name in Properties.__slots__:
+        if draw(st.booleans()):
+            kind = getattr(Properties, f"_{name}")
+            setattr(properties, name, draw(_PROPERTY_VALUES[kind], label=name))
+    return properties
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(any_properties())
+def test_properties_are_written_as_pamqp_writes_them(properties: Any) -> None:
+    assert_written_alike(properties)
+
+
+def test_a_celery_message_is_written_as_pamqp_writes_it_and_read_back() -> None:
+    headers = {
+        "lang": "py", "task": "tasks.add", "id": "0f4c", "shadow": None, "eta": None,
+        "retries": 0, "timelimit": [None, 30.5], "ignore_result": False, "stamps": {},
+        "group_index": 2, "origin": "gen1@host", "big": 2**40, "neg": -(2**20), "é": "ü",
+    }  # fmt: skip
+    sent = Properties(
+        content_type="application/json", content_encoding="utf-8", headers=headers,
+        delivery_mode=2, priority=0, correlation_id="0f4c", reply_to="r",
+    )  # fmt: skip
+    assert_written_alike(sent)
+    data = codec.write_properties(sent)
+    assert codec.read_properties(struct.unpack_from(">H", data)[0], data[2:]) == {
+        name: getattr(sent, name) for name in Properties.__slots__ if getattr(sent, name)
+    } | {"priority": 0}
+
+
+def test_what_the_installed_writing_refuses_goes_to_pamqp() -> None:
+    long_key = {"k" * 129: 1}
+    with pytest.raises(ValueError, match="truncates"):
+        codec.write_properties(Properties(headers=long_key))
+    assert_written_alike(Properties(headers=long_key))  # pamqp truncates it, with a warning
+    with pytest.raises(ValueError, match="short string"):
+        codec.write_properties(Properties(message_id="m" * 256))
+    assert written(codec._marshal_properties, Properties(message_id="m" * 256)) == (
+        "raises TypeError"  # pamqp's own error
+    )
 
 
 async def test_celerys_client_reads_the_floats_celeriac_sends(

@@ -15,6 +15,13 @@ string or a table overrunning its bounds, which pamqp truncates or reads past), 
 they refuse, or any error at all, goes to pamqp's own reading, unchanged: so a frame is read
 exactly as before, only faster.
 
+**A faster writing of the content header.** Publishing a Celery message (an ETA deferral, a
+retry, a canvas step, ``App.send_task``) had pamqp write its properties the same generic way:
+45 us for a Celery header frame. :func:`write_properties` writes the same bytes in 16 us
+(``timeit``), in front of pamqp's ``Basic.Properties.marshal``, and leaves what it does not
+write itself (keys pamqp truncates, subclasses of the value types, values pamqp refuses) to
+pamqp's own writing, unchanged.
+
 **One copy of each table key.** Celery's twenty header names repeat in every message, and a
 worker holding 10,000 waiting runs held 10,000 copies of each (about 1 KiB a message): keys
 are looked up, by their bytes, among those read before (at most 4,096 of them).
@@ -23,9 +30,10 @@ are looked up, by their bytes, among those read before (at most 4,096 of them).
 as a 32-bit ``f``, so a soft time limit of 0.1 s arrived as 0.10000000149011612; Celery's
 client (py-amqp) writes ``d``, a double, and so does celeriac with :func:`install`.
 
-:func:`install` (called when the transport connects) puts all three in place, process-wide, as
+:func:`install` (called when the transport connects) puts all four in place, process-wide, as
 aiormq offers no other hook. ``tests/runtime/test_amqp_codec.py`` checks the readings against
-pamqp's on random frames, whole and damaged, and the floats as Celery's client reads them.
+pamqp's on random frames, whole and damaged, the writing against pamqp's on random
+properties, and the floats as Celery's client reads them.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ __all__ = [
     "read_deliver",
     "read_properties",
     "uninstall",
+    "write_properties",
 ]
 
 _PROPERTIES = commands.Basic.Properties
@@ -67,11 +76,22 @@ _pamqp_properties: Callable[[Any, int, bytes], None] = _PROPERTIES.unmarshal
 _pamqp_deliver: Callable[[Any, bytes], None] = _DELIVER.unmarshal
 _pamqp_table_value = encode.encode_table_value
 _DOUBLE = struct.Struct(">d").pack
+_OCTET = struct.Struct(">B").pack
+_BYTE = struct.Struct(">b").pack
+_USHORT = struct.Struct(">H").pack
+_ULONG_PACK = struct.Struct(">I").pack
+_pamqp_marshal: Callable[[Any], bytes] = _PROPERTIES.marshal
 #: Table keys as read before, so that every message shares one copy of each: Celery's twenty
 #: header names repeat in every message, and a worker holding 10,000 waiting runs held 10,000
 #: copies of each (about 1 KiB per message). Bounded, so that arbitrary keys cannot grow it.
 _KEYS: dict[bytes, str] = {}
 _KEYS_MAX = 4096
+#: The other way round: keys as written before, with their length byte.
+_NAMES: dict[str, bytes] = {}
+
+
+class _Refused(ValueError):
+    """Something :func:`write_properties` leaves to pamqp's own writing."""
 
 
 class _Malformed(ValueError):
@@ -296,6 +316,92 @@ def _unmarshal_deliver(self: commands.Basic.Deliver, data: bytes) -> None:
         _pamqp_deliver(self, data)
 
 
+def write_properties(properties: BasicProperties) -> bytes:
+    """``properties`` encoded for a content header (flags first), byte for byte as pamqp's
+    ``Basic.Properties.marshal`` with :func:`encode_table_value` writes them. Raises
+    ``_Refused`` (a ``ValueError``), or whatever else, for anything it leaves to pamqp: keys
+    pamqp would truncate, a subclass of a value type, an unknown value."""
+    flags = 0
+    parts = [b""]
+    for flag, name, kind in _LAYOUT:
+        value = getattr(properties, name)
+        if value is None or value == "":  # what pamqp leaves out
+            continue
+        flags |= flag
+        if kind == "shortstr":
+            if type(value) is not str:
+                raise _Refused(f"{name} is not a str")
+            raw = value.encode("utf-8")
+            if len(raw) > 255:
+                raise _Refused(f"{name} is longer than a short string")
+            parts.append(_OCTET(len(raw)) + raw)
+        elif kind == "table":
+            parts.append(_write_table(value))
+        else:
+            parts.append(encode.by_type(value, kind))
+    parts[0] = _USHORT(flags)
+    return b"".join(parts)
+
+
+def _write_table(table: Any) -> bytes:
+    if not table:  # pamqp writes any empty value as an empty table
+        return b"\x00\x00\x00\x00"
+    if type(table) is not dict:
+        raise _Refused("a field table is not a dict")
+    parts = []
+    for key, value in sorted(table.items()):
+        name = _NAMES.get(key) or _name(key)
+        kind = type(value)
+        if kind is str:  # inline, as most of Celery's headers are strings or null
+            raw = value.encode("utf-8")
+            parts.append(name + b"S" + _ULONG_PACK(len(raw)) + raw)
+        elif value is None:
+            parts.append(name + b"V")
+        else:
+            parts.append(name + _write_value(value))
+    data = b"".join(parts)
+    return _ULONG_PACK(len(data)) + data
+
+
+def _name(key: Any) -> bytes:
+    """A table key written for the first time (as a short string), remembered while the
+    cache has room."""
+    if type(key) is not str:
+        raise _Refused("a key is not a str")
+    raw = key.encode("utf-8")
+    if len(raw) > 128:
+        raise _Refused("a key pamqp truncates")
+    name = _OCTET(len(raw)) + raw
+    if len(_NAMES) < _KEYS_MAX:
+        _NAMES[key] = name
+    return name
+
+
+def _write_value(value: Any) -> bytes:
+    kind = type(value)
+    if kind is str:
+        raw: bytes = value.encode("utf-8")
+        return b"S" + _ULONG_PACK(len(raw)) + raw
+    if value is None:
+        return b"V"
+    if kind is int and -128 <= value <= 127:
+        return b"b" + _BYTE(value)
+    if kind is dict:
+        return b"F" + _write_table(value)
+    if kind is list:
+        data = b"".join([_write_value(item) for item in value])
+        return b"A" + _ULONG_PACK(len(data)) + data
+    return encode_table_value(value)  # bool, wider ints, floats and the rarer types
+
+
+def _marshal_properties(self: BasicProperties) -> bytes:
+    """``Basic.Properties.marshal`` by :func:`write_properties`, else by pamqp."""
+    try:
+        return write_properties(self)
+    except Exception:  # whatever it is, pamqp's writing decides (and raises its own error)
+        return _pamqp_marshal(self)
+
+
 def encode_table_value(value: Any) -> bytes:
     """A field-table value as pamqp writes it, except a float: a double (``d``), as py-amqp
     writes it, not pamqp's 32-bit ``f``."""
@@ -305,13 +411,15 @@ def encode_table_value(value: Any) -> bytes:
 
 
 def install() -> None:
-    """Read every ``Basic.Deliver`` and message properties of this process by this module, and
-    write floats in field tables as doubles (idempotent).
+    """Read every ``Basic.Deliver`` and message properties of this process by this module,
+    write message properties by it, and floats in field tables as doubles (idempotent).
 
     Process-wide, as aiormq offers no other hook: every reader of pamqp frames in the process,
-    aio-pika included, gets the same values as before, and every writer exact floats.
+    aio-pika included, gets the same values as before, and every writer the same bytes, but
+    for exact floats.
     """
     _PROPERTIES.unmarshal = _unmarshal_properties  # type: ignore[method-assign]
+    _PROPERTIES.marshal = _marshal_properties  # type: ignore[method-assign]
     _DELIVER.unmarshal = _unmarshal_deliver  # type: ignore[method-assign,assignment]
     encode.encode_table_value = encode_table_value
 
@@ -319,6 +427,7 @@ def install() -> None:
 def uninstall() -> None:
     """Let pamqp read and write them itself again."""
     _PROPERTIES.unmarshal = _pamqp_properties  # type: ignore[method-assign,assignment]
+    _PROPERTIES.marshal = _pamqp_marshal  # type: ignore[method-assign,assignment]
     _DELIVER.unmarshal = _pamqp_deliver  # type: ignore[method-assign,assignment]
     encode.encode_table_value = _pamqp_table_value
 
@@ -327,6 +436,7 @@ def installed() -> bool:
     """Whether :func:`install` is in effect."""
     return (
         _PROPERTIES.unmarshal is _unmarshal_properties
+        and _PROPERTIES.marshal is _marshal_properties
         and _DELIVER.unmarshal is _unmarshal_deliver
         and encode.encode_table_value is encode_table_value
     )
