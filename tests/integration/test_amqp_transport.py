@@ -18,8 +18,9 @@ import aiormq.abc
 import pytest
 from celery import Celery
 
-from protocol import DEFAULT_LIMITS, WireMessage, decode_task
+from protocol import DEFAULT_LIMITS, WireMessage, amqp_properties, decode_task
 from runtime.errors import BrokerConnectionError
+from runtime.transports.amqp import transport as amqp_transport
 from runtime.transports.amqp.transport import AmqpTransport
 from runtime.transports.base import Delivery, QueueSpec
 from runtime.worker.slots import Slots
@@ -418,6 +419,27 @@ async def test_settling_after_the_channel_was_lost_is_a_no_op(
     assert await _ready(transport, queue) == 0
 
 
+async def test_publishing_while_the_connection_is_restored_fails_at_once(
+    connect: Any, queue: str
+) -> None:
+    """As aio-pika's own publish: the caller decides whether to wait and send again."""
+    transport = await connect("?reconnect_interval=5")
+    await transport.declare([QueueSpec(queue)])
+    assert transport._connection is not None
+    assert transport._connection.transport is not None
+    publisher = transport._publisher
+    await transport._connection.transport.connection.close()  # the socket goes away
+
+    async def publisher_closed() -> bool:
+        return bool(publisher.is_closed)
+
+    await _until(publisher_closed)
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError):
+        await transport.publish(_message(), routing_key=queue)
+    assert time.monotonic() - started < 1
+
+
 async def test_connect_to_a_closed_port_fails_fast() -> None:
     transport = AmqpTransport("amqp://guest:secret@127.0.0.1:1//")
     started = time.monotonic()
@@ -566,6 +588,32 @@ async def test_an_unreadable_message_is_dead_lettered_not_handed_out(
     assert receiver.count == 1
     assert await _ready(transport, f"{queue}.dead") == 1
     assert await _ready(transport, queue) == 0
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {},
+        {"correlation_id": "c-1", "reply_to": "r.1"},
+        {"delivery_mode": 2, "priority": 9},
+        {"delivery_mode": 1, "priority": 0, "expiration": "60000"},
+        {"correlation_id": 7, "expiration": 3000},  # what aio-pika turns into text too
+    ],
+)
+def test_published_properties_are_those_aio_pikas_message_wrote(
+    properties: dict[str, Any],
+) -> None:
+    """Publishing builds pamqp's properties itself, as aio-pika's ``Message`` did."""
+    message = WireMessage(b"{}", "application/json", "utf-8", {"task": "t", "n": 1}, properties)
+
+    by_aio_pika = aio_pika.Message(message.body, **amqp_properties(message)).properties
+
+    assert amqp_transport._outgoing(message).marshal() == by_aio_pika.marshal()
+
+
+def test_an_expiration_is_published_to_the_millisecond() -> None:
+    message = WireMessage(b"{}", "application/json", "utf-8", {}, {"expiration": "1001"})
+    assert amqp_transport._outgoing(message).expiration == "1001"  # aio-pika's seconds: "1000"
 
 
 async def test_a_delivery_handed_out_keeps_none_of_aiormqs_frames(
