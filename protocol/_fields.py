@@ -131,6 +131,14 @@ def mapping(value: Any, field: str, *, null_is_empty: bool = False) -> Mapping[s
     return MappingProxyType(dict(value)) if value else EMPTY
 
 
+def json_object(value: Any, field: str) -> dict[str, Any]:
+    """A JSON object this package has just decoded, as it is: its keys are strings already and
+    nothing else holds it, so it needs neither :func:`mapping`'s checks nor its copy."""
+    if type(value) is not dict:
+        raise MalformedMessage(f"expected a mapping, got {_kind(value)}", field=field)
+    return value
+
+
 def optional_strings(value: Any, field: str) -> tuple[str, ...] | None:
     """A list of strings, or null."""
     if value is None:

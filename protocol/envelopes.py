@@ -14,6 +14,7 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from . import _fields, jsontags
@@ -139,13 +140,14 @@ def decode_envelope(data: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> En
     envelope may be a third larger than ``limits.max_body_bytes``.
     """
     _check_envelope_size(data, limits.max_body_bytes * 4 // 3, field="envelope")
-    document = _fields.mapping(jsontags.loads(data), "envelope")
+    # JSON objects just decoded: string keys, and no one else holds them (no copies).
+    document = _fields.json_object(jsontags.loads(data), "envelope")
     shallow = json_nests_within(data, limits.max_depth)
-    properties = dict(_fields.mapping(document.get("properties"), "envelope.properties"))
+    properties = _fields.json_object(document.get("properties"), "envelope.properties")
     limits.check_headers(properties, field="envelope.properties", shallow=shallow)
-    headers = _fields.mapping(document.get("headers") or {}, "envelope.headers")
+    headers = _fields.json_object(document.get("headers") or {}, "envelope.headers")
     limits.check_headers(headers, shallow=shallow)
-    delivery_info = _fields.mapping(
+    delivery_info = _fields.json_object(
         properties.pop("delivery_info", None) or {}, "envelope.properties.delivery_info"
     )
     body_encoding = properties.pop("body_encoding", None)
@@ -177,7 +179,7 @@ def decode_envelope(data: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> En
             content_encoding=_fields.optional_text(
                 document.get("content-encoding"), "content-encoding"
             ),
-            headers=headers,
+            headers=MappingProxyType(headers) if headers else _fields.EMPTY,
             properties=properties,
             headers_checked_with=limits,
         ),

@@ -179,8 +179,10 @@ def _from_fields(
 def _custom(headers: Mapping[str, Any]) -> Mapping[str, Any]:
     """The headers Celery does not define (a shared empty mapping when there are none, as in
     most messages)."""
-    custom = {name: value for name, value in headers.items() if name not in _NOT_CUSTOM}
-    return MappingProxyType(custom) if custom else _fields.EMPTY
+    names = headers.keys() - _NOT_CUSTOM  # at C speed: most messages have none
+    if not names:
+        return _fields.EMPTY
+    return MappingProxyType({name: value for name, value in headers.items() if name in names})
 
 
 def encode_task(
