@@ -3,8 +3,9 @@
 * ``noop``: N no-op messages pre-loaded, results ignored; drain rate, CPU per task, peak RSS.
 * ``results``: N no-op tasks pre-loaded, results stored in Redis; from the first taken to the
   last result stored.
-* ``io``: N tasks awaiting 50 ms each at concurrency C in one process; efficiency is the
-  achieved rate over the ideal ``C / 0.05``. Completion is counted in Redis by the tasks.
+* ``io``: N tasks at concurrency C in one process, each awaiting ``C / io_rate`` seconds, so
+  that the ideal rate is ``io_rate`` (1,000/s) at every C, below every floor; efficiency is the
+  achieved rate over it. Completion is counted in Redis by the tasks (an ``INCR`` each).
 * ``latency``: ``bench.stamp`` messages published open-loop at half the system's measured
   no-op rate (capped); publish-to-start from the stamps, publish-to-result from ``date_done``,
   both from the *intended* send time, so a system that falls behind shows it.
