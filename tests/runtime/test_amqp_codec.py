@@ -232,6 +232,16 @@ def test_the_shared_header_names_are_bounded(monkeypatch: pytest.MonkeyPatch) ->
     assert list(codec._KEYS.values()) == ["name0", "name1", "name2"]
 
 
+def test_the_names_remembered_for_writing_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_NAMES", {})
+    monkeypatch.setattr(codec, "_KEYS_MAX", 3)
+    many = Properties(headers={f"name{n}": n for n in range(10)})
+
+    assert codec.write_properties(many) == codec._pamqp_marshal(many)
+    assert codec.write_properties(many) == codec._pamqp_marshal(many)
+    assert list(codec._NAMES) == ["name0", "name1", "name2"]
+
+
 def deliver_outcome(unmarshal: Any, data: bytes) -> str:
     """What ``unmarshal`` sets on a fresh ``Basic.Deliver``, or the type of error it raises."""
     target = Deliver()
