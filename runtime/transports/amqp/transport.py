@@ -18,7 +18,7 @@ taken costs a ``basic.qos`` round trip; giving the slot back first (acks_late) c
 Settlements asked for in the same turn of the event loop share one round trip, and their
 acks leave in one write: under load an early-acking worker pays per burst, not per message.
 The hot path reads aiormq's frames directly, without aio-pika's message wrapper, and
-:mod:`.codec` reads their first two frames and writes floats as Celery does (on connect).
+:mod:`.codec` reads their first two frames and writes every message's properties (on connect).
 
 Quorum queues refuse global QoS (RabbitMQ closes the whole connection, 540 NOT_IMPLEMENTED),
 and a per-consumer prefetch cannot follow the free slots (RabbitMQ applies a new one only to
