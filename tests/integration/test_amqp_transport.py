@@ -162,6 +162,47 @@ async def test_prefetch_never_exceeds_free_slots(
     assert third.message.body == b'{"n": 2}'
 
 
+class _HeldReplies(asyncio.Queue[Any]):
+    """A channel's queue of RPC replies that hands none out until ``gate`` is set."""
+
+    def __init__(self, replies: asyncio.Queue[Any]) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        while not replies.empty():
+            self.put_nowait(replies.get_nowait())
+
+    async def get(self) -> Any:
+        await self.gate.wait()
+        return await super().get()
+
+
+async def test_an_early_ack_waits_for_its_write_not_for_the_brokers_qos_reply(
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
+) -> None:
+    """Acking a delivery whose slot stays taken lowers the prefetch first; the ack goes out in
+    the same write, and the task starts without a round trip to the broker."""
+    await transport.declare([QueueSpec(queue)])
+    await _fill(transport, queue, 10)
+    slots = Slots(3)
+    receivers.append(receiver := SlotConsumer(transport, [queue], slots))
+    first, second, _ = await receiver.get(), await receiver.get(), await receiver.get()
+    channel = first.handle.channel
+    held = channel.rpc_frames = _HeldReplies(channel.rpc_frames)
+    try:
+        async with asyncio.timeout(2):  # the broker's QoS-Ok is held back all along
+            await transport.ack(first)
+            await transport.ack(second)
+        await receiver.nothing_more()  # the broker applied the lower prefetch before the acks
+        assert await _ready(transport, queue) == 7
+    finally:
+        held.gate.set()
+    slots.give_back()  # the prefetch rises again once the replies are read
+    fourth = await receiver.get()
+    await receiver.nothing_more()
+    assert await _ready(transport, queue) == 6
+    assert fourth.message.body == b'{"n": 3}'
+
+
 async def test_concurrency_one_pauses_and_resumes(
     transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:

@@ -1,4 +1,5 @@
-"""A message as it came off an AMQP channel, and writing its settlement.
+"""A message as it came off an AMQP channel, and writing its settlement (behind the
+prefetch it needs).
 
 The hot path works on aiormq's frames directly: aio-pika's message wrapper costs more per
 delivery than the rest of the transport together.
@@ -6,13 +7,22 @@ delivery than the rest of the transport together.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import sys
+from collections.abc import Awaitable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import aiormq.abc
 import aiormq.exceptions
 from aiormq import spec as amqp_spec
 
-__all__ = ["BROKER_ERRORS", "Received", "ack_together", "unless_lost"]
+__all__ = [
+    "BROKER_ERRORS",
+    "QosPipeline",
+    "Received",
+    "ack_together",
+    "unless_lost",
+]
 
 #: What a broker operation raises when the connection or the channel fails.
 BROKER_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError)
@@ -68,9 +78,87 @@ async def ack_together(messages: list[Received]) -> None:
         return
     if channel.is_closed:
         return
-    written = channel.create_future()  # aiormq fails it if the channel closes first
-    frames = [amqp_spec.Basic.Ack(delivery_tag=message.tag) for message in messages]
+    frames: list[aiormq.abc.FrameType] = [
+        amqp_spec.Basic.Ack(delivery_tag=message.tag) for message in messages
+    ]
+    await (await _queue(channel, frames))
+
+
+class QosPipeline:
+    """A channel's ``basic.qos`` written without waiting for the broker's reply, and the
+    settlements that must follow a lower one written right behind it.
+
+    RabbitMQ handles a channel's methods in order, so it applies a lower prefetch before
+    any ack written after it makes room: the prefetch bound holds, and a task acked as it
+    starts waits for a local write rather than a round trip to the broker. The replies are
+    read in the background, in order. From the first write until the last reply is read
+    the pipeline holds the channel's RPC lock, so no other RPC reads one of them as its own.
+
+    That needs aiormq's channel lock and queue of replies; on a channel without them each
+    ``basic.qos`` is a plain RPC, confirmed before the settlements go out.
+    """
+
+    __slots__ = ("_fits", "_held", "_owed", "_reader", "channel")
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        replies = getattr(channel, "rpc_frames", None)
+        self._fits = isinstance(replies, asyncio.Queue) and hasattr(channel, "lock")
+        self._held: AbstractAsyncContextManager[None] | None = None
+        self._owed = 0  # replies the broker has yet to send
+        self._reader: Awaitable[None] | None = None
+
+    async def set_prefetch(
+        self, prefetch: int, settlements: Sequence[tuple[Received, bool | None]] = ()
+    ) -> None:
+        """Write a global ``basic.qos`` of ``prefetch``, then the settlements (``None``: ack,
+        else reject with that ``requeue``); return once they have left."""
+        channel = self.channel
+        qos = amqp_spec.Basic.Qos(prefetch_count=prefetch, global_=True)
+        frames: list[aiormq.abc.FrameType] = [
+            amqp_spec.Basic.Ack(delivery_tag=message.tag)
+            if requeue is None
+            else amqp_spec.Basic.Reject(delivery_tag=message.tag, requeue=requeue)
+            for message, requeue in settlements
+        ]
+        if not self._fits:
+            await channel.basic_qos(prefetch_count=prefetch, global_=True)
+            if frames:
+                await (await _queue(channel, frames))
+            return
+        if self._held is None:
+            held = channel.lock  # type: ignore[attr-defined]
+            await held.__aenter__()
+            self._held = held
+        drained = await _queue(channel, [qos, *frames])
+        self._owed += 1
+        if self._reader is None:  # a task of the channel's own: closing the channel ends it
+            self._reader = channel.create_task(self._read())
+        await drained
+
+    async def _read(self) -> None:
+        replies: asyncio.Queue[aiormq.abc.FrameType] = self.channel.rpc_frames  # type: ignore[attr-defined]
+        try:
+            while self._owed:
+                reply = await replies.get()
+                replies.task_done()
+                self._owed -= 1
+                if not isinstance(reply, amqp_spec.Basic.QosOk):
+                    raise aiormq.exceptions.InvalidFrameError(reply)
+        finally:
+            self._reader = None
+            held, self._held = self._held, None
+            if held is not None:
+                await held.__aexit__(*sys.exc_info())
+
+
+async def _queue(
+    channel: aiormq.abc.AbstractChannel, frames: list[aiormq.abc.FrameType]
+) -> asyncio.Future[None]:
+    """Queue ``frames`` to leave in one write; the future is done once they have left
+    (aiormq fails it if the channel closes first)."""
+    drained: asyncio.Future[None] = channel.create_future()
     await channel.connection.write_queue.put(
-        aiormq.abc.ChannelFrame.marshall(channel.number, frames, drain_future=written)
+        aiormq.abc.ChannelFrame.marshall(channel.number, frames, drain_future=drained)
     )
-    await written
+    return drained

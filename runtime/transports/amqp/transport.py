@@ -14,9 +14,9 @@ slot holds than there are free slots:
 
 The worker must ``take()`` its slot before it next awaits, as ``async for delivery in
 transport.consume(...): slots.take()`` does. Settling a delivery while its slot is still
-taken costs a ``basic.qos`` round trip; giving the slot back first (acks_late) costs none.
-Settlements asked for in the same turn of the event loop share one round trip, and their
-acks leave in one write: under load an early-acking worker pays per burst, not per message.
+taken writes a ``basic.qos`` in front of its ack, in the same write: RabbitMQ handles a
+channel's methods in order, and nobody waits for its reply (:class:`.received.QosPipeline`).
+Settlements asked for in the same turn of the event loop leave in one write.
 The hot path reads aiormq's frames directly, without aio-pika's message wrapper, and
 :mod:`.codec` reads their first two frames and writes every message's properties (on connect).
 
@@ -66,7 +66,7 @@ from runtime.transports.reconnect import BackoffConnection
 from . import codec, fanout
 from .delayed import DELAYED_DELIVERY, DelayedQueues
 from .monitor import AmqpMirroring
-from .received import BROKER_ERRORS, Received, ack_together, unless_lost
+from .received import BROKER_ERRORS, QosPipeline, Received, ack_together, unless_lost
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpTransport", "ConnectionFactory"]
 
@@ -117,6 +117,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         self._pending: list[_Pending] = []  # settlements the flush task has not written yet
         self._flushing: asyncio.Task[None] | None = None
         self._prefetch = 0
+        self._pipeline: QosPipeline | None = None  # the consumer channel's, once it settles
         self._qos_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._regulator: asyncio.Task[None] | None = None
@@ -377,7 +378,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 await raw.basic_cancel(self._consumer_tags.pop())
             return
         if target != self._prefetch:
-            await raw.basic_qos(prefetch_count=target, global_=True)
+            await self._pipelined(raw).set_prefetch(target)
             self._prefetch = target
         if not self._consumer_tags:
             for queue in self._queues:
@@ -422,9 +423,8 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
     async def _settle(self, delivery: Delivery, requeue: bool | None) -> None:
         """Queue an ack (``requeue=None``) or a reject and wait until it is written.
 
-        Settlements asked for in one turn of the event loop go out together, after one
-        ``basic.qos`` lowering for all of them (see :meth:`_flush`): the QoS round trip is
-        paid per burst, not per message.
+        Settlements asked for in one turn of the event loop go out together, behind one
+        ``basic.qos`` lowering for all of them (see :meth:`_write_settlements`).
         """
         message: Received = delivery.handle
         if message.lost or message.settled:
@@ -464,8 +464,9 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
     async def _write_settlements(self, batch: list[_Pending]) -> None:
         """Lower the QoS for the messages whose slots are still taken, then settle all.
 
-        The QoS must be lowered (and confirmed) before the acks go out, else the broker would
-        send more than there are free slots.
+        The QoS must be lowered before the acks go out, else the broker would send more than
+        there are free slots: in the same write (:meth:`_lower_then_settle`), or confirmed
+        first where they cannot share one.
         """
         live = [item for item in batch if not item[0].lost]
         held = [message for message, _, _ in live if message in self._unsettled]
@@ -473,6 +474,8 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             if held:
                 self._unsettled.difference_update(held)
                 async with self._qos_lock:
+                    if await self._lower_then_settle(live):
+                        return
                     await unless_lost(held[0], self._apply(held[0].channel))
             acks = [message for message, requeue, _ in live if requeue is None]
             if acks:
@@ -489,6 +492,32 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             self._unsettled.update(message for message in held if not message.lost)
             self._wake.set()
             raise
+
+    async def _lower_then_settle(self, live: list[_Pending]) -> bool:
+        """Lower the prefetch and write ``live``'s settlements behind it (a
+        :class:`.received.QosPipeline`); ``False`` if they cannot share a write (another
+        channel, consumers to start again, or a target of 0, which cancels the consumers
+        instead) and nothing was done. Call with the QoS lock held."""
+        channel = live[0][0].channel
+        target = self._capacity.free + len(self._unsettled) if self._capacity is not None else 0
+        if (
+            channel is not self._raw
+            or not self._consumer_tags
+            or self._buffer is None
+            or target <= 0
+            or target == self._prefetch
+            or any(message.channel is not channel for message, _, _ in live)
+        ):
+            return False
+        settlements = [(message, requeue) for message, requeue, _ in live]
+        await unless_lost(live[0][0], self._pipelined(channel).set_prefetch(target, settlements))
+        self._prefetch = target  # the broker applies it before any later basic.qos
+        return True
+
+    def _pipelined(self, raw: aiormq.abc.AbstractChannel) -> QosPipeline:
+        if self._pipeline is None or self._pipeline.channel is not raw:
+            self._pipeline = QosPipeline(raw)
+        return self._pipeline
 
     async def _drop_unreadable(
         self,

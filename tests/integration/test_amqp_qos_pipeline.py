@@ -1,0 +1,87 @@
+"""``QosPipeline`` on a real RabbitMQ channel: a lower prefetch written in front of the acks
+holds the bound, and the broker's replies never stand in for another RPC's.
+
+Both ways are checked: pipelined on aiormq's channel, and one plain RPC per ``basic.qos`` on
+a channel without aiormq's queue of replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import aiormq.abc
+import pytest
+
+from runtime.transports.amqp.received import QosPipeline, Received
+
+pytestmark = [pytest.mark.integration]
+
+
+class _WithoutReplyQueue:
+    """An aiormq channel as seen through a wrapper that lacks its queue of RPC replies."""
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self._channel = channel
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "rpc_frames":
+            raise AttributeError(name)
+        return getattr(self._channel, name)
+
+
+@pytest.fixture
+async def consumed(
+    amqp_url: str, unique_name: str
+) -> AsyncIterator[tuple[aiormq.abc.AbstractChannel, asyncio.Queue[Received], str]]:
+    """A channel consuming a queue of 6 messages at a global prefetch of 2, its deliveries,
+    and the queue's name."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await (await connection.channel()).get_underlay_channel()
+        await channel.queue_declare(unique_name, auto_delete=False)
+        for n in range(6):
+            await channel.basic_publish(b"%d" % n, routing_key=unique_name)
+        received: asyncio.Queue[Received] = asyncio.Queue()
+
+        async def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
+            received.put_nowait(Received(delivered))
+
+        await channel.basic_qos(prefetch_count=2, global_=True)
+        await channel.basic_consume(unique_name, on_message)
+        try:
+            yield channel, received, unique_name
+        finally:
+            await channel.queue_delete(unique_name)
+
+
+async def _ready(channel: aiormq.abc.AbstractChannel, queue: str) -> int:
+    ok = await channel.queue_declare(queue, passive=True)
+    return ok.message_count or 0
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "plain-rpc"])
+async def test_a_lower_prefetch_written_before_the_acks_holds_the_bound(
+    consumed: tuple[aiormq.abc.AbstractChannel, asyncio.Queue[Received], str], pipelined: bool
+) -> None:
+    channel, received, queue = consumed
+    async with asyncio.timeout(15):  # a reply read by the wrong party hangs: fail, not wait
+        first, second = await received.get(), await received.get()
+        pipeline = QosPipeline(channel if pipelined else _WithoutReplyQueue(channel))  # type: ignore[arg-type]
+
+        # Both still run, so no slot is free: the first is acked early, the prefetch drops to 1.
+        await pipeline.set_prefetch(1, [(first, None)])
+        await pipeline.set_prefetch(1, [])
+        await asyncio.sleep(0.5)
+        assert received.empty()
+        # An RPC after the pipelined writes gets its own reply, not one of theirs.
+        assert await _ready(channel, queue) == 4
+
+        await pipeline.set_prefetch(2, [(second, False)])  # rejected, dropped: two free slots
+        third, fourth = await received.get(), await received.get()
+        assert (third.delivered.body, fourth.delivered.body) == (b"2", b"3")  # type: ignore[union-attr]
+        await asyncio.sleep(0.5)
+        assert received.empty()
+        assert await _ready(channel, queue) == 2
