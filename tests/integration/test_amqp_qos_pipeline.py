@@ -16,6 +16,7 @@ import aiormq.abc
 import pytest
 
 from runtime.transports.amqp.received import QosPipeline, Received
+from tests.amqp_replies import HeldReplies
 
 pytestmark = [pytest.mark.integration]
 
@@ -85,3 +86,20 @@ async def test_a_lower_prefetch_written_before_the_acks_holds_the_bound(
         await asyncio.sleep(0.5)
         assert received.empty()
         assert await _ready(channel, queue) == 2
+
+
+async def test_confirmed_waits_for_the_brokers_reply_to_every_write_so_far(
+    consumed: tuple[aiormq.abc.AbstractChannel, asyncio.Queue[Received], str],
+) -> None:
+    channel, received, _ = consumed
+    async with asyncio.timeout(15):
+        first = await received.get()
+        held = channel.rpc_frames = HeldReplies(channel.rpc_frames)  # type: ignore[attr-defined]
+        pipeline = QosPipeline(channel)
+        await pipeline.set_prefetch(1, [(first, None)])  # written, not yet confirmed
+        confirmed = asyncio.ensure_future(pipeline.confirmed())
+        await asyncio.sleep(0.3)
+        assert not confirmed.done()
+        held.gate.set()
+        await confirmed
+        await pipeline.confirmed()  # nothing written since: at once

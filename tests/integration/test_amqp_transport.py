@@ -24,6 +24,7 @@ from runtime.transports.amqp import transport as amqp_transport
 from runtime.transports.amqp.transport import AmqpTransport
 from runtime.transports.base import Delivery, QueueSpec
 from runtime.worker.slots import Slots
+from tests.amqp_replies import HeldReplies
 from tests.consumer import SlotConsumer
 
 pytestmark = [pytest.mark.integration]
@@ -162,20 +163,6 @@ async def test_prefetch_never_exceeds_free_slots(
     assert third.message.body == b'{"n": 2}'
 
 
-class _HeldReplies(asyncio.Queue[Any]):
-    """A channel's queue of RPC replies that hands none out until ``gate`` is set."""
-
-    def __init__(self, replies: asyncio.Queue[Any]) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        while not replies.empty():
-            self.put_nowait(replies.get_nowait())
-
-    async def get(self) -> Any:
-        await self.gate.wait()
-        return await super().get()
-
-
 async def test_an_early_ack_waits_for_its_write_not_for_the_brokers_qos_reply(
     transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
@@ -187,7 +174,7 @@ async def test_an_early_ack_waits_for_its_write_not_for_the_brokers_qos_reply(
     receivers.append(receiver := SlotConsumer(transport, [queue], slots))
     first, second, _ = await receiver.get(), await receiver.get(), await receiver.get()
     channel = first.handle.channel
-    held = channel.rpc_frames = _HeldReplies(channel.rpc_frames)
+    held = channel.rpc_frames = HeldReplies(channel.rpc_frames)
     try:
         async with asyncio.timeout(2):  # the broker's QoS-Ok is held back all along
             await transport.ack(first)

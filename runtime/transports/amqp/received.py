@@ -98,14 +98,15 @@ class QosPipeline:
     ``basic.qos`` is a plain RPC, confirmed before the settlements go out.
     """
 
-    __slots__ = ("_fits", "_held", "_owed", "_reader", "channel")
+    __slots__ = ("_confirmed", "_fits", "_held", "_owed", "_read", "_reader", "_written", "channel")
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self.channel = channel
         replies = getattr(channel, "rpc_frames", None)
         self._fits = isinstance(replies, asyncio.Queue) and hasattr(channel, "lock")
         self._held: AbstractAsyncContextManager[None] | None = None
-        self._owed = 0  # replies the broker has yet to send
+        self._written = self._read = 0  # basic.qos frames written, replies read
+        self._confirmed: list[tuple[int, asyncio.Future[None]]] = []  # waiting for a reply
         self._reader: Awaitable[None] | None = None
 
     async def set_prefetch(
@@ -131,22 +132,36 @@ class QosPipeline:
             await held.__aenter__()
             self._held = held
         drained = await _queue(channel, [qos, *frames])
-        self._owed += 1
+        self._written += 1
         if self._reader is None:  # a task of the channel's own: closing the channel ends it
-            self._reader = channel.create_task(self._read())
+            self._reader = channel.create_task(self._read_replies())
         await drained
 
-    async def _read(self) -> None:
+    async def confirmed(self) -> None:
+        """Wait until the broker has confirmed every ``basic.qos`` written so far."""
+        if self._read < self._written:
+            waiter = self.channel.create_future()  # failed if the channel closes first
+            self._confirmed.append((self._written, waiter))
+            await waiter
+
+    async def _read_replies(self) -> None:
         replies: asyncio.Queue[aiormq.abc.FrameType] = self.channel.rpc_frames  # type: ignore[attr-defined]
         try:
-            while self._owed:
+            while self._read < self._written:
                 reply = await replies.get()
                 replies.task_done()
-                self._owed -= 1
+                self._read += 1
                 if not isinstance(reply, amqp_spec.Basic.QosOk):
                     raise aiormq.exceptions.InvalidFrameError(reply)
+                while self._confirmed and self._confirmed[0][0] <= self._read:
+                    if not (waiter := self._confirmed.pop(0)[1]).done():
+                        waiter.set_result(None)
         finally:
             self._reader = None
+            for _, waiter in self._confirmed:  # only if a reply could not be read
+                if not waiter.done():
+                    waiter.set_exception(aiormq.exceptions.ChannelInvalidStateError(self.channel))
+            self._confirmed.clear()
             held, self._held = self._held, None
             if held is not None:
                 await held.__aexit__(*sys.exc_info())

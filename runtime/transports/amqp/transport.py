@@ -400,6 +400,8 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 if raw is not self._raw and self._raw is not None:
                     await self.declare(list(self._declared.values()))  # a fresh broker node
                 await self._locked_apply(raw)
+                if self._pipeline is not None:  # changes meanwhile coalesce into one write
+                    await self._pipeline.confirmed()
             except (BrokerConnectionError, *BROKER_ERRORS) as exc:
                 log.warning("AMQP flow control will retry: %s", exc)
                 await asyncio.sleep(1)
