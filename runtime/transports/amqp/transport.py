@@ -443,7 +443,8 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             await asyncio.shield(done)  # cancelling the caller does not take the settlement back
 
     async def _flush(self) -> None:
-        """Write pending settlements, a batch at a time, until none is left."""
+        """Write pending settlements, a batch at a time, until none is left: the first at
+        once, each later one when the broker has answered the basic.qos before it."""
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
@@ -459,17 +460,18 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                     for _, _, done in batch:
                         if not done.done():
                             done.set_result(None)
+                if self._pending and self._pipeline is not None:
+                    # Busy: what arrives while the broker answers goes out as one batch.
+                    with contextlib.suppress(*BROKER_ERRORS):
+                        await self._pipeline.confirmed()
         finally:
             self._flushing = None
             self._wake.set()  # what changed meanwhile and no batch applied
 
     async def _write_settlements(self, batch: list[_Pending]) -> None:
-        """Lower the QoS for the messages whose slots are still taken, then settle all.
-
-        The QoS must be lowered before the acks go out, else the broker would send more than
-        there are free slots: in the same write (:meth:`_lower_then_settle`), or confirmed
-        first where they cannot share one.
-        """
+        """Lower the QoS for the messages whose slots are still taken, then settle all: the
+        lower QoS goes first (in the same write, :meth:`_lower_then_settle`, or confirmed
+        before), else the broker would send more than there are free slots."""
         live = [item for item in batch if not item[0].lost]
         held = [message for message, _, _ in live if message in self._unsettled]
         try:
@@ -496,10 +498,9 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             raise
 
     async def _lower_then_settle(self, live: list[_Pending]) -> bool:
-        """Lower the prefetch and write ``live``'s settlements behind it (a
-        :class:`.received.QosPipeline`); ``False`` if they cannot share a write (another
-        channel, consumers to start again, or a target of 0, which cancels the consumers
-        instead) and nothing was done. Call with the QoS lock held."""
+        """Write a lower prefetch with ``live``'s settlements behind it; ``False`` (nothing
+        done) where they cannot share a write: another channel, consumers to start again, or
+        a target of 0 (the consumers are cancelled instead). Call with the QoS lock held."""
         channel = live[0][0].channel
         target = self._capacity.free + len(self._unsettled) if self._capacity is not None else 0
         if (
