@@ -15,7 +15,7 @@ import aio_pika
 import aiormq.abc
 import pytest
 
-from runtime.transports.amqp.received import QosPipeline, Received
+from runtime.transports.amqp.received import BROKER_ERRORS, QosPipeline, Received
 from tests.amqp_replies import HeldReplies
 
 pytestmark = [pytest.mark.integration]
@@ -103,3 +103,24 @@ async def test_confirmed_waits_for_the_brokers_reply_to_every_write_so_far(
         held.gate.set()
         await confirmed
         await pipeline.confirmed()  # nothing written since: at once
+
+
+async def test_a_connection_lost_while_a_reply_is_owed_fails_the_wait_and_frees_the_pipeline(
+    amqp_url: str, unique_name: str
+) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    channel = await (await connection.channel()).get_underlay_channel()
+    try:
+        await channel.queue_declare(unique_name, exclusive=True)
+        channel.rpc_frames = HeldReplies(channel.rpc_frames)  # type: ignore[attr-defined]
+        pipeline = QosPipeline(channel)
+        async with asyncio.timeout(15):
+            await pipeline.set_prefetch(3)  # its reply never comes: the connection goes first
+            confirmed = asyncio.ensure_future(pipeline.confirmed())
+            await asyncio.sleep(0.1)
+            await channel.connection.close()
+            with pytest.raises(BROKER_ERRORS):
+                await confirmed
+            await pipeline.confirmed()  # no reply will come: nothing to wait for
+    finally:
+        await connection.close()

@@ -8,7 +8,6 @@ delivery than the rest of the transport together.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
 
@@ -98,7 +97,7 @@ class QosPipeline:
     ``basic.qos`` is a plain RPC, confirmed before the settlements go out.
     """
 
-    __slots__ = ("_confirmed", "_fits", "_held", "_owed", "_read", "_reader", "_written", "channel")
+    __slots__ = ("_confirmed", "_fits", "_held", "_read", "_reader", "_written", "channel")
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self.channel = channel
@@ -138,9 +137,11 @@ class QosPipeline:
         await drained
 
     async def confirmed(self) -> None:
-        """Wait until the broker has confirmed every ``basic.qos`` written so far."""
-        if self._read < self._written:
-            waiter = self.channel.create_future()  # failed if the channel closes first
+        """Wait until the broker has confirmed every ``basic.qos`` written so far; fails with
+        a broker error if the channel closes first, and returns at once if it has."""
+        if self._reader is not None and self._read < self._written:
+            # Resolved or failed by the reader, which closing the channel ends.
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._confirmed.append((self._written, waiter))
             await waiter
 
@@ -164,7 +165,7 @@ class QosPipeline:
             self._confirmed.clear()
             held, self._held = self._held, None
             if held is not None:
-                await held.__aexit__(*sys.exc_info())
+                await held.__aexit__(None, None, None)  # other RPCs may use the channel now
 
 
 async def _queue(
