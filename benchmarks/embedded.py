@@ -7,10 +7,12 @@ Puts T messages in queue Q of an in-process memory broker (``runtime.transports.
 :class:`~runtime.worker.Worker` (the class ``celeriac worker`` runs, on the benchmark app) with
 N slots on that queue until it has handled all T, and prints one JSON line on stdout::
 
-    {"tasks": T, "seconds": ..., "cpu_seconds": ..., "rss_ready_bytes": ...}
+    {"tasks": T, "seconds": ..., "cpu_seconds": ..., "rss_ready_bytes": ...,
+     "first_round_seconds": ...}
 
-timed from the worker being ready to the last message handled (CPU: this process's), with the
-process's peak RSS when the worker was ready (the messages loaded, none taken). What is
+timed from the worker being ready to the last message handled (CPU: this process's) and to
+the first N handled, with the process's peak RSS when the worker was ready (the messages
+loaded, none taken). What is
 left is celeriac's own per-task cost, with no broker client and no network: a ceiling for the
 rows measured on real brokers. One run per process, so the caller's RSS samples are this row's.
 """
@@ -50,15 +52,19 @@ async def drain(queue: str, concurrency: int, total: int, sleep: float | None) -
     await worker.ready.wait()
     ready_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     began, cpu = time.monotonic(), time.process_time()
+    first_round = None  # seconds until the first `concurrency` were handled
     while worker.processed < total:
         if running.done():  # it failed: say why
             running.result()
             raise RuntimeError("the worker stopped before the queue was drained")
+        if first_round is None and worker.processed >= concurrency:
+            first_round = time.monotonic() - began
         await asyncio.sleep(POLL)
     seconds, cpu = time.monotonic() - began, time.process_time() - cpu
     worker.stop()
     await running
-    return {"tasks": total, "seconds": seconds, "cpu_seconds": cpu, "rss_ready_bytes": ready_rss}
+    return {"tasks": total, "seconds": seconds, "cpu_seconds": cpu, "rss_ready_bytes": ready_rss,
+            "first_round_seconds": seconds if first_round is None else first_round}  # fmt: skip
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
              "peak_rss_mib"),
     "results": ("rate", "x_celery_prefork", "x_aio_celery", "cpu_ms_per_task", "peak_rss_mib"),
     "io": ("concurrency", "task_seconds", "tasks", "rate", "ideal", "efficiency",
-           "peak_rss_mib", "kib_per_waiting_task"),
+           "overall_efficiency", "peak_rss_mib", "kib_per_waiting_task"),
     "latency": ("offered_rate", "start_p50_ms", "start_p90_ms", "start_p99_ms", "start_max_ms",
                 "result_p50_ms", "result_p99_ms"),
     "mixed": ("short_wait_p50_ms", "short_wait_p99_ms", "short_wait_max_ms"),

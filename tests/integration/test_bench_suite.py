@@ -48,6 +48,7 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     io_rows = [r for r in rows if r["scenario"] == "io"]
     assert all(r["task_seconds"] == r["concurrency"] / 1000 for r in io_rows)  # ideal 1,000/s
     assert all(r["ideal"] == 1000 and r["kib_per_waiting_task"] >= 0 for r in io_rows)
+    assert all(r["overall_efficiency"] > 0 and r["efficiency"] > 0 for r in io_rows)
     assert document["machine"]["cpus"] >= 1
     assert set(document["machine"]["brokers"]) == {"rabbitmq", "redis"}
     assert (folder / "throughput.png").stat().st_size > 0
