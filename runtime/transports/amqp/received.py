@@ -8,6 +8,7 @@ delivery than the rest of the transport together.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
 
@@ -105,7 +106,7 @@ class QosPipeline:
         self._fits = isinstance(replies, asyncio.Queue) and hasattr(channel, "lock")
         self._held: AbstractAsyncContextManager[None] | None = None
         self._written = self._read = 0  # basic.qos frames written, replies read
-        self._confirmed: list[tuple[int, asyncio.Future[None]]] = []  # waiting for a reply
+        self._confirmed: deque[tuple[int, asyncio.Future[None]]] = deque()  # waiting for replies
         self._reader: Awaitable[None] | None = None
 
     async def set_prefetch(
@@ -114,7 +115,6 @@ class QosPipeline:
         """Write a global ``basic.qos`` of ``prefetch``, then the settlements (``None``: ack,
         else reject with that ``requeue``); return once they have left."""
         channel = self.channel
-        qos = amqp_spec.Basic.Qos(prefetch_count=prefetch, global_=True)
         frames: list[aiormq.abc.FrameType] = [
             amqp_spec.Basic.Ack(delivery_tag=message.tag)
             if requeue is None
@@ -130,6 +130,7 @@ class QosPipeline:
             held = channel.lock  # type: ignore[attr-defined]
             await held.__aenter__()
             self._held = held
+        qos = amqp_spec.Basic.Qos(prefetch_count=prefetch, global_=True)
         drained = await _queue(channel, [qos, *frames])
         self._written += 1
         if self._reader is None:  # a task of the channel's own: closing the channel ends it
@@ -155,7 +156,7 @@ class QosPipeline:
                 if not isinstance(reply, amqp_spec.Basic.QosOk):
                     raise aiormq.exceptions.InvalidFrameError(reply)
                 while self._confirmed and self._confirmed[0][0] <= self._read:
-                    if not (waiter := self._confirmed.pop(0)[1]).done():
+                    if not (waiter := self._confirmed.popleft()[1]).done():
                         waiter.set_result(None)
         finally:
             self._reader = None

@@ -1,22 +1,9 @@
 """The RabbitMQ (AMQP 0-9-1) transport, on aio-pika, with prefetch sized to the free slots.
 
-Flow control: the consuming channel has one *global* QoS (``basic.qos global=true``: a limit
-shared by all its consumers, which RabbitMQ also applies to consumers that already exist) of
-``k = capacity.free + unsettled``, *unsettled* being the deliveries handed out and not yet
-acked, rejected or dead-lettered. So the broker never has more deliveries out on us that no
-slot holds than there are free slots:
-
-* handing a delivery out moves it to unsettled and the worker takes a slot: ``k`` unchanged;
-* settling one lowers ``k`` *before* the ack or reject goes out, or cancels every consumer
-  when ``k`` would be 0 (RabbitMQ reads a prefetch of 0 as "unlimited");
-* a freed slot raises ``k`` (or resumes the consumers) later, in a background task that
-  coalesces bursts: raising late only delays.
-
+Flow control (:mod:`.flow`) keeps the consuming channel's prefetch at the free slots, so the
+broker never has more deliveries out on us that no slot holds than there are free slots.
 The worker must ``take()`` its slot before it next awaits, as ``async for delivery in
-transport.consume(...): slots.take()`` does. Settling a delivery while its slot is still
-taken writes a ``basic.qos`` in front of its ack, in the same write: RabbitMQ handles a
-channel's methods in order, and nobody waits for its reply (:class:`.received.QosPipeline`).
-Settlements asked for in the same turn of the event loop leave in one write.
+transport.consume(...): slots.take()`` does.
 The hot path reads aiormq's frames directly, without aio-pika's message wrapper, and
 :mod:`.codec` reads their first two frames and writes every message's properties (on connect).
 
@@ -58,15 +45,15 @@ from runtime.transports.base import (
     Capacity,
     Delivery,
     QueueSpec,
-    detached_context,
     wait_free_unless_closed,
 )
 from runtime.transports.reconnect import BackoffConnection
 
 from . import codec, fanout
 from .delayed import DELAYED_DELIVERY, DelayedQueues
+from .flow import FlowControl
 from .monitor import AmqpMirroring
-from .received import BROKER_ERRORS, QosPipeline, Received, ack_together, unless_lost
+from .received import BROKER_ERRORS, Received
 
 __all__ = ["CONNECT_TIMEOUT", "AmqpTransport", "ConnectionFactory"]
 
@@ -87,8 +74,6 @@ _FETCH_IDLE_MAX = 0.1
 
 
 _Buffered = tuple[str, Received] | None
-#: A settlement to write: the message, ``None`` (ack) or reject's requeue flag, the caller's future.
-_Pending = tuple[Received, bool | None, asyncio.Future[None]]
 
 
 class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
@@ -108,18 +93,8 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         self._exchanges: set[str] = set()  # declared for broadcasts, replies and events
         #: Whether the connection is up now, and how often aio-pika restored it.
         self.health = BrokerHealth()
-        self._capacity: Capacity | None = None
-        self._queues: list[str] = []
         self._buffer: asyncio.Queue[_Buffered] | None = None  # set while consume() runs
-        self._raw: aiormq.abc.AbstractChannel | None = None  # the consumer's current channel
-        self._consumer_tags: list[str] = []
-        self._unsettled: set[Received] = set()
-        self._pending: list[_Pending] = []  # settlements the flush task has not written yet
-        self._flushing: asyncio.Task[None] | None = None
-        self._prefetch = 0
-        self._pipeline: QosPipeline | None = None  # the consumer channel's, once it settles
-        self._qos_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
+        self._flow = FlowControl(self._on_message)
         self._regulator: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()  # set with _closing, for waits that must end on close
@@ -181,16 +156,17 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             async for delivery in self._fetch(channel, list(queues), capacity):
                 yield delivery
             return
-        self._capacity, self._queues = capacity, list(queues)
+        flow = self._flow
+        flow.start(capacity, list(queues))
         buffer = self._buffer = asyncio.Queue()
-        unsubscribe = capacity.on_change(self._wake.set)
+        unsubscribe = capacity.on_change(flow.wake.set)
         waiting: _Buffered = None  # taken from the buffer, waiting for a free slot
         try:
             with translate_amqp_errors(f"consume from {', '.join(queues)}"):
                 # Shielded: aiormq closes a channel whose RPC is cancelled (a consumer set
-                # changing at run time); the clean-up below waits for it under the QoS lock.
-                await asyncio.shield(self._locked_apply(await channel.get_underlay_channel()))
-            self._regulator = asyncio.create_task(self._regulate(channel))
+                # changing at run time); the clean-up below waits for it under flow's lock.
+                await asyncio.shield(flow.locked_apply(await channel.get_underlay_channel()))
+            self._regulator = asyncio.create_task(flow.regulate(channel, self._redeclare))
             while (item := await buffer.get()) is not None:
                 queue, message = item
                 if message.lost:
@@ -202,16 +178,16 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 if not await wait_free_unless_closed(capacity, self._closed):
                     return  # closing: the connection's close gives the message back
                 waiting = None
-                self._unsettled.add(message)
+                flow.unsettled.add(message)
                 yield handed
         finally:
             self._buffer = None
+            flow.stop()
             unsubscribe()
             await self._stop_regulator()
             if not self._closing:  # else closing the connection returns everything
                 with contextlib.suppress(*BROKER_ERRORS):
-                    if self._raw is not None and not self._raw.is_closed:
-                        await self._locked_apply(self._raw)  # target 0: cancel the consumers
+                    await flow.cancel_consumers()
                     # What waited for a slot when the iteration ended (cancelled), then the rest.
                     while waiting is not None or not buffer.empty():
                         left, waiting = waiting or buffer.get_nowait(), None
@@ -222,7 +198,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         if self._consumer is None:
             with translate_amqp_errors("open a channel"):
                 self._consumer = await self._require().channel(publisher_confirms=False)
-            self._consumer.reopen_callbacks.add(lambda _channel: self._wake.set())
+            self._consumer.reopen_callbacks.add(lambda _channel: self._flow.wake.set())
         return self._consumer
 
     async def _delivery(self, queue: str, message: Received) -> Delivery | None:
@@ -350,8 +326,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         self._closed.set()
         if self._buffer is not None:
             self._buffer.put_nowait(None)  # ends an iteration suspended in another task
-        if self._flushing is not None:  # settlements already asked for still go out
-            await asyncio.gather(self._flushing, return_exceptions=True)
+        await self._flow.written()  # settlements already asked for still go out
         await self._stop_regulator()
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
@@ -361,56 +336,14 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
             raise RuntimeError("AmqpTransport.connect() has not been called")
         return self._connection
 
-    async def _locked_apply(self, raw: aiormq.abc.AbstractChannel) -> None:
-        async with self._qos_lock:
-            await self._apply(raw)
-
-    async def _apply(self, raw: aiormq.abc.AbstractChannel) -> None:
-        """Bring QoS and consumers on ``raw`` to the target; call with the QoS lock held."""
-        if raw is not self._raw:  # a new channel: the old one's consumers and deliveries died
-            self._raw, self._prefetch, self._consumer_tags = raw, 0, []
-            self._unsettled = {message for message in self._unsettled if not message.lost}
-        target = 0
-        if self._buffer is not None and self._capacity is not None:
-            target = self._capacity.free + len(self._unsettled)
-        if target <= 0:
-            while self._consumer_tags:
-                await raw.basic_cancel(self._consumer_tags.pop())
-            return
-        if target != self._prefetch:
-            await self._pipelined(raw).set_prefetch(target)
-            self._prefetch = target
-        if not self._consumer_tags:
-            for queue in self._queues:
-                ok = await raw.basic_consume(queue, partial(self._on_message, queue))
-                self._consumer_tags.append(str(ok.consumer_tag))
-
-    async def _regulate(self, channel: AbstractRobustChannel) -> None:
-        """Follow capacity changes and channel reopens, one ``_apply`` per burst; none while
-        settlements are written: each batch applies it, so acks and freed slots cancel out."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._flushing is not None:
-                continue
-            try:
-                raw = await channel.get_underlay_channel()
-                if raw.is_closed:
-                    continue  # being reopened; the reopen wakes us
-                if raw is not self._raw and self._raw is not None:
-                    await self.declare(list(self._declared.values()))  # a fresh broker node
-                await self._locked_apply(raw)
-                if self._pipeline is not None:  # changes meanwhile coalesce into one write
-                    await self._pipeline.confirmed()
-            except (BrokerConnectionError, *BROKER_ERRORS) as exc:
-                log.warning("AMQP flow control will retry: %s", exc)
-                await asyncio.sleep(1)
-                self._wake.set()
+    async def _redeclare(self) -> None:
+        """Declare every queue again: the channel reopened, maybe on a fresh broker node."""
+        await self.declare(list(self._declared.values()))
 
     async def _stop_regulator(self) -> None:
         if (regulator := self._regulator) is not None:
             self._regulator = None
-            async with self._qos_lock:  # never mid-RPC: aiormq closes a channel on that
+            async with self._flow.lock:  # never mid-RPC: aiormq closes a channel on that
                 regulator.cancel()
             await asyncio.gather(regulator, return_exceptions=True)
 
@@ -423,104 +356,13 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 await message.channel.basic_reject(message.tag, requeue=True)
 
     async def _settle(self, delivery: Delivery, requeue: bool | None) -> None:
-        """Queue an ack (``requeue=None``) or a reject and wait until it is written.
-
-        Settlements asked for in one turn of the event loop go out together, behind one
-        ``basic.qos`` lowering for all of them (see :meth:`_write_settlements`).
-        """
-        message: Received = delivery.handle
-        if message.lost or message.settled:
+        """Ack (``requeue=None``) or reject, and wait until it is written (:mod:`.flow`)."""
+        done = self._flow.settle(delivery.handle, requeue)
+        if done is None:
             return
-        message.settled = True
-        done = asyncio.get_running_loop().create_future()
-        self._pending.append((message, requeue, done))
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(
-                self._flush(), name="celeriac-amqp-settle", context=detached_context()
-            )
         action = "ack" if requeue is None else "reject"
         with translate_amqp_errors(f"{action} a message from {delivery.queue!r}"):
             await asyncio.shield(done)  # cancelling the caller does not take the settlement back
-
-    async def _flush(self) -> None:
-        """Write pending settlements, a batch at a time, until none is left: the first at
-        once, each later one when the broker has answered the basic.qos before it."""
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await self._write_settlements(batch)
-                except BaseException as exc:
-                    for _, _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                else:
-                    for _, _, done in batch:
-                        if not done.done():
-                            done.set_result(None)
-                if self._pending and self._pipeline is not None:
-                    # Busy: what arrives while the broker answers goes out as one batch.
-                    with contextlib.suppress(*BROKER_ERRORS):
-                        await self._pipeline.confirmed()
-        finally:
-            self._flushing = None
-            self._wake.set()  # what changed meanwhile and no batch applied
-
-    async def _write_settlements(self, batch: list[_Pending]) -> None:
-        """Lower the QoS for the messages whose slots are still taken, then settle all: the
-        lower QoS goes first (in the same write, :meth:`_lower_then_settle`, or confirmed
-        before), else the broker would send more than there are free slots."""
-        live = [item for item in batch if not item[0].lost]
-        held = [message for message, _, _ in live if message in self._unsettled]
-        try:
-            if held:
-                self._unsettled.difference_update(held)
-                async with self._qos_lock:
-                    if await self._lower_then_settle(live):
-                        return
-                    await unless_lost(held[0], self._apply(held[0].channel))
-            acks = [message for message, requeue, _ in live if requeue is None]
-            if acks:
-                await unless_lost(acks[0], ack_together(acks))
-            for message, requeue, _ in live:
-                if requeue is not None:
-                    await unless_lost(
-                        message, message.channel.basic_reject(message.tag, requeue=requeue)
-                    )
-        except BaseException:
-            # Not settled after all: the messages still count against the prefetch.
-            for message, _, _ in live:
-                message.settled = False
-            self._unsettled.update(message for message in held if not message.lost)
-            self._wake.set()
-            raise
-
-    async def _lower_then_settle(self, live: list[_Pending]) -> bool:
-        """Write a lower prefetch with ``live``'s settlements behind it; ``False`` (nothing
-        done) where they cannot share a write: another channel, consumers to start again, or
-        a target of 0 (the consumers are cancelled instead). Call with the QoS lock held."""
-        channel = live[0][0].channel
-        target = self._capacity.free + len(self._unsettled) if self._capacity is not None else 0
-        if (
-            channel is not self._raw
-            or not self._consumer_tags
-            or self._buffer is None
-            or target <= 0
-            or target == self._prefetch
-            or any(message.channel is not channel for message, _, _ in live)
-        ):
-            return False
-        settlements = [(message, requeue) for message, requeue, _ in live]
-        await unless_lost(live[0][0], self._pipelined(channel).set_prefetch(target, settlements))
-        self._prefetch = target  # the broker applies it before any later basic.qos
-        return True
-
-    def _pipelined(self, raw: aiormq.abc.AbstractChannel) -> QosPipeline:
-        if self._pipeline is None or self._pipeline.channel is not raw:
-            self._pipeline = QosPipeline(raw)
-        return self._pipeline
 
     async def _drop_unreadable(
         self,
