@@ -33,7 +33,6 @@ RATIOS = {
     "x_floor": None,
     "x_one_process": None,
     "efficiency": None,
-    "overall_efficiency": None,
 }
 #: A ratio that moved by more than this fraction is marked.
 DEFAULT_TOLERANCE = 0.1

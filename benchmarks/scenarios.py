@@ -3,10 +3,10 @@
 * ``noop``: N no-op messages pre-loaded, results ignored; drain rate, CPU per task, peak RSS.
 * ``results``: N no-op tasks pre-loaded, results stored in Redis; from the first taken to the
   last result stored.
-* ``io``: N tasks at concurrency C in one process, each awaiting ``C / io_rate`` seconds, so
-  that the ideal rate is ``io_rate`` (1,000/s) at every C, below every floor; efficiency is the
-  achieved rate after the first round over it (:func:`io_row`). Completion is counted in Redis
-  by the tasks (:mod:`benchmarks.tally`).
+* ``io``: N tasks sent open-loop at ``io_rate`` (1,000/s, below every floor) to concurrency
+  C in one process, each awaiting ``C / io_rate`` seconds, so that every slot holds a waiting
+  task; efficiency is the ideal duration over the measured one (:func:`io_row`). Completion
+  is counted in Redis by the tasks (:mod:`benchmarks.tally`).
 * ``latency``: ``bench.stamp`` messages published open-loop at half the system's measured
   no-op rate (capped); publish-to-start from the stamps, publish-to-result from ``date_done``,
   both from the *intended* send time, so a system that falls behind shows it.
@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import redis.asyncio
@@ -179,79 +180,72 @@ async def results(ctx: Context, kind: str, system: System) -> Row:
 
 
 async def io(ctx: Context, kind: str, system: System) -> Row:
-    """N tasks that each await ``concurrency / io_rate`` seconds; efficiency against the ideal
-    rate, and the memory each waiting task holds."""
+    """``bench.sleep`` tasks sent open-loop at ``io_rate``, each awaiting ``concurrency /
+    io_rate`` seconds: once the first have run their time, every slot holds a waiting task,
+    and a worker that is late in refilling one falls behind for good. Efficiency is the
+    ideal duration over the one measured; the RSS at the peak over when it was idle."""
     scale = ctx.scale
     broker, queue = ctx.brokers[kind], queue_name()
     total = max(scale.io_min, scale.io_rounds * system.concurrency)
     seconds_each = scale.io_seconds(system.concurrency)
     counter = f"{queue}:done"
     env = {"BENCH_REDIS_URL": ctx.redis}
-    messages = (task("bench.sleep", seconds_each, counter) for _ in range(total))
-    await preload(broker, queue, messages)
+    app = App("bench-io", broker=broker)
     try:
         async with (
-            Watch(broker) as watch,
             redis.asyncio.Redis.from_url(ctx.redis) as client,
             running(system, broker, queue, env) as run,
         ):
+            await app.connect([queue])
 
-            async def started() -> bool:
-                return await watch.depth(queue) < total
+            async def counted(expected: int, sending: asyncio.Task[Any] | None = None) -> bool:
+                if sending is not None and sending.done():
+                    sending.result()  # a send failed: say so rather than time out
+                return int(await client.get(counter) or 0) >= expected
 
-            first_round: float | None = None  # seconds until the first `concurrency` were done
-
-            async def finished() -> bool:
-                nonlocal first_round
-                done = int(await client.get(counter) or 0)
-                if first_round is None and done >= system.concurrency:
-                    first_round = time.monotonic() - began
-                return done >= total
-
-            await until(started, run, 120, "the first message taken")
-            began, idle = time.monotonic(), run.usage().peak_rss_mib
-            # Ten times the ideal duration, and some: a task that fails never counts itself.
-            deadline = 30 + 10 * total / scale.io_rate
-            await until(finished, run, deadline, "every task done")
-            seconds = time.monotonic() - began
+            # One task through the worker first: it is up and consuming.
+            await app.send_task("bench.sleep", args=(0, counter), queue=queue)
+            await until(partial(counted, 1), run, 120, "the first task")
+            await client.delete(counter)
+            idle = run.usage().peak_rss_mib
+            began = time.monotonic()
+            sending = asyncio.create_task(
+                _open_loop(app, queue, scale.io_rate, total, name="bench.sleep",
+                           arguments=lambda _due: (seconds_each, counter))
+            )  # fmt: skip
+            try:
+                # Ten times the ideal duration, and some: a task that fails never counts.
+                deadline = 30 + 10 * (total / scale.io_rate + seconds_each)
+                await until(partial(counted, total, sending), run, deadline, "every task done")
+                seconds = time.monotonic() - began
+            finally:
+                await asyncio.gather(sending, return_exceptions=True)
             peak = run.usage().peak_rss_mib
             await client.delete(counter)
     finally:
+        await app.aclose()
         await delete(broker, [queue])
-    timing = (seconds, first_round or seconds)
-    return io_row(system.concurrency, total, timing, scale.io_rate, (idle, peak))
+    return io_row(system.concurrency, total, seconds, scale.io_rate, (idle, peak))
 
 
 def io_row(
-    concurrency: int,
-    total: int,
-    timing: tuple[float, float],
-    ideal: float,
-    rss_mib: tuple[float, float],
+    concurrency: int, total: int, seconds: float, rate: float, rss_mib: tuple[float, float]
 ) -> Row:
-    """An io row: ``total`` tasks against the ``ideal`` rate. ``timing`` is the seconds from
-    the first taken until all were done, and until the first ``concurrency`` were; ``rss_mib``
-    is the RSS when the first task was taken and its peak, whose difference over
-    ``concurrency`` is what one waiting task holds.
+    """An io row: ``total`` tasks sent at ``rate`` from the start of ``seconds`` until the last
+    was done, each awaiting ``concurrency / rate``; ``rss_mib`` is the RSS before the first
+    was sent and its peak, whose difference over ``concurrency`` is what one waiting task
+    holds (at the peak every slot holds one).
 
-    ``efficiency`` is the rate after the first round over the ideal. From then on each slot
-    takes its next task when its last one ends, so only the worker's own delay between the
-    two shows: how long the first round took to be taken in cancels out, and that is the
-    broker's intake (the noop scenario's rate) rather than waiting. ``overall_efficiency``
-    includes it: 10,000 tasks taken in at the RabbitMQ floor's rate take about 2 s of the
-    20 s ideal at ``-c 10000``.
+    The ideal: the last task is sent at ``(total - 1) / rate`` and done its own time later.
     """
-    seconds, first_round = timing
-    rate = total / seconds
-    after = total - concurrency
-    steady = after / (seconds - first_round) if after > 0 and seconds > first_round else rate
+    task_seconds = concurrency / rate
+    ideal = (total - 1) / rate + task_seconds
     idle, peak = rss_mib
     per_task = max(0.0, peak - idle) * 1024 / concurrency
-    return {"tasks": total, "task_seconds": round(concurrency / ideal, 3),
-            "rate": round(rate, 1), "ideal": round(ideal, 1),
-            "efficiency": round(steady / ideal, 3),
-            "overall_efficiency": round(rate / ideal, 3), "peak_rss_mib": round(peak, 1),
-            "kib_per_waiting_task": round(per_task, 2)}  # fmt: skip
+    return {"tasks": total, "task_seconds": round(task_seconds, 3),
+            "offered_rate": round(rate, 1), "seconds": round(seconds, 3),
+            "ideal_seconds": round(ideal, 3), "efficiency": round(ideal / seconds, 3),
+            "peak_rss_mib": round(peak, 1), "kib_per_waiting_task": round(per_task, 2)}  # fmt: skip
 
 
 async def latency(ctx: Context, kind: str, system: System) -> Row:
@@ -271,7 +265,10 @@ async def latency(ctx: Context, kind: str, system: System) -> Row:
         ):
             await app.connect([queue])
             await _warm_up(app, client, queue, key, run)
-            intended = await _open_loop(app, queue, key, rate, scale.latency_seconds)
+            total = max(1, round(rate * scale.latency_seconds))
+            intended = await _open_loop(
+                app, queue, rate, total, name="bench.stamp", arguments=lambda due: (due, key)
+            )
 
             async def stamped() -> bool:
                 return int(await client.llen(key)) >= len(intended)
@@ -310,13 +307,18 @@ async def _one_stamp(
 
 
 async def _open_loop(
-    app: App, queue: str, key: str, rate: float, seconds: float
+    app: App,
+    queue: str,
+    rate: float,
+    total: int,
+    *,
+    name: str,
+    arguments: Callable[[float], tuple[Any, ...]],
 ) -> dict[str, float]:
-    """Publish at ``rate`` for ``seconds``, each at its due time whatever the others do;
-    returns the intended (wall-clock) send time of each task id."""
+    """Send ``total`` tasks ``name`` at ``rate``, each at its due time whatever the others do,
+    with the ``arguments`` for its due (wall-clock) time; returns that time by task id."""
     intended: dict[str, float] = {}
     sends: set[asyncio.Task[Any]] = set()
-    total = max(1, round(rate * seconds))
     start_wall, start = time.time(), time.monotonic()
     for n in range(total):
         due = n / rate
@@ -324,7 +326,7 @@ async def _open_loop(
             await asyncio.sleep(delay)
         task_id = str(uuid.uuid4())
         intended[task_id] = start_wall + due
-        send = app.send_task("bench.stamp", args=(start_wall + due, key), queue=queue,
+        send = app.send_task(name, args=arguments(start_wall + due), queue=queue,
                              task_id=task_id)  # fmt: skip
         sends.add(asyncio.ensure_future(send))
     await asyncio.gather(*sends)

@@ -11,21 +11,22 @@ from benchmarks.scenarios import io_row
 from benchmarks.tally import Tally
 
 
-def test_efficiency_is_the_rate_after_the_first_round_and_the_fill_lowers_the_overall() -> None:
-    # 1,000 slots of 1 s tasks, 2,000 tasks: the first round was taken in over 0.5 s (done by
-    # 1.5 s), and each slot's second task ended 1.1 s after its first.
-    row = io_row(1_000, 2_000, (2.6, 1.5), 1_000.0, (50.0, 60.0))
+def test_efficiency_is_the_ideal_duration_over_the_measured_one() -> None:
+    # 2,000 tasks sent at 1,000/s to 1,000 slots of 1 s tasks: the last is sent at 1.999 s
+    # and done at 2.999 s; measured, the last was done at 3.2 s.
+    row = io_row(1_000, 2_000, 3.2, 1_000.0, (50.0, 60.0))
 
-    assert row["efficiency"] == pytest.approx(1_000 / 1.1 / 1_000, abs=1e-3)  # 0.909
-    assert row["overall_efficiency"] == pytest.approx(2_000 / 2.6 / 1_000, abs=1e-3)  # 0.769
-    assert row["rate"] == pytest.approx(769.2, abs=0.1)
+    assert row["ideal_seconds"] == pytest.approx(2.999)
+    assert row["efficiency"] == pytest.approx(2.999 / 3.2, abs=1e-3)  # 0.937
+    assert row["task_seconds"] == 1.0
     assert row["kib_per_waiting_task"] == pytest.approx(10 * 1024 / 1_000)
 
 
-def test_with_a_single_round_efficiency_falls_back_to_the_overall_rate() -> None:
-    row = io_row(100, 100, (0.2, 0.2), 1_000.0, (50.0, 50.0))
+def test_a_run_that_kept_up_is_at_one() -> None:
+    row = io_row(100, 2_000, 2.099, 1_000.0, (50.0, 50.0))
 
-    assert row["efficiency"] == row["overall_efficiency"] == 0.5
+    assert row["efficiency"] == 1.0
+    assert row["kib_per_waiting_task"] == 0
 
 
 class _CountingRedis(redis.asyncio.Redis):
