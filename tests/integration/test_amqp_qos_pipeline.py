@@ -124,3 +124,38 @@ async def test_a_connection_lost_while_a_reply_is_owed_fails_the_wait_and_frees_
             await pipeline.confirmed()  # no reply will come: nothing to wait for
     finally:
         await connection.close()
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "plain-rpc"])
+async def test_a_consumer_cancelled_and_started_again_under_its_tag_loses_no_delivery(
+    amqp_url: str, unique_name: str, pipelined: bool
+) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await (await connection.channel()).get_underlay_channel()
+        await channel.queue_declare(unique_name, exclusive=True)
+        for n in range(6):
+            await channel.basic_publish(b"%d" % n, routing_key=unique_name)
+        received: asyncio.Queue[Received] = asyncio.Queue()
+
+        async def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
+            received.put_nowait(Received(delivered))
+
+        consumer = (unique_name, "ctag-test", on_message)
+        pipeline = QosPipeline(channel if pipelined else _WithoutReplyQueue(channel))  # type: ignore[arg-type]
+        async with asyncio.timeout(15):
+            # Started and cancelled back to back: what the broker sent in between still
+            # arrives (aiormq would drop a delivery for a tag it no longer knows).
+            await pipeline.write(prefetch=2, consume=[consumer])
+            await pipeline.write(cancel=["ctag-test"])
+            await asyncio.sleep(0.5)
+            early = [received.get_nowait() for _ in range(received.qsize())]
+            assert await _ready(channel, unique_name) == 6 - len(early)
+
+            await pipeline.write(consume=[consumer], settlements=[(m, None) for m in early])
+            rest = [await received.get() for _ in range(2)]
+            await pipeline.write(cancel=["ctag-test"], settlements=[(m, None) for m in rest])
+            await asyncio.sleep(0.5)
+            assert received.empty()  # cancelled before the acks made room
+            assert await _ready(channel, unique_name) == 4 - len(early)
+            assert not channel.is_closed  # the tag was taken again without a complaint

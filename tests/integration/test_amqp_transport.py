@@ -190,6 +190,32 @@ async def test_an_early_ack_waits_for_its_write_not_for_the_brokers_qos_reply(
     assert fourth.message.body == b'{"n": 3}'
 
 
+async def test_pausing_and_resuming_the_consumers_waits_for_no_reply_from_the_broker(
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
+) -> None:
+    await transport.declare([QueueSpec(queue)])
+    await _fill(transport, queue, 3)
+    slots = Slots(1)
+    receivers.append(receiver := SlotConsumer(transport, [queue], slots))
+    first = await receiver.get()
+    channel = first.handle.channel
+    held = channel.rpc_frames = HeldReplies(channel.rpc_frames)
+    try:
+        async with asyncio.timeout(2):  # no reply of the broker's is read from here on
+            await transport.ack(first)  # the consumer is cancelled in the same write
+        await receiver.nothing_more()
+        assert await transport.queue_depth(queue) == (2, 0)
+
+        slots.give_back()
+        async with asyncio.timeout(2):
+            second = await receiver.get()  # consuming again, under the same tag
+        await receiver.nothing_more()
+        assert await transport.queue_depth(queue) == (1, 1)
+        assert second.message.body == b'{"n": 1}'
+    finally:
+        held.gate.set()
+
+
 async def test_concurrency_one_pauses_and_resumes(
     transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:

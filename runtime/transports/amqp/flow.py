@@ -13,10 +13,13 @@ slot holds than there are free slots:
 * a freed slot raises ``k`` (or resumes the consumers) later, in a background task that
   coalesces bursts: raising late only delays.
 
-Settling a delivery while its slot is still taken writes a ``basic.qos`` in front of its ack,
-in the same write: RabbitMQ handles a channel's methods in order, and nobody waits for its
-reply (:class:`.received.QosPipeline`). Settlements asked for in the same turn of the event
-loop leave in one write.
+Settling a delivery while its slot is still taken writes the ``basic.qos`` (or the
+``basic.cancel``) in front of its ack, in the same write: RabbitMQ handles a channel's
+methods in order, and nobody waits for its reply (:class:`.received.QosPipeline`).
+Settlements asked for in the same turn of the event loop leave in one write. Each queue's
+first ``basic.consume`` on a channel is a plain RPC, so that a missing queue fails
+:meth:`FlowControl.locked_apply` at once; later ones, after a pause at ``k = 0``, are
+written no-wait under the same consumer tag.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 
@@ -33,7 +37,7 @@ from aio_pika.abc import AbstractRobustChannel
 from runtime.errors import BrokerConnectionError
 from runtime.transports.base import Capacity, detached_context
 
-from .received import BROKER_ERRORS, QosPipeline, Received, ack_together, unless_lost
+from .received import BROKER_ERRORS, Consumer, QosPipeline, Received, ack_together, unless_lost
 
 __all__ = ["FlowControl", "OnMessage"]
 
@@ -55,7 +59,8 @@ class FlowControl:
         self._capacity: Capacity | None = None  # set while consuming
         self._queues: list[str] = []
         self._raw: aiormq.abc.AbstractChannel | None = None  # the channel flow applies to
-        self._consumer_tags: list[str] = []
+        self._tags: dict[str, str] = {}  # each queue's consumer tag on that channel
+        self._active: list[str] = []  # the tags consuming now
         self._prefetch = 0
         self._pipeline: QosPipeline | None = None  # the current channel's
         #: Deliveries handed out and not settled yet.
@@ -87,29 +92,57 @@ class FlowControl:
         return self._capacity.free + len(self.unsettled)
 
     async def locked_apply(self, raw: aiormq.abc.AbstractChannel) -> None:
-        """:meth:`apply` under the lock."""
+        """Bring QoS and consumers on ``raw`` to the target, under the lock."""
         async with self.lock:
             await self._apply(raw)
 
     async def _apply(self, raw: aiormq.abc.AbstractChannel) -> None:
         """Bring QoS and consumers on ``raw`` to the target; call with the lock held."""
         if raw is not self._raw:  # a new channel: the old one's consumers and deliveries died
-            self._raw, self._prefetch, self._consumer_tags = raw, 0, []
+            self._raw, self._prefetch, self._tags, self._active = raw, 0, {}, []
             self._pipeline = QosPipeline(raw)
             self.unsettled = {message for message in self.unsettled if not message.lost}
+        assert self._pipeline is not None  # set with the channel
         target = self.target()
-        if target <= 0:
-            while self._consumer_tags:
-                await raw.basic_cancel(self._consumer_tags.pop())
+        if self._first_consume(target):
+            if target != self._prefetch:
+                await self._pipeline.write(prefetch=target)
+                self._prefetch = target
+            for queue in self._queues:  # a fresh tag: an old one may still be registered
+                tag = self._tags[queue] = f"ctag{raw.number}.{uuid.uuid4().hex}"
+                await raw.basic_consume(queue, partial(self._on_message, queue), consumer_tag=tag)
+                self._active.append(tag)
             return
-        if target != self._prefetch:
-            assert self._pipeline is not None  # set with the channel
-            await self._pipeline.set_prefetch(target)
-            self._prefetch = target
-        if not self._consumer_tags:
-            for queue in self._queues:
-                ok = await raw.basic_consume(queue, partial(self._on_message, queue))
-                self._consumer_tags.append(str(ok.consumer_tag))
+        prefetch, cancel, consume = self._changes(target)
+        if prefetch is not None or cancel or consume:
+            await self._pipeline.write(prefetch=prefetch, cancel=cancel, consume=consume)
+            self._changed(prefetch, cancel, consume)
+
+    def _first_consume(self, target: int) -> bool:
+        """Whether reaching ``target`` starts a consumer this channel has not had yet."""
+        return target > 0 and not self._active and any(q not in self._tags for q in self._queues)
+
+    def _changes(self, target: int) -> tuple[int | None, list[str], list[Consumer]]:
+        """What brings the channel to ``target``: the prefetch to write (``None``: as it is),
+        the consumers to cancel, the consumers to start again."""
+        if target <= 0:  # RabbitMQ reads a prefetch of 0 as "unlimited": stop consuming
+            return None, list(self._active), []
+        prefetch = target if target != self._prefetch else None
+        if self._active:
+            return prefetch, [], []
+        consume: list[Consumer] = [
+            (queue, self._tags[queue], partial(self._on_message, queue)) for queue in self._queues
+        ]
+        return prefetch, [], consume
+
+    def _changed(self, prefetch: int | None, cancel: list[str], consume: list[Consumer]) -> None:
+        """Note :meth:`_changes` written: the broker applies them before any later method."""
+        if prefetch is not None:
+            self._prefetch = prefetch
+        if cancel:
+            self._active = []
+        if consume:
+            self._active = [tag for _, tag, _ in consume]
 
     async def regulate(
         self, channel: AbstractRobustChannel, on_new_channel: Callable[[], Awaitable[None]]
@@ -188,7 +221,7 @@ class FlowControl:
 
     async def _write_settlements(self, batch: list[_Pending]) -> None:
         """Lower the QoS for the messages whose slots are still taken, then settle all: the
-        lower QoS goes first (in the same write, :meth:`_lower_then_settle`, or confirmed
+        lower QoS goes first (in the same write, :meth:`_flow_then_settle`, or confirmed
         before), else the broker would send more than there are free slots."""
         live = [item for item in batch if not item[0].lost]
         held = [message for message, _, _ in live if message in self.unsettled]
@@ -196,7 +229,7 @@ class FlowControl:
             if held:
                 self.unsettled.difference_update(held)
                 async with self.lock:
-                    if await self._lower_then_settle(live):
+                    if await self._flow_then_settle(live):
                         return
                     await unless_lost(held[0], self._apply(held[0].channel))
             acks = [message for message, requeue, _ in live if requeue is None]
@@ -215,22 +248,24 @@ class FlowControl:
             self.wake.set()
             raise
 
-    async def _lower_then_settle(self, live: list[_Pending]) -> bool:
-        """Write a lower prefetch with ``live``'s settlements behind it; ``False`` (nothing
-        done) where they cannot share a write: another channel, consumers to start again, or
-        a target of 0 (the consumers are cancelled instead). Call with the lock held."""
+    async def _flow_then_settle(self, live: list[_Pending]) -> bool:
+        """Write what brings the channel to the target (a lower prefetch, or the consumers
+        cancelled) with ``live``'s settlements behind it; ``False`` (nothing done) where they
+        cannot share a write: another channel, or a first consume. Call with the lock held."""
         channel = live[0][0].channel
         target = self.target()
         if (
             channel is not self._raw
             or self._pipeline is None
-            or not self._consumer_tags
-            or target <= 0
-            or target == self._prefetch
+            or self._first_consume(target)
             or any(message.channel is not channel for message, _, _ in live)
         ):
             return False
+        prefetch, cancel, consume = self._changes(target)
         settlements = [(message, requeue) for message, requeue, _ in live]
-        await unless_lost(live[0][0], self._pipeline.set_prefetch(target, settlements))
-        self._prefetch = target  # the broker applies it before any later basic.qos
+        write = self._pipeline.write(
+            prefetch=prefetch, cancel=cancel, consume=consume, settlements=settlements
+        )
+        await unless_lost(live[0][0], write)
+        self._changed(prefetch, cancel, consume)
         return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 
 import aiormq.abc
@@ -18,6 +18,7 @@ from aiormq import spec as amqp_spec
 
 __all__ = [
     "BROKER_ERRORS",
+    "Consumer",
     "QosPipeline",
     "Received",
     "ack_together",
@@ -84,18 +85,29 @@ async def ack_together(messages: list[Received]) -> None:
     await (await _queue(channel, frames))
 
 
+#: A consumer to start: ``(queue, consumer tag, callback)``.
+Consumer = tuple[str, str, Callable[[aiormq.abc.DeliveredMessage], Coroutine[None, None, None]]]
+
+
 class QosPipeline:
-    """A channel's ``basic.qos`` written without waiting for the broker's reply, and the
-    settlements that must follow a lower one written right behind it.
+    """A channel's flow control written without waiting for the broker's replies: the
+    global ``basic.qos``, consumers cancelled and started again, and the settlements that
+    must follow them, in one write.
 
-    RabbitMQ handles a channel's methods in order, so it applies a lower prefetch before
-    any ack written after it makes room: the prefetch bound holds, and a task acked as it
-    starts waits for a local write rather than a round trip to the broker. The replies are
-    read in the background, in order. From the first write until the last reply is read
-    the pipeline holds the channel's RPC lock, so no other RPC reads one of them as its own.
+    RabbitMQ handles a channel's methods in order, so it applies a lower prefetch (or a
+    cancelled consumer) before any ack written after it makes room: the prefetch bound holds,
+    and a task acked as it starts waits for a local write rather than a round trip to the
+    broker. The ``basic.qos`` replies are read in the background, in order. From the first
+    write until the last reply is read the pipeline holds the channel's RPC lock, so no other
+    RPC reads one of them as its own.
 
-    That needs aiormq's channel lock and queue of replies; on a channel without them each
-    ``basic.qos`` is a plain RPC, confirmed before the settlements go out.
+    ``basic.cancel`` and ``basic.consume`` go *no-wait* (no reply at all) under the same
+    consumer tag each time, and the consumer's callback stays registered with aiormq in
+    between: a delivery the broker sent before it read the cancel still reaches it (aiormq
+    drops a delivery for a tag it does not know, and it would never be settled).
+
+    That needs aiormq's channel lock, queue of replies and table of consumers; on a channel
+    without them each method is a plain RPC, confirmed before the settlements go out.
     """
 
     __slots__ = ("_confirmed", "_fits", "_held", "_read", "_reader", "_written", "channel")
@@ -103,7 +115,11 @@ class QosPipeline:
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self.channel = channel
         replies = getattr(channel, "rpc_frames", None)
-        self._fits = isinstance(replies, asyncio.Queue) and hasattr(channel, "lock")
+        self._fits = (
+            isinstance(replies, asyncio.Queue)
+            and hasattr(channel, "lock")
+            and isinstance(getattr(channel, "consumers", None), dict)
+        )
         self._held: AbstractAsyncContextManager[None] | None = None
         self._written = self._read = 0  # basic.qos frames written, replies read
         self._confirmed: deque[tuple[int, asyncio.Future[None]]] = deque()  # waiting for replies
@@ -112,8 +128,21 @@ class QosPipeline:
     async def set_prefetch(
         self, prefetch: int, settlements: Sequence[tuple[Received, bool | None]] = ()
     ) -> None:
-        """Write a global ``basic.qos`` of ``prefetch``, then the settlements (``None``: ack,
-        else reject with that ``requeue``); return once they have left."""
+        """:meth:`write` a global ``basic.qos`` of ``prefetch``, then the settlements."""
+        await self.write(prefetch=prefetch, settlements=settlements)
+
+    async def write(
+        self,
+        *,
+        prefetch: int | None = None,
+        cancel: Sequence[str] = (),
+        consume: Sequence[Consumer] = (),
+        settlements: Sequence[tuple[Received, bool | None]] = (),
+    ) -> None:
+        """Write, in this order: a global ``basic.qos`` of ``prefetch`` (unless ``None``), a
+        ``basic.cancel`` of each consumer tag in ``cancel``, a ``basic.consume`` of each of
+        ``consume``, and the settlements (``None``: ack, else reject with that ``requeue``);
+        return once they have left."""
         channel = self.channel
         frames: list[aiormq.abc.FrameType] = [
             amqp_spec.Basic.Ack(delivery_tag=message.tag)
@@ -122,19 +151,32 @@ class QosPipeline:
             for message, requeue in settlements
         ]
         if not self._fits:
-            await channel.basic_qos(prefetch_count=prefetch, global_=True)
+            if prefetch is not None:
+                await channel.basic_qos(prefetch_count=prefetch, global_=True)
+            for tag in cancel:
+                await channel.basic_cancel(tag)
+            for queue, tag, callback in consume:
+                await channel.basic_consume(queue, callback, consumer_tag=tag)
             if frames:
                 await (await _queue(channel, frames))
             return
-        if self._held is None:
-            held = channel.lock  # type: ignore[attr-defined]
-            await held.__aenter__()
-            self._held = held
-        qos = amqp_spec.Basic.Qos(prefetch_count=prefetch, global_=True)
-        drained = await _queue(channel, [qos, *frames])
-        self._written += 1
-        if self._reader is None:  # a task of the channel's own: closing the channel ends it
-            self._reader = channel.create_task(self._read_replies())
+        methods: list[aiormq.abc.FrameType] = []
+        if prefetch is not None:
+            methods.append(amqp_spec.Basic.Qos(prefetch_count=prefetch, global_=True))
+            if self._held is None:
+                held = channel.lock  # type: ignore[attr-defined]
+                await held.__aenter__()
+                self._held = held
+        methods += [amqp_spec.Basic.Cancel(consumer_tag=tag, nowait=True) for tag in cancel]
+        consumers = channel.consumers  # type: ignore[attr-defined]
+        for queue, tag, callback in consume:
+            consumers[tag] = callback  # again: a cancel by the broker took it out
+            methods.append(amqp_spec.Basic.Consume(queue=queue, consumer_tag=tag, nowait=True))
+        drained = await _queue(channel, [*methods, *frames])
+        if prefetch is not None:
+            self._written += 1
+            if self._reader is None:  # a task of the channel's own: closing the channel ends it
+                self._reader = channel.create_task(self._read_replies())
         await drained
 
     async def confirmed(self) -> None:
