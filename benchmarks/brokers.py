@@ -40,9 +40,10 @@ NOTES = {
     "deferred SQS message stays in its queue, hidden (ChangeMessageVisibility), with no "
     "Celery row to compare.",
     "memory": "memory is celeriac's worker embedded with "
-    "runtime.transports.memory.MemoryTransport, the tasks pre-loaded in its own process: "
-    "celeriac's per-task cost with no broker at all, a ceiling. Its RSS includes the "
-    "pre-loaded messages. No other system has this row.",
+    "runtime.transports.memory.MemoryTransport in its own process, the noop tasks pre-loaded "
+    "and the io tasks sent at the offered rate: celeriac's per-task cost with no broker at "
+    "all, a ceiling. Its noop RSS includes the pre-loaded messages; its io tasks all share "
+    "one message object. No other system has this row.",
 }
 
 

@@ -8,7 +8,7 @@ a channel without aiormq's queue of replies.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aio_pika
@@ -33,12 +33,14 @@ class _WithoutReplyQueue:
         return getattr(self._channel, name)
 
 
+_Callback = Callable[[aiormq.abc.DeliveredMessage], Coroutine[None, None, None]]
+_Filled = tuple[aiormq.abc.AbstractChannel, asyncio.Queue[Received], _Callback, str]
+
+
 @pytest.fixture
-async def consumed(
-    amqp_url: str, unique_name: str
-) -> AsyncIterator[tuple[aiormq.abc.AbstractChannel, asyncio.Queue[Received], str]]:
-    """A channel consuming a queue of 6 messages at a global prefetch of 2, its deliveries,
-    and the queue's name."""
+async def filled(amqp_url: str, unique_name: str) -> AsyncIterator[_Filled]:
+    """A channel with a queue of 6 messages nobody consumes yet: the channel, what arrives,
+    the consumer callback that puts it there, and the queue's name."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await (await connection.channel()).get_underlay_channel()
@@ -50,12 +52,22 @@ async def consumed(
         async def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
             received.put_nowait(Received(delivered))
 
-        await channel.basic_qos(prefetch_count=2, global_=True)
-        await channel.basic_consume(unique_name, on_message)
         try:
-            yield channel, received, unique_name
+            yield channel, received, on_message, unique_name
         finally:
             await channel.queue_delete(unique_name)
+
+
+@pytest.fixture
+async def consumed(
+    filled: _Filled,
+) -> tuple[aiormq.abc.AbstractChannel, asyncio.Queue[Received], str]:
+    """That channel consuming the queue at a global prefetch of 2, its deliveries, and the
+    queue's name."""
+    channel, received, on_message, queue = filled
+    await channel.basic_qos(prefetch_count=2, global_=True)
+    await channel.basic_consume(queue, on_message)
+    return channel, received, queue
 
 
 async def _ready(channel: aiormq.abc.AbstractChannel, queue: str) -> int:
@@ -128,34 +140,24 @@ async def test_a_connection_lost_while_a_reply_is_owed_fails_the_wait_and_frees_
 
 @pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "plain-rpc"])
 async def test_a_consumer_cancelled_and_started_again_under_its_tag_loses_no_delivery(
-    amqp_url: str, unique_name: str, pipelined: bool
+    filled: _Filled, pipelined: bool
 ) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await (await connection.channel()).get_underlay_channel()
-        await channel.queue_declare(unique_name, exclusive=True)
-        for n in range(6):
-            await channel.basic_publish(b"%d" % n, routing_key=unique_name)
-        received: asyncio.Queue[Received] = asyncio.Queue()
+    channel, received, on_message, queue = filled
+    consumer = (queue, "ctag-test", on_message)
+    pipeline = QosPipeline(channel if pipelined else _WithoutReplyQueue(channel))  # type: ignore[arg-type]
+    async with asyncio.timeout(15):
+        # Started and cancelled back to back: what the broker sent in between still
+        # arrives (aiormq would drop a delivery for a tag it no longer knows).
+        await pipeline.write(prefetch=2, consume=[consumer])
+        await pipeline.write(cancel=["ctag-test"])
+        await asyncio.sleep(0.5)
+        early = [received.get_nowait() for _ in range(received.qsize())]
+        assert await _ready(channel, queue) == 6 - len(early)
 
-        async def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
-            received.put_nowait(Received(delivered))
-
-        consumer = (unique_name, "ctag-test", on_message)
-        pipeline = QosPipeline(channel if pipelined else _WithoutReplyQueue(channel))  # type: ignore[arg-type]
-        async with asyncio.timeout(15):
-            # Started and cancelled back to back: what the broker sent in between still
-            # arrives (aiormq would drop a delivery for a tag it no longer knows).
-            await pipeline.write(prefetch=2, consume=[consumer])
-            await pipeline.write(cancel=["ctag-test"])
-            await asyncio.sleep(0.5)
-            early = [received.get_nowait() for _ in range(received.qsize())]
-            assert await _ready(channel, unique_name) == 6 - len(early)
-
-            await pipeline.write(consume=[consumer], settlements=[(m, None) for m in early])
-            rest = [await received.get() for _ in range(2)]
-            await pipeline.write(cancel=["ctag-test"], settlements=[(m, None) for m in rest])
-            await asyncio.sleep(0.5)
-            assert received.empty()  # cancelled before the acks made room
-            assert await _ready(channel, unique_name) == 4 - len(early)
-            assert not channel.is_closed  # the tag was taken again without a complaint
+        await pipeline.write(consume=[consumer], settlements=[(m, None) for m in early])
+        rest = [await received.get() for _ in range(2)]
+        await pipeline.write(cancel=["ctag-test"], settlements=[(m, None) for m in rest])
+        await asyncio.sleep(0.5)
+        assert received.empty()  # cancelled before the acks made room
+        assert await _ready(channel, queue) == 4 - len(early)
+        assert not channel.is_closed  # the tag was taken again without a complaint

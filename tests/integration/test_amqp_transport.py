@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import aio_pika
@@ -22,7 +22,7 @@ from protocol import DEFAULT_LIMITS, WireMessage, amqp_properties, decode_task
 from runtime.errors import BrokerConnectionError
 from runtime.transports.amqp import transport as amqp_transport
 from runtime.transports.amqp.transport import AmqpTransport
-from runtime.transports.base import Delivery, QueueSpec
+from runtime.transports.base import Capacity, Delivery, QueueSpec
 from runtime.worker.slots import Slots
 from tests.amqp_replies import HeldReplies
 from tests.consumer import SlotConsumer
@@ -190,8 +190,9 @@ async def test_an_early_ack_waits_for_its_write_not_for_the_brokers_qos_reply(
     assert fourth.message.body == b'{"n": 3}'
 
 
-async def test_pausing_and_resuming_the_consumers_waits_for_no_reply_from_the_broker(
-    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
+@pytest.mark.parametrize("replies", ["read", "held back"])
+async def test_concurrency_one_pauses_and_resumes(
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer], replies: str
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     await _fill(transport, queue, 3)
@@ -200,11 +201,14 @@ async def test_pausing_and_resuming_the_consumers_waits_for_no_reply_from_the_br
     first = await receiver.get()
     channel = first.handle.channel
     held = channel.rpc_frames = HeldReplies(channel.rpc_frames)
+    if replies == "read":
+        held.gate.set()
     try:
-        async with asyncio.timeout(2):  # no reply of the broker's is read from here on
-            await transport.ack(first)  # the consumer is cancelled in the same write
+        # Held back, no reply of the broker's is read from here on: nothing may wait for one.
+        async with asyncio.timeout(2):
+            await transport.ack(first)  # early ack: no slot free and nothing unsettled, so pause
         await receiver.nothing_more()
-        assert await transport.queue_depth(queue) == (2, 0)
+        assert await transport.queue_depth(queue) == (2, 0)  # the consumer was cancelled
 
         slots.give_back()
         async with asyncio.timeout(2):
@@ -214,26 +218,6 @@ async def test_pausing_and_resuming_the_consumers_waits_for_no_reply_from_the_br
         assert second.message.body == b'{"n": 1}'
     finally:
         held.gate.set()
-
-
-async def test_concurrency_one_pauses_and_resumes(
-    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
-) -> None:
-    await transport.declare([QueueSpec(queue)])
-    await _fill(transport, queue, 3)
-    slots = Slots(1)
-    receivers.append(receiver := SlotConsumer(transport, [queue], slots))
-
-    first = await receiver.get()
-    await transport.ack(first)  # early ack: no slot free and nothing unsettled, so pause
-    await receiver.nothing_more()
-    assert await transport.queue_depth(queue) == (2, 0)  # the consumer was cancelled
-
-    slots.give_back()
-    second = await receiver.get()
-    await receiver.nothing_more()
-    assert await transport.queue_depth(queue) == (1, 1)
-    assert second.message.body == b'{"n": 1}'
 
 
 async def test_a_busy_consumer_gets_nothing_while_an_idle_one_takes_all(
@@ -580,11 +564,18 @@ class Probed(AmqpTransport):
     """Checks, as each delivery arrives, that what waits unhanded fits the free slots."""
 
     worst = 0
+    probed = 0  # deliveries checked: a probe that never ran proves nothing
+    capacity: Capacity | None = None
+
+    def consume(self, queues: Sequence[str], capacity: Capacity) -> AsyncIterator[Delivery]:
+        self.capacity = capacity
+        return super().consume(queues, capacity)
 
     async def _on_message(self, queue: str, delivered: Any) -> None:
         await super()._on_message(queue, delivered)
-        if self._buffer is not None and self._capacity is not None:
-            self.worst = max(self.worst, self._buffer.qsize() - self._capacity.free)
+        if self._buffer is not None and self.capacity is not None:
+            self.worst = max(self.worst, self._buffer.qsize() - self.capacity.free)
+            self.probed += 1
 
 
 async def test_flow_control_holds_under_load(amqp_url: str, queue: str) -> None:
@@ -622,6 +613,7 @@ async def test_flow_control_holds_under_load(amqp_url: str, queue: str) -> None:
         async with asyncio.timeout(30):
             await done.wait()
         assert transport.worst <= 0
+        assert transport.probed == 60
         assert await _ready(transport, queue) == 0
     finally:
         consuming.cancel()
