@@ -27,6 +27,7 @@ import resource
 import time
 
 from protocol import WireMessage
+from runtime.load import paced
 from runtime.serve import configure_logging
 from runtime.transports.memory import MemoryTransport
 from runtime.worker import Worker
@@ -60,8 +61,7 @@ async def drain(
     began, cpu = time.monotonic(), time.process_time()
     sending = None
     if rate is not None:
-        feed = _send(transport, queue, message, total=total, rate=rate, began=began)
-        sending = asyncio.create_task(feed)
+        sending = asyncio.create_task(_send(transport, queue, message, total=total, rate=rate))
     while worker.processed < total:
         if running.done():  # it failed: say why
             running.result()
@@ -82,12 +82,9 @@ async def _send(
     *,
     total: int,
     rate: float,
-    began: float,
 ) -> None:
-    """Publish ``message`` ``total`` times, the n-th at ``began + n / rate`` (monotonic)."""
-    for n in range(total):
-        if (delay := began + n / rate - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+    """Publish ``message`` ``total`` times, ``rate`` a second from now (open loop)."""
+    async for _ in paced(rate, total):
         await transport.publish(message, routing_key=queue)
 
 

@@ -32,7 +32,7 @@ import redis.asyncio
 
 from protocol import ResultKeys, decode_result
 from runtime import App
-from runtime.load import percentiles
+from runtime.load import paced, percentiles
 
 from .queues import POLL, Watch, delete, preload, task
 from .runs import Running, drain, first_taken, running, until
@@ -198,15 +198,12 @@ async def io(ctx: Context, kind: str, system: System) -> Row:
         ):
             await app.connect([queue])
 
-            async def counted(expected: int, sending: asyncio.Task[Any] | None = None) -> bool:
-                if sending is not None and sending.done():
+            async def counted(expected: int, sending: asyncio.Task[Any]) -> bool:
+                if sending.done():
                     sending.result()  # a send failed: say so rather than time out
                 return int(await client.get(counter) or 0) >= expected
 
-            # One task through the worker first: it is up and consuming.
-            await app.send_task("bench.sleep", args=(0, counter), queue=queue)
-            await until(partial(counted, 1), run, 120, "the first task")
-            await client.delete(counter)
+            await _warm_up(app, client, queue, f"{queue}:stamps", run)
             idle = run.usage().peak_rss_mib
             began = time.monotonic()
             sending = asyncio.create_task(
@@ -319,11 +316,8 @@ async def _open_loop(
     with the ``arguments`` for its due (wall-clock) time; returns that time by task id."""
     intended: dict[str, float] = {}
     sends: set[asyncio.Task[Any]] = set()
-    start_wall, start = time.time(), time.monotonic()
-    for n in range(total):
-        due = n / rate
-        if (delay := start + due - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+    start_wall = time.time()
+    async for due in paced(rate, total):
         task_id = str(uuid.uuid4())
         intended[task_id] = start_wall + due
         send = app.send_task(name, args=arguments(start_wall + due), queue=queue,

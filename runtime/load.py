@@ -23,7 +23,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,7 @@ __all__ = [
     "POLL_INTERVAL",
     "LoadPlan",
     "LoadReport",
+    "paced",
     "parse_duration",
     "parse_rate",
     "percentiles",
@@ -255,19 +256,31 @@ async def _connect(app: App, queue: str) -> None:
     await app.connect([queue])
 
 
+async def paced(rate: float, total: int, *, start: float | None = None) -> AsyncIterator[float]:
+    """Yield the due time of each of ``total`` sends, ``n / rate`` seconds after ``start``
+    (the event loop's clock; default now), once that time has come: an open-loop schedule.
+    A consumer that is slow with one yield does not move the due times after it; those
+    already past come at once."""
+    clock = asyncio.get_running_loop().time
+    t0 = clock() if start is None else start
+    for n in range(total):
+        due = n / rate
+        if (delay := t0 + due - clock()) > 0:
+            await asyncio.sleep(delay)
+        yield due
+
+
 async def _publish(app: App, plan: LoadPlan) -> _Schedule:
-    loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(plan.max_in_flight)
     # Wall clock first: a later reading would make intended times late, latencies too short.
-    schedule = _Schedule(wall0=time.time(), t0=loop.time())
+    schedule = _Schedule(wall0=time.time(), t0=asyncio.get_running_loop().time())
     async with asyncio.TaskGroup() as tasks:
-        for i in range(plan.planned):
-            send = _Send(str(uuid.uuid4()), i / plan.rate)
-            delay = schedule.t0 + send.due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for due in paced(plan.rate, plan.planned, start=schedule.t0):
+            send = _Send(str(uuid.uuid4()), due)
+            tasks.create_task(
+                _send_one(app, plan, schedule, send, slots), name=f"load-{len(schedule.sends)}"
+            )
             schedule.sends.append(send)
-            tasks.create_task(_send_one(app, plan, schedule, send, slots), name=f"load-{i}")
     return schedule
 
 

@@ -85,14 +85,15 @@ async def test_a_lower_prefetch_written_before_the_acks_holds_the_bound(
         pipeline = QosPipeline(channel if pipelined else _WithoutReplyQueue(channel))  # type: ignore[arg-type]
 
         # Both still run, so no slot is free: the first is acked early, the prefetch drops to 1.
-        await pipeline.set_prefetch(1, [(first, None)])
-        await pipeline.set_prefetch(1, [])
+        await pipeline.write(prefetch=1, settlements=[(first, None)])
+        await pipeline.write(prefetch=1)
         await asyncio.sleep(0.5)
         assert received.empty()
         # An RPC after the pipelined writes gets its own reply, not one of theirs.
         assert await _ready(channel, queue) == 4
 
-        await pipeline.set_prefetch(2, [(second, False)])  # rejected, dropped: two free slots
+        # Rejected, dropped: two free slots.
+        await pipeline.write(prefetch=2, settlements=[(second, False)])
         third, fourth = await received.get(), await received.get()
         assert (third.delivered.body, fourth.delivered.body) == (b"2", b"3")  # type: ignore[union-attr]
         await asyncio.sleep(0.5)
@@ -108,7 +109,7 @@ async def test_confirmed_waits_for_the_brokers_reply_to_every_write_so_far(
         first = await received.get()
         held = channel.rpc_frames = HeldReplies(channel.rpc_frames)  # type: ignore[attr-defined]
         pipeline = QosPipeline(channel)
-        await pipeline.set_prefetch(1, [(first, None)])  # written, not yet confirmed
+        await pipeline.write(prefetch=1, settlements=[(first, None)])  # written, not yet confirmed
         confirmed = asyncio.ensure_future(pipeline.confirmed())
         await asyncio.sleep(0.3)
         assert not confirmed.done()
@@ -127,7 +128,7 @@ async def test_a_connection_lost_while_a_reply_is_owed_fails_the_wait_and_frees_
         channel.rpc_frames = HeldReplies(channel.rpc_frames)  # type: ignore[attr-defined]
         pipeline = QosPipeline(channel)
         async with asyncio.timeout(15):
-            await pipeline.set_prefetch(3)  # its reply never comes: the connection goes first
+            await pipeline.write(prefetch=3)  # its reply never comes: the connection goes first
             confirmed = asyncio.ensure_future(pipeline.confirmed())
             await asyncio.sleep(0.1)
             await channel.connection.close()

@@ -60,7 +60,7 @@ class FlowControl:
         self._queues: list[str] = []
         self._raw: aiormq.abc.AbstractChannel | None = None  # the channel flow applies to
         self._tags: dict[str, str] = {}  # each queue's consumer tag on that channel
-        self._active: list[str] = []  # the tags consuming now
+        self._consuming = False  # whether the consumers of _tags are started
         self._prefetch = 0
         self._pipeline: QosPipeline | None = None  # the current channel's
         #: Deliveries handed out and not settled yet.
@@ -99,7 +99,7 @@ class FlowControl:
     async def _apply(self, raw: aiormq.abc.AbstractChannel) -> None:
         """Bring QoS and consumers on ``raw`` to the target; call with the lock held."""
         if raw is not self._raw:  # a new channel: the old one's consumers and deliveries died
-            self._raw, self._prefetch, self._tags, self._active = raw, 0, {}, []
+            self._raw, self._prefetch, self._tags, self._consuming = raw, 0, {}, False
             self._pipeline = QosPipeline(raw)
             self.unsettled = {message for message in self.unsettled if not message.lost}
         assert self._pipeline is not None  # set with the channel
@@ -111,7 +111,7 @@ class FlowControl:
             for queue in self._queues:  # a fresh tag: an old one may still be registered
                 tag = self._tags[queue] = f"ctag{raw.number}.{uuid.uuid4().hex}"
                 await raw.basic_consume(queue, partial(self._on_message, queue), consumer_tag=tag)
-                self._active.append(tag)
+                self._consuming = True
             return
         prefetch, cancel, consume = self._changes(target)
         if prefetch is not None or cancel or consume:
@@ -120,15 +120,17 @@ class FlowControl:
 
     def _first_consume(self, target: int) -> bool:
         """Whether reaching ``target`` starts a consumer this channel has not had yet."""
-        return target > 0 and not self._active and any(q not in self._tags for q in self._queues)
+        return target > 0 and not self._consuming and any(q not in self._tags for q in self._queues)
 
     def _changes(self, target: int) -> tuple[int | None, list[str], list[Consumer]]:
         """What brings the channel to ``target``: the prefetch to write (``None``: as it is),
         the consumers to cancel, the consumers to start again."""
         if target <= 0:  # RabbitMQ reads a prefetch of 0 as "unlimited": stop consuming
-            return None, list(self._active), []
+            if not self._consuming:
+                return None, [], []
+            return None, [self._tags[queue] for queue in self._queues if queue in self._tags], []
         prefetch = target if target != self._prefetch else None
-        if self._active:
+        if self._consuming:
             return prefetch, [], []
         consume: list[Consumer] = [
             (queue, self._tags[queue], partial(self._on_message, queue)) for queue in self._queues
@@ -140,9 +142,9 @@ class FlowControl:
         if prefetch is not None:
             self._prefetch = prefetch
         if cancel:
-            self._active = []
+            self._consuming = False
         if consume:
-            self._active = [tag for _, tag, _ in consume]
+            self._consuming = True
 
     async def regulate(
         self, channel: AbstractRobustChannel, on_new_channel: Callable[[], Awaitable[None]]

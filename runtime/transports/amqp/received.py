@@ -125,12 +125,6 @@ class QosPipeline:
         self._confirmed: deque[tuple[int, asyncio.Future[None]]] = deque()  # waiting for replies
         self._reader: Awaitable[None] | None = None
 
-    async def set_prefetch(
-        self, prefetch: int, settlements: Sequence[tuple[Received, bool | None]] = ()
-    ) -> None:
-        """:meth:`write` a global ``basic.qos`` of ``prefetch``, then the settlements."""
-        await self.write(prefetch=prefetch, settlements=settlements)
-
     async def write(
         self,
         *,
