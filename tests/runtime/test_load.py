@@ -14,6 +14,7 @@ from runtime.load import (
     LoadPlan,
     LoadReport,
     _outcome,
+    paced,
     parse_duration,
     parse_rate,
     percentiles,
@@ -176,3 +177,20 @@ async def test_publishes_waiting_for_a_slot_are_counted_as_behind(
     assert report.behind > 0
     assert report.schedule_lag is not None
     assert report.schedule_lag["max"] > 0
+
+
+async def test_paced_keeps_each_due_time_whatever_the_consumer_does() -> None:
+    """Ten sends at 100/s: each yielded no earlier than its due time; the consumer stalls
+    40 ms at the first, and the four that fell due meanwhile come at once, not 10 ms apart."""
+    clock = asyncio.get_running_loop().time
+    start = clock()
+    seen: list[tuple[float, float]] = []
+    async for due in paced(100.0, 10, start=start):
+        seen.append((due, clock() - start))
+        if due == 0:
+            await asyncio.sleep(0.04)
+
+    assert [due for due, _ in seen] == [n / 100 for n in range(10)]
+    assert all(at >= due - 0.001 for due, at in seen)  # the loop may wake a tick early
+    caught_up = [at for _, at in seen[1:5]]
+    assert max(caught_up) - min(caught_up) < 0.01  # not spaced out after the stall
