@@ -567,12 +567,17 @@ class Probed(AmqpTransport):
     probed = 0  # deliveries checked: a probe that never ran proves nothing
     capacity: Capacity | None = None
 
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.readers: set[asyncio.Task[Any] | None] = set()  # the tasks deliveries came in
+
     def consume(self, queues: Sequence[str], capacity: Capacity) -> AsyncIterator[Delivery]:
         self.capacity = capacity
         return super().consume(queues, capacity)
 
-    async def _on_message(self, queue: str, delivered: Any) -> None:
-        await super()._on_message(queue, delivered)
+    def _on_message(self, queue: str, delivered: Any) -> None:
+        super()._on_message(queue, delivered)
+        self.readers.add(asyncio.current_task())
         if self._buffer is not None and self.capacity is not None:
             self.worst = max(self.worst, self._buffer.qsize() - self.capacity.free)
             self.probed += 1
@@ -614,6 +619,7 @@ async def test_flow_control_holds_under_load(amqp_url: str, queue: str) -> None:
             await done.wait()
         assert transport.worst <= 0
         assert transport.probed == 60
+        assert len(transport.readers) == 1  # the channel's reader: no task per delivery
         assert await _ready(transport, queue) == 0
     finally:
         consuming.cancel()

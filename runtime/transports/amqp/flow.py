@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import aiormq.abc
@@ -37,14 +37,17 @@ from aio_pika.abc import AbstractRobustChannel
 from runtime.errors import BrokerConnectionError
 from runtime.transports.base import Capacity, detached_context
 
+from . import dispatch
+from .dispatch import DirectConsumer
 from .received import BROKER_ERRORS, Consumer, QosPipeline, Received, ack_together, unless_lost
 
 __all__ = ["FlowControl", "OnMessage"]
 
 log = logging.getLogger(__name__)
 
-#: What a consumer calls with each message: ``(queue, message)``.
-OnMessage = Callable[[str, aiormq.abc.DeliveredMessage], Coroutine[None, None, None]]
+#: What a consumer calls with each message, ``(queue, message)``: at once, in the channel's
+#: reader (:mod:`.dispatch`), so it must not block.
+OnMessage = Callable[[str, aiormq.abc.DeliveredMessage], None]
 #: A settlement to write: the message, ``None`` (ack) or reject's requeue flag, its future.
 _Pending = tuple[Received, bool | None, asyncio.Future[None]]
 
@@ -100,6 +103,7 @@ class FlowControl:
         """Bring QoS and consumers on ``raw`` to the target; call with the lock held."""
         if raw is not self._raw:  # a new channel: the old one's consumers and deliveries died
             self._raw, self._prefetch, self._tags, self._consuming = raw, 0, {}, False
+            dispatch.install(raw)
             self._pipeline = QosPipeline(raw)
             self.unsettled = {message for message in self.unsettled if not message.lost}
         assert self._pipeline is not None  # set with the channel
@@ -110,7 +114,7 @@ class FlowControl:
                 self._prefetch = target
             for queue in self._queues:  # a fresh tag: an old one may still be registered
                 tag = self._tags[queue] = f"ctag{raw.number}.{uuid.uuid4().hex}"
-                await raw.basic_consume(queue, partial(self._on_message, queue), consumer_tag=tag)
+                await raw.basic_consume(queue, self._consumer(queue), consumer_tag=tag)
                 self._consuming = True
             return
         prefetch, cancel, consume = self._changes(target)
@@ -133,9 +137,12 @@ class FlowControl:
         if self._consuming:
             return prefetch, [], []
         consume: list[Consumer] = [
-            (queue, self._tags[queue], partial(self._on_message, queue)) for queue in self._queues
+            (queue, self._tags[queue], self._consumer(queue)) for queue in self._queues
         ]
         return prefetch, [], consume
+
+    def _consumer(self, queue: str) -> DirectConsumer:
+        return DirectConsumer(partial(self._on_message, queue))
 
     def _changed(self, prefetch: int | None, cancel: list[str], consume: list[Consumer]) -> None:
         """Note :meth:`_changes` written: the broker applies them before any later method."""

@@ -347,13 +347,13 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 regulator.cancel()
             await asyncio.gather(regulator, return_exceptions=True)
 
-    async def _on_message(self, queue: str, delivered: aiormq.abc.DeliveredMessage) -> None:
+    def _on_message(self, queue: str, delivered: aiormq.abc.DeliveredMessage) -> None:
+        """Take a delivery, in the channel's reader (:mod:`.dispatch`)."""
         message = Received(delivered)
         if self._buffer is not None:
             self._buffer.put_nowait((queue, message))
         elif not self._closing:  # arrived while consume() was ending
-            with contextlib.suppress(*BROKER_ERRORS):
-                await message.channel.basic_reject(message.tag, requeue=True)
+            message.channel.create_task(_give_back(message))
 
     async def _settle(self, delivery: Delivery, requeue: bool | None) -> None:
         """Ack (``requeue=None``) or reject, and wait until it is written (:mod:`.flow`)."""
@@ -425,6 +425,13 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 properties=properties,
                 mandatory=mandatory,
             )
+
+
+async def _give_back(message: Received) -> None:
+    """Requeue a delivery nobody takes any more (unless its channel is gone: then the broker
+    has it back already)."""
+    with contextlib.suppress(*BROKER_ERRORS):
+        await message.channel.basic_reject(message.tag, requeue=True)
 
 
 def _outgoing(message: WireMessage) -> amqp_spec.Basic.Properties:
