@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 import structlog
 
@@ -160,30 +160,57 @@ class App:
         *,
         name: str | None = None,
         base: type[Task[Any, Any]] = Task,
+        bind: Literal[False] = False,
         **options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
+    @overload
     def task(
         self,
-        fn: Callable[P, R] | None = None,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        base: type[Task[Any, Any]] = Task,
+        bind: Literal[True],
+        **options: Any,
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        base: type[Task[Any, Any]] = Task,
+        bind: bool,
+        **options: Any,
+    ) -> Callable[[Callable[..., R]], Task[..., R]]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
         base: type[Task[Any, Any]] = Task,
         **options: Any,
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    ) -> Task[Any, Any] | Callable[[Callable[..., Any]], Task[Any, Any]]:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., **options)``.
 
         Options use Celery's names (``queue``, ``bind``, ``acks_late``, ``time_limit``, ...);
         an unknown one raises ``TypeError`` here, not when the first message arrives.
         ``base`` is a :class:`Task` subclass, with hooks and options as class attributes
-        (which the keywords here override), as Celery's ``base=``.
+        (which the keywords here override), as Celery's ``base=``. With ``bind=True`` the
+        function's first parameter is the task itself, which callers do not pass: the
+        task's parameters (``delay``, calling it) are the function's without the first.
         """
         parsed = TaskOptions.from_kwargs({**base.class_options(), **options})
 
-        def register(function: Callable[P, R]) -> Task[P, R]:
+        def register(function: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{function.__module__}.{function.__qualname__}"
-            registered: Task[P, R] = base(self, function, task_name, parsed)
+            registered = base(self, function, task_name, parsed)
             self.tasks[task_name] = registered
             return registered
 

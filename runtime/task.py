@@ -141,7 +141,8 @@ class Task(Generic[P, R]):
 
     def __init__(self, app: TaskApp, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
         self.app = app
-        self.fn = fn
+        #: The function; a bound task's takes the task first, before the parameters ``P``.
+        self.fn: Callable[..., R] = fn
         self.name = name
         self.options = options
         self.max_retries = options.max_retries
@@ -176,6 +177,9 @@ class Task(Generic[P, R]):
         return request
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here, as Celery's ``task(...)``: a bound task is given itself."""
+        if self.options.bind:
+            return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:

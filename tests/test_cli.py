@@ -125,7 +125,12 @@ def test_the_visibility_timeout_reaches_the_redis_transport(
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     seen: list[serve.WorkerOptions] = []
-    monkeypatch.setattr(serve, "serve", lambda options: seen.append(options) or 0)
+
+    def recorded(options: serve.WorkerOptions) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr(serve, "serve", recorded)
     monkeypatch.setattr(serve, "configure_logging", lambda *args: None)  # process-wide
 
     assert cli.main(["worker", "-A", "examples.tasks:app", *argv]) == 0
@@ -212,7 +217,12 @@ def test_the_held_eta_bound_reaches_the_worker(
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     seen: list[serve.WorkerOptions] = []
-    monkeypatch.setattr(serve, "serve", lambda options: seen.append(options) or 0)
+
+    def recorded(options: serve.WorkerOptions) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr(serve, "serve", recorded)
     monkeypatch.setattr(serve, "configure_logging", lambda *args: None)  # process-wide
 
     assert cli.main(["worker", "-A", "examples.tasks:app", *argv]) == 0

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio
 
-from runtime import App
+from runtime import App, Task
 
 app = App("chaos")
 
@@ -50,7 +50,7 @@ async def early(self: Any, key: str) -> str:
 
 
 @app.task(name="chaos.long", acks_late=True, bind=True)
-async def long(self: Any, key: str, seconds: float) -> str:
+async def long(self: Task[Any, Any], key: str, seconds: float) -> str:
     """An ``acks_late`` task that outlasts the broker's ``consumer_timeout``; counts its runs."""
     await _redis().hincrby(f"{key}:runs", self.request.id, 1)
     await asyncio.sleep(seconds)

@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 import redis
@@ -73,7 +74,8 @@ class ChaosRun:
 
     def runs(self) -> dict[str, int]:
         """Runs per task id so far."""
-        return {k: int(v) for k, v in self.tally.hgetall(f"{self.queue}:runs").items()}
+        runs = cast(dict[str, str], self.tally.hgetall(f"{self.queue}:runs"))  # decode_responses
+        return {k: int(v) for k, v in runs.items()}
 
     def finished(self) -> int:
         """How many distinct tasks have run to the end."""

@@ -161,7 +161,7 @@ def hostile_messages(task: str, args: list[Any], rng: random.Random) -> Iterator
 def bad_envelopes(rng: random.Random) -> Iterator[Hostile]:
     """Raw Redis list entries that are not kombu envelopes of a task."""
     placeholder = task_message("chaos.early", [])
-    ok = {
+    ok: dict[str, Any] = {
         "body": "", "content-type": "application/json", "content-encoding": "utf-8",
         "headers": {}, "properties": {"delivery_tag": "x", "body_encoding": "base64"},
     }  # fmt: skip

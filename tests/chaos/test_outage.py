@@ -100,7 +100,9 @@ def _outage_under_load(
     return worker, publisher, ids
 
 
-def _check(chaos: ChaosRun, worker: WorkerProcess, publisher: PublishAcross, ids: list[str]):
+def _check(
+    chaos: ChaosRun, worker: WorkerProcess, publisher: PublishAcross, ids: list[str]
+) -> dict[str, int]:
     """Nothing lost: every task the client and the producer sent ran; the worker reconnected
     by itself, in the same process, and said so."""
     sent = [value for outcome, value in publisher.outcomes if outcome == "sent"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Sequence
+from typing import Any, Protocol
 
 import aio_pika
 import aiormq.abc
@@ -33,6 +33,12 @@ pytestmark = [pytest.mark.integration]
 SETTLE = 0.5
 
 
+class Connect(Protocol):
+    """Connects a transport to the broker, ``query`` appended to its URL."""
+
+    def __call__(self, query: str = "", /) -> Awaitable[AmqpTransport]: ...
+
+
 @pytest.fixture
 async def queue(unique_name: str, amqp_url: str) -> AsyncIterator[str]:
     """A queue name for this test; the queue, its ``.dead`` queue and exchange are deleted after."""
@@ -46,7 +52,7 @@ async def queue(unique_name: str, amqp_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def connect(amqp_url: str) -> AsyncIterator[Any]:
+async def connect(amqp_url: str) -> AsyncIterator[Connect]:
     """Connects transports (to ``amqp_url`` plus a query string) and closes them after."""
     opened: list[AmqpTransport] = []
 
@@ -62,7 +68,7 @@ async def connect(amqp_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def transport(connect: Any) -> AmqpTransport:
+async def transport(connect: Connect) -> AmqpTransport:
     return await connect()
 
 
@@ -221,7 +227,7 @@ async def test_concurrency_one_pauses_and_resumes(
 
 
 async def test_a_busy_consumer_gets_nothing_while_an_idle_one_takes_all(
-    connect: Any, transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
+    connect: Connect, transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     await transport.declare([QueueSpec(queue)])
     busy_slots = Slots(1)
@@ -398,7 +404,7 @@ async def test_celery_task_message_decodes(
 
 
 async def test_aclose_returns_unsettled_deliveries(
-    connect: Any, queue: str, receivers: list[SlotConsumer]
+    connect: Connect, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     first = await connect()
     await first.declare([QueueSpec(queue)])
@@ -458,7 +464,7 @@ async def test_settling_after_the_channel_was_lost_is_a_no_op(
 
 
 async def test_publishing_while_the_connection_is_restored_fails_at_once(
-    connect: Any, queue: str
+    connect: Connect, queue: str
 ) -> None:
     """As aio-pika's own publish: the caller decides whether to wait and send again."""
     transport = await connect("?reconnect_interval=5")
@@ -466,6 +472,7 @@ async def test_publishing_while_the_connection_is_restored_fails_at_once(
     assert transport._connection is not None
     assert transport._connection.transport is not None
     publisher = transport._publisher
+    assert publisher is not None
     await transport._connection.transport.connection.close()  # the socket goes away
 
     async def publisher_closed() -> bool:
@@ -699,7 +706,7 @@ async def _settled(transport: AmqpTransport, queue: str) -> bool:
 
 
 async def test_consuming_resumes_after_the_connection_drops(
-    connect: Any, queue: str, receivers: list[SlotConsumer]
+    connect: Connect, queue: str, receivers: list[SlotConsumer]
 ) -> None:
     transport = await connect("?reconnect_interval=0.2")
     await transport.declare([QueueSpec(queue)])

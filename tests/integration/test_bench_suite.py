@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,9 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
 
 
 def test_ratios_compare_rows_of_the_same_run_and_broker() -> None:
-    def row(system: str, family: str, concurrency: int, rate: float, broker: str = "amqp") -> dict:
+    def row(
+        system: str, family: str, concurrency: int, rate: float, broker: str = "amqp"
+    ) -> dict[str, Any]:
         return {"scenario": "noop", "broker": broker, "system": system, "family": family,
                 "concurrency": concurrency, "rate": rate}  # fmt: skip
 

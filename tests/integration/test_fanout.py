@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol
 
 import aio_pika
 import pytest
@@ -23,7 +23,11 @@ from tests.proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration]
 
-Open = Callable[[str | None], Any]
+
+class Open(Protocol):
+    """Makes a connected transport on the broker, or through the proxy at ``target``."""
+
+    def __call__(self, target: str | None = None, /) -> Awaitable[Any]: ...
 
 
 def _message(n: int) -> WireMessage:
@@ -65,7 +69,7 @@ async def broker(
 
 
 async def _next(messages: Any, timeout: float = 5) -> WireMessage:
-    return await asyncio.wait_for(anext(messages), timeout)  # type: ignore[no-any-return]
+    return await asyncio.wait_for(anext(messages), timeout)
 
 
 async def test_a_broadcast_reaches_every_listener(

@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from importlib.resources import files
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio
@@ -119,7 +119,8 @@ async def _first_delivery_after(
     delivery = await consumer.get()
     dead = await raw.lrange(layout.dead_key(queue), 0, -1)
     await consumer.stop()
-    return delivery, dead[::-1]  # LPUSHed in the order they were taken
+    # A client without decode_responses reads bytes; LPUSHed in the order they were taken.
+    return delivery, cast(list[bytes], dead[::-1])
 
 
 def _reason(payload: bytes) -> str:

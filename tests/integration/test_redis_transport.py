@@ -131,6 +131,7 @@ async def test_a_celery_message_is_recorded_as_kombu_records_it_until_acked(
         "",
         unique_name,
     )
+    assert value is not None
     payload, exchange, routing_key = json.loads(value)
     assert (exchange, routing_key) == ("", unique_name)
     assert payload["properties"]["delivery_tag"].encode() == tag
@@ -332,6 +333,7 @@ async def test_stale_deliveries_of_a_dead_kombu_consumer_are_restored_first(
     dead_one = celery_client.send_task("t", args=(1,), queue=unique_name)
     celery_client.send_task("t", args=(2,), queue=unique_name)
     payload = await raw.rpop(layout.queue_key(unique_name))  # as kombu's BRPOP did
+    assert isinstance(payload, bytes)
     tag = json.loads(payload)["properties"]["delivery_tag"]
     await raw.hset(layout.unacked, tag, b"[" + payload + b', "", "' + unique_name.encode() + b'"]')
     await raw.zadd(layout.unacked_index, {tag: time.time() - 10})

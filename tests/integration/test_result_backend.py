@@ -230,6 +230,7 @@ async def test_one_turns_results_are_stored_in_one_round_trip(redis_url: str) ->
     """A hundred tasks ending in one turn: one script call stores every record, each
     checked on its own (a SUCCESS already there is kept), in the order they were asked for."""
     client = CountingRedis.from_url(redis_url)
+    assert isinstance(client, CountingRedis)  # redis-py types from_url as returning Redis
     client.commands = []
     backend = RedisResultBackend(client)
     ids = [str(uuid.uuid4()) for _ in range(100)]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -315,9 +315,8 @@ def counts(redis_url: str, unique_name: str) -> Iterator[Callable[[], dict[str, 
     client = redis.Redis.from_url(redis_url)
 
     def read() -> dict[str, int]:
-        return {
-            key.decode(): int(value) for key, value in client.hgetall(f"{unique_name}:runs").items()
-        }
+        runs = cast(dict[bytes, bytes], client.hgetall(f"{unique_name}:runs"))  # no decoding
+        return {key.decode(): int(value) for key, value in runs.items()}
 
     yield read
     client.close()

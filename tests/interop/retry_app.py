@@ -138,7 +138,7 @@ class Recording(Task[Any, Any]):
                   einfo_traceback=einfo.traceback)  # fmt: skip
 
     async def on_retry(
-        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+        self, exc: BaseException | None, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         await mark(args[0], hook="on_retry", exc=repr(exc), task_id=task_id, args=list(args),
                    kwargs=dict(kwargs), einfo_type=einfo.type.__name__,

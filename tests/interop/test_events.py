@@ -241,14 +241,12 @@ def test_a_celeriac_producer_sends_task_sent_when_asked(broker: Broker, unique_n
         for _ in range(10):
             sent = asyncio.run(send(True))
             silent = asyncio.run(send(False))
+
+            def announced(sent: str = sent) -> str | None:
+                return next((ln for ln in list(lines) if f"interop.add({sent})" in ln), None)
+
             try:
-                line = until(
-                    lambda sent=sent: next(
-                        (ln for ln in list(lines) if f"interop.add({sent})" in ln), None
-                    ),
-                    "task sent",
-                    timeout=2,
-                )
+                line = until(announced, "task sent", timeout=2)
                 break
             except AssertionError:
                 continue

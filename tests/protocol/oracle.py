@@ -34,7 +34,7 @@ def make_app(**conf: Any) -> Celery:
     """A Celery app on the in-memory broker, frozen at :data:`NOW`, with two tasks."""
     app = Celery(f"oracle{next(_apps)}", broker="memory://", set_as_current=False)
     app.conf.update(accept_content=["json", "msgpack"], **conf)
-    app.now = lambda: NOW  # type: ignore[method-assign]
+    app.now = lambda: NOW
 
     @app.task(name="proj.add", shared=False)
     def add(x: int, y: int, z: int = 0) -> int:
@@ -56,12 +56,14 @@ class Captured:
     @property
     def redis_bytes(self) -> bytes:
         """What kombu's Redis transport LPUSHes (``dumps(message)`` in ``Channel._put``)."""
-        return kombu_dumps(self.envelope).encode("utf-8")
+        text: str = kombu_dumps(self.envelope)
+        return text.encode("utf-8")
 
     @property
     def headers(self) -> dict[str, Any]:
         """The application headers."""
-        return self.envelope["headers"]
+        headers: dict[str, Any] = self.envelope["headers"]
+        return headers
 
     @property
     def body(self) -> bytes:

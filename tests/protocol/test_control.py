@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import types
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kombu import Connection
@@ -125,6 +125,8 @@ def test_the_entities_are_named_as_celerys() -> None:
         "celery", type="fanout", queue_ttl=300.0, queue_expires=10.0
     )  # fmt: skip
     kombu_queue = kombu_mailbox.get_queue(NODE)
+    assert kombu_mailbox.exchange is not None
+    assert kombu_mailbox.reply_exchange is not None
 
     assert mailbox.exchange == kombu_mailbox.exchange.name == "celery.pidbox"
     assert mailbox.reply_exchange == kombu_mailbox.reply_exchange.name
@@ -213,7 +215,9 @@ def test_fanout_channels_are_kombus() -> None:
     for routing_key in ("", "task.multi"):
         assert RedisLayout().fanout_channel(
             "celery.pidbox", db=3, routing_key=routing_key
-        ) == kombu_redis.Channel._get_publish_topic(channel, "celery.pidbox", routing_key)
+        ) == kombu_redis.Channel._get_publish_topic(
+            cast(kombu_redis.Channel, channel), "celery.pidbox", routing_key
+        )
     assert (
         RedisLayout(global_keyprefix="p:").fanout_channel("celeryev", db=0, routing_key="task.x")
         == "p:/0.celeryev/task.x"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from typing import TypedDict
 
 import pytest
 from celery.events.state import State as CeleryState
@@ -24,6 +25,15 @@ from protocol.events import (
     utcoffset,
     worker_fields,
 )
+
+
+class _Common(TypedDict):
+    """The fields every event of one worker shares (``event``'s keywords)."""
+
+    hostname: str
+    pid: int
+    timestamp: float
+    offset: int
 
 
 def test_names() -> None:
@@ -92,7 +102,7 @@ def test_one_event_is_a_dict_under_its_own_key() -> None:
 def test_several_events_are_a_task_multi_list_celerys_state_reads() -> None:
     now = time.time()
     message = TaskMessage(id="t1", task="app.add", args=(1, 2))
-    common = {"hostname": "w@h", "pid": 1, "timestamp": now, "offset": 0}
+    common: _Common = {"hostname": "w@h", "pid": 1, "timestamp": now, "offset": 0}
     events = [
         event("task-received", clock=1, **common, **task_received_fields(message)),
         event("task-started", clock=2, **common, uuid="t1"),

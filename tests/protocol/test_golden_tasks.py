@@ -69,7 +69,7 @@ def test_empty_mappings_are_one_shared_read_only_mapping() -> None:
         assert getattr(first, name) == {}
         assert getattr(first, name) is getattr(second, name)
         with pytest.raises(TypeError):
-            getattr(first, name)["added"] = 1  # type: ignore[index]
+            getattr(first, name)["added"] = 1
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import types
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +27,8 @@ from protocol.kombu_redis import (
 def _kombu_channel(steps: list[int]) -> Any:
     """Just enough of a kombu Redis channel to call its pure methods."""
     channel = types.SimpleNamespace(priority_steps=steps, sep=kombu_redis.Channel.sep)
-    channel.priority = lambda n: kombu_redis.Channel.priority(channel, n)
+    stand_in = cast(kombu_redis.Channel, channel)
+    channel.priority = lambda n: kombu_redis.Channel.priority(stand_in, n)
     return channel
 
 

@@ -275,7 +275,13 @@ def test_from_amqp_checks_size_and_headers() -> None:
             limits=SMALL,
         )
     with pytest.raises(MalformedMessage):
-        from_amqp(b"", content_type=None, content_encoding=None, headers={1: 2}, properties={})
+        from_amqp(
+            b"",
+            content_type=None,
+            content_encoding=None,
+            headers={1: 2},  # type: ignore[dict-item]  # a non-str key, refused on purpose
+            properties={},
+        )
     wire = from_amqp(
         b"",
         content_type="application/json",

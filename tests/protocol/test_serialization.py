@@ -98,12 +98,13 @@ def test_json_is_read_exactly_as_the_json_module_reads_it(
     value: Any, ascii_only: bool, as_bytes: bool
 ) -> None:
     """Whichever parser reads it (orjson where it reads exactly, json otherwise)."""
-    document: str | bytes = json.dumps(value, ensure_ascii=ascii_only)
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    document: str | bytes = text
     if as_bytes:
         try:
-            document = document.encode()
+            document = text.encode()
         except UnicodeEncodeError:  # a lone surrogate: no UTF-8 spelling
-            document = document.encode("utf-16")
+            document = text.encode("utf-16")
 
     assert repr(jsontags.loads(document)) == repr(json.loads(document))
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import datetime
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiormq
@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import commands, decode, encode, frame
+from pamqp.common import FieldTable
 from pamqp.header import ContentHeader
 
 from benchmarks.quick_noop import preload
@@ -66,6 +67,10 @@ def _short(payload: bytes) -> bytes:
     return bytes([len(payload)]) + payload
 
 
+def _prefixed(code: bytes) -> Callable[[bytes], bytes]:
+    return lambda raw: code + raw
+
+
 #: Every fixed-size field type and its size.
 _FIXED_SIZES = [(b"b", 1), (b"B", 1), (b"s", 2), (b"u", 2), (b"I", 4), (b"i", 4), (b"l", 8),
                 (b"L", 8), (b"f", 4), (b"d", 8), (b"D", 5)]  # fmt: skip
@@ -77,10 +82,7 @@ _scalars = st.one_of(
     st.just(b"V"),
     st.just(b"\x00"),
     st.binary(min_size=1, max_size=1).map(lambda raw: b"t" + raw),
-    *(
-        st.binary(min_size=size, max_size=size).map(lambda raw, code=code: code + raw)
-        for code, size in _FIXED_SIZES
-    ),
+    *(st.binary(min_size=size, max_size=size).map(_prefixed(code)) for code, size in _FIXED_SIZES),
     # Timestamps up to the year 9999 in seconds, and some past 2106 (read as milliseconds).
     st.integers(0, 253_402_300_799).map(lambda value: b"T" + struct.pack(">Q", value)),
     st.binary(max_size=20).map(lambda raw: _sized(b"x", raw)),
@@ -188,7 +190,7 @@ def test_what_the_installed_reading_refuses_goes_to_pamqp() -> None:
 
 
 def test_pamqps_encoding_of_a_celery_message_is_read_back() -> None:
-    headers = {
+    headers: FieldTable = {
         "lang": "py", "task": "tasks.add", "id": "0f4c", "shadow": None, "eta": None,
         "retries": 0, "timelimit": [None, 30.5], "ignore_result": False, "stamps": {},
         "group_index": 2, "origin": "gen1@host", "big": 2**40, "neg": -(2**20),
@@ -361,7 +363,12 @@ def every_field(read: Any, kind: Any = Properties) -> dict[str, Any]:
     return {name: getattr(read, name) for name in kind.__slots__}
 
 
-_FLOATS = {"ratio": 0.1, "limits": [None, 0.1, 1.3], "nested": {"tiny": -2.5e-300}, "n": 3}
+_FLOATS: FieldTable = {
+    "ratio": 0.1,
+    "limits": [None, 0.1, 1.3],
+    "nested": {"tiny": -2.5e-300},
+    "n": 3,
+}
 
 
 def test_floats_in_tables_are_written_as_doubles() -> None:
@@ -448,7 +455,7 @@ def test_properties_are_written_as_pamqp_writes_them(properties: Any) -> None:
 
 
 def test_a_celery_message_is_written_as_pamqp_writes_it_and_read_back() -> None:
-    headers = {
+    headers: FieldTable = {
         "lang": "py", "task": "tasks.add", "id": "0f4c", "shadow": None, "eta": None,
         "retries": 0, "timelimit": [None, 30.5], "ignore_result": False, "stamps": {},
         "group_index": 2, "origin": "gen1@host", "big": 2**40, "neg": -(2**20), "é": "ü",
@@ -465,7 +472,7 @@ def test_a_celery_message_is_written_as_pamqp_writes_it_and_read_back() -> None:
 
 
 def test_what_the_installed_writing_refuses_goes_to_pamqp() -> None:
-    long_key = {"k" * 129: 1}
+    long_key: FieldTable = {"k" * 129: 1}
     with pytest.raises(ValueError, match="truncates"):
         codec.write_properties(Properties(headers=long_key))
     assert_written_alike(Properties(headers=long_key))  # pamqp truncates it, with a warning

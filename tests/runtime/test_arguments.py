@@ -14,22 +14,22 @@ from runtime import App
 from runtime.arguments import ArgumentCheck, retry_arguments
 
 
-def plain(a, b, c=3):  # type: ignore[no-untyped-def]
+def plain(a, b, c=3):
     return a
 
 
-async def coroutine(a, /, b, *rest, k, m=2, **extra):  # type: ignore[no-untyped-def]
+async def coroutine(a, /, b, *rest, k, m=2, **extra):
     return a
 
 
-def with_closure(a, b):  # type: ignore[no-untyped-def]
+def with_closure(a, b):
     def inner() -> Any:
         return a + b
 
     return inner
 
 
-def keyword_only(*, k):  # type: ignore[no-untyped-def]
+def keyword_only(*, k):
     return k
 
 
@@ -142,7 +142,8 @@ def test_a_bound_task_is_checked_with_itself_first() -> None:
     with pytest.raises(TypeError) as caught:
         bound.bind_arguments(("a", "b"), {})
     assert str(caught.value).endswith("bound() takes 2 positional arguments but 3 were given")
-    assert list(bound.parameters.parameters) == ["path", "mode"]  # type: ignore[union-attr]
+    assert bound.parameters is not None
+    assert list(bound.parameters.parameters) == ["path", "mode"]
 
 
 def test_apply_async_checks_the_arguments_before_sending() -> None:
@@ -160,7 +161,7 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)
 
 
-def f(x, y=1, *rest, z=2, **extra):  # type: ignore[no-untyped-def]
+def f(x, y=1, *rest, z=2, **extra):
     return x
 
 
@@ -191,10 +192,11 @@ def test_retry_arguments_as_celery_works_them_out(
 
 
 def test_retry_arguments_when_the_inherited_ones_do_not_bind() -> None:
-    def two(a, b):  # type: ignore[no-untyped-def]
+    def two(a, b):
         return a
 
-    inherited = ((1, 2, 3), {})  # more than two positionals: bind_partial fails
+    # more than two positionals: bind_partial fails
+    inherited: tuple[tuple[Any, ...], dict[str, Any]] = ((1, 2, 3), {})
 
     assert retry_arguments(_signature(two), inherited, None, {"b": 5}) == ((1, 2, 3), {"b": 5})
     assert retry_arguments(None, ((1,), {"b": 2}), (3,), None) == ((3,), {"b": 2})

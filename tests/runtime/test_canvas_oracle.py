@@ -78,7 +78,9 @@ class CeleryOracle:
         return _relabel(self.actions)
 
 
-def _ours(oracle: CeleryOracle, wire: dict[str, Any], args: tuple[Any, ...] = (), **options: Any):
+def _ours(
+    oracle: CeleryOracle, wire: dict[str, Any], args: tuple[Any, ...] = (), **options: Any
+) -> list[Any]:
     planner = Planner(Context(reply_to=oracle.app.thread_oid))
     planner.apply(json.loads(json.dumps(wire)), args, **options)
     actions: list[Any] = []

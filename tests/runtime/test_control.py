@@ -54,15 +54,22 @@ class Client:
         return None
 
 
+class RecordingApp(App):
+    """An app whose tasks record what they did: ``runs`` (task ids), ``ended`` (threads)."""
+
+    def __init__(self, main: str, *, broker: str, default_queue: str) -> None:
+        super().__init__(main, broker=broker, default_queue=default_queue)
+        self.runs: list[str] = []
+        self.ended: list[str] = []
+
+
 @pytest.fixture
-def app() -> App:
-    app = App("control", broker=f"memory://{uuid.uuid4().hex}", default_queue="q")
-    app.runs: list[str] = []  # type: ignore[attr-defined]
-    app.ended: list[str] = []  # type: ignore[attr-defined]
+def app() -> RecordingApp:
+    app = RecordingApp("control", broker=f"memory://{uuid.uuid4().hex}", default_queue="q")
 
     @app.task(name="t.record", bind=True)
     async def record(self: Any) -> None:
-        app.runs.append(self.request.id)  # type: ignore[attr-defined]
+        app.runs.append(self.request.id)
 
     @app.task(name="t.forever", rate_limit="5/s")
     async def forever() -> None:
@@ -74,20 +81,20 @@ def app() -> App:
             while True:
                 time.sleep(0.005)
         finally:
-            app.ended.append(threading.current_thread().name)  # type: ignore[attr-defined]
+            app.ended.append(threading.current_thread().name)
 
     return app
 
 
 @pytest.fixture
-async def worker(app: App) -> AsyncIterator[Worker]:
+async def worker(app: RecordingApp) -> AsyncIterator[Worker]:
     async with app.worker(queues=["q"], concurrency=1, hostname=NODE, grace=1) as running:
         yield running
     await app.aclose()
 
 
 @pytest.fixture
-def client(app: App) -> Client:
+def client(app: RecordingApp) -> Client:
     return Client(app.broker_url)
 
 
@@ -98,7 +105,7 @@ async def _eventually(condition: Any, timeout: float = 3) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_commands_reply_as_celerys(worker: Worker, client: Client, app: App) -> None:
+async def test_commands_reply_as_celerys(worker: Worker, client: Client, app: RecordingApp) -> None:
     assert await client.call("ping") == {"ok": "pong"}
     assert await client.call("ping", destination="w2@test") is None
     assert await client.call("no_such") == {"error": "KeyError('no_such')"}
@@ -148,14 +155,14 @@ async def test_hello_trades_revoked_ids(worker: Worker, client: Client) -> None:
     assert await client.call("hello", from_node=NODE) is None
 
 
-async def test_a_revoked_countdown_task_never_runs(worker: Worker, app: App) -> None:
+async def test_a_revoked_countdown_task_never_runs(worker: Worker, app: RecordingApp) -> None:
     doomed = await app.send_task("t.record", countdown=0.3)
     kept = await app.send_task("t.record", countdown=0.3)
     # Concurrency 1: the doomed task waits for its ETA in the only slot, kept behind it.
 
     await app.revoke(doomed.id)
 
-    await _eventually(lambda: app.runs == [kept.id])  # type: ignore[attr-defined]
+    await _eventually(lambda: app.runs == [kept.id])
     assert worker.is_revoked(doomed.id)
     assert not worker.is_revoked(kept.id)
 
@@ -170,7 +177,7 @@ async def test_revoke_replies_which_ids(worker: Worker, client: Client) -> None:
 
 
 async def test_terminate_cancels_a_running_coroutine(
-    worker: Worker, client: Client, app: App
+    worker: Worker, client: Client, app: RecordingApp
 ) -> None:
     stuck = await app.send_task("t.forever")
     await _eventually(lambda: stuck.id in worker.running)
@@ -182,13 +189,13 @@ async def test_terminate_cancels_a_running_coroutine(
 
     assert reply == {"ok": f"terminate: {stuck.id}"}
     after = await app.send_task("t.record")
-    await _eventually(lambda: app.runs == [after.id])  # type: ignore[attr-defined]
+    await _eventually(lambda: app.runs == [after.id])
     assert worker.running == {}
     assert (await client.call("stats"))["total"] == {"t.forever": 1, "t.record": 1}
 
 
 async def test_terminate_interrupts_a_thread_at_its_next_bytecode(
-    worker: Worker, client: Client, app: App
+    worker: Worker, client: Client, app: RecordingApp
 ) -> None:
     spinning = await app.send_task("t.spin")
     await _eventually(lambda: spinning.id in worker.running)
@@ -198,11 +205,11 @@ async def test_terminate_interrupts_a_thread_at_its_next_bytecode(
     assert await client.call("terminate", signal="SIGTERM", task_id=spinning.id) == {
         "ok": f"terminate: {spinning.id}"
     }
-    await _eventually(lambda: bool(app.ended))  # type: ignore[attr-defined]
+    await _eventually(lambda: bool(app.ended))
     assert worker.running == {}
 
 
-async def test_shutdown_stops_the_worker_without_a_reply(app: App, client: Client) -> None:
+async def test_shutdown_stops_the_worker_without_a_reply(app: RecordingApp, client: Client) -> None:
     worker = Worker(app, queues=["q"], concurrency=1, hostname=NODE)
     running = asyncio.create_task(worker.run())
     await worker.ready.wait()
@@ -213,14 +220,14 @@ async def test_shutdown_stops_the_worker_without_a_reply(app: App, client: Clien
     await app.aclose()
 
 
-async def test_broadcasting_needs_a_broker_with_fanout(app: App) -> None:
-    app._producer = types.SimpleNamespace()  # type: ignore[assignment]  # no broadcast()
+async def test_broadcasting_needs_a_broker_with_fanout(app: RecordingApp) -> None:
+    app._producer = types.SimpleNamespace()  # no broadcast()
 
     with pytest.raises(RuntimeError, match="fanout"):
         await app.revoke("x")
 
 
-async def test_a_worker_without_fanout_runs_without_remote_control(app: App) -> None:
+async def test_a_worker_without_fanout_runs_without_remote_control(app: RecordingApp) -> None:
     class NoFanout(MemoryTransport):
         broadcasts = None  # type: ignore[assignment]
 
@@ -229,7 +236,7 @@ async def test_a_worker_without_fanout_runs_without_remote_control(app: App) -> 
     running = asyncio.create_task(worker.run())
     await worker.ready.wait()
     done = await app.send_task("t.record")
-    await _eventually(lambda: app.runs == [done.id])  # type: ignore[attr-defined]
+    await _eventually(lambda: app.runs == [done.id])
 
     assert await Client(app.broker_url).call("ping") is None
     worker.stop()
@@ -240,7 +247,7 @@ async def test_a_worker_without_fanout_runs_without_remote_control(app: App) -> 
 # -- commands that change the worker at run time ------------------------------------------------
 
 
-def _gated(app: App) -> tuple[list[int], dict[int, asyncio.Event]]:
+def _gated(app: RecordingApp) -> tuple[list[int], dict[int, asyncio.Event]]:
     """Register ``t.gated(n)``: it notes ``n`` as started, then waits for ``gates[n]``."""
     started: list[int] = []
     gates: dict[int, asyncio.Event] = {}
@@ -258,7 +265,9 @@ async def _open(gates: dict[int, asyncio.Event], n: int) -> None:
     await asyncio.sleep(0.05)  # the task ends, its slot is given back, the transport hears it
 
 
-async def test_pool_grow_runs_more_tasks_at_once(worker: Worker, client: Client, app: App) -> None:
+async def test_pool_grow_runs_more_tasks_at_once(
+    worker: Worker, client: Client, app: RecordingApp
+) -> None:
     started, gates = _gated(app)
 
     assert await client.call("pool_grow", n=2) == {"ok": "pool will grow"}
@@ -279,7 +288,7 @@ async def test_pool_grow_runs_more_tasks_at_once(worker: Worker, client: Client,
 
 
 async def test_shrinking_below_the_busy_slots_lets_them_finish_and_starts_nothing_new(
-    worker: Worker, client: Client, app: App
+    worker: Worker, client: Client, app: RecordingApp
 ) -> None:
     started, gates = _gated(app)
     assert await client.call("pool_grow", n=2) == {"ok": "pool will grow"}
@@ -302,7 +311,7 @@ async def test_shrinking_below_the_busy_slots_lets_them_finish_and_starts_nothin
 
 
 async def test_autoscale_runs_max_slots_and_reports_both(
-    worker: Worker, client: Client, app: App
+    worker: Worker, client: Client, app: RecordingApp
 ) -> None:
     assert await client.call("autoscale", max=4, min=2) == {"ok": "autoscale now max=4 min=2"}
     stats = await client.call("stats")
@@ -321,7 +330,7 @@ async def test_autoscale_runs_max_slots_and_reports_both(
 
 
 async def test_bad_arguments_get_an_error_reply(worker: Worker, client: Client) -> None:
-    errors = {
+    errors: dict[tuple[str, str, Any], str] = {
         ("pool_grow", "n", "x"): "n must be a whole number of 1 or more, not 'x'",
         ("pool_grow", "n", 0): "n must be a whole number of 1 or more, not 0",
         ("pool_shrink", "n", 1): "Can't shrink pool by 1: it has 1, 1 is the least",
@@ -365,7 +374,7 @@ async def test_commands_celeriac_cannot_carry_out_reply_why(worker: Worker, clie
 
 
 async def test_rate_and_time_limits_change_at_run_time(
-    worker: Worker, client: Client, app: App
+    worker: Worker, client: Client, app: RecordingApp
 ) -> None:
     record = app.tasks["t.record"]
 
@@ -375,8 +384,8 @@ async def test_rate_and_time_limits_change_at_run_time(
     assert record.options.rate_limit == "2/s"
     assert "t.record [rate_limit=2/s]" in await client.call("registered")
     sent = [await app.send_task("t.record") for _ in range(3)]
-    await _eventually(lambda: len(app.runs) == 3)  # type: ignore[attr-defined]
-    assert app.runs == [result.id for result in sent]  # type: ignore[attr-defined]
+    await _eventually(lambda: len(app.runs) == 3)
+    assert app.runs == [result.id for result in sent]
     assert await client.call("rate_limit", task_name="t.record", rate_limit="") == {
         "ok": "rate limit disabled successfully"
     }
@@ -394,7 +403,7 @@ async def test_rate_and_time_limits_change_at_run_time(
 
 
 async def test_a_task_runs_under_the_hard_limit_set_at_run_time(
-    worker: Worker, client: Client, app: App
+    worker: Worker, client: Client, app: RecordingApp
 ) -> None:
     assert await client.call("time_limit", task_name="t.forever", hard=0.2) == {
         "ok": "time limits set successfully"
@@ -410,9 +419,10 @@ async def test_a_task_runs_under_the_hard_limit_set_at_run_time(
 
 
 async def test_add_and_cancel_consumer_change_what_is_consumed(
-    worker: Worker, client: Client, app: App
+    worker: Worker, client: Client, app: RecordingApp
 ) -> None:
-    broker = worker.transport.broker  # type: ignore[attr-defined]
+    assert isinstance(worker.transport, MemoryTransport)
+    broker = worker.transport.broker
     # As Celery: ok whether or not it was consumed.
     assert await client.call("cancel_consumer", queue="elsewhere") == {
         "ok": "no longer consuming from elsewhere"
@@ -423,7 +433,7 @@ async def test_add_and_cancel_consumer_change_what_is_consumed(
 
     assert [queue["name"] for queue in await client.call("active_queues")] == ["q", "q2"]
     there = await app.send_task("t.record", queue="q2")
-    await _eventually(lambda: app.runs == [there.id])  # type: ignore[attr-defined]
+    await _eventually(lambda: app.runs == [there.id])
     assert await client.call("add_consumer", queue="q2", exchange_type="direct") == {
         "ok": "add consumer q2"
     }
@@ -437,12 +447,12 @@ async def test_add_and_cancel_consumer_change_what_is_consumed(
     await asyncio.sleep(0.2)
     assert len(broker.queue("q").messages) == 1
     assert await client.call("add_consumer", queue="q") == {"ok": "add consumer q"}
-    await _eventually(lambda: app.runs == [there.id, left.id])  # type: ignore[attr-defined]
+    await _eventually(lambda: app.runs == [there.id, left.id])
     assert worker.consuming
 
 
 async def test_changing_queues_while_busy_loses_and_repeats_nothing(
-    worker: Worker, client: Client, app: App
+    worker: Worker, client: Client, app: RecordingApp
 ) -> None:
     worker.resize(3)
     sent = [await app.send_task("t.record", queue=("q", "q2")[n % 2]) for n in range(200)]
@@ -452,9 +462,9 @@ async def test_changing_queues_while_busy_loses_and_repeats_nothing(
         await client.call("cancel_consumer", queue="q2")
 
     await client.call("add_consumer", queue="q2")
-    await _eventually(lambda: len(app.runs) >= 200)  # type: ignore[attr-defined]
+    await _eventually(lambda: len(app.runs) >= 200)
     await asyncio.sleep(0.05)
-    assert sorted(app.runs) == sorted(result.id for result in sent)  # type: ignore[attr-defined]
+    assert sorted(app.runs) == sorted(result.id for result in sent)
 
 
 async def test_task_events_switch_on_and_off(worker: Worker, client: Client) -> None:

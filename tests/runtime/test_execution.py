@@ -37,7 +37,9 @@ async def fail(message: str) -> None:
 
 @app.task(name="t.whoami", bind=True)
 async def whoami(self: Any) -> str:
-    return f"{self.request.id}:{current_request.get().task}"
+    request = current_request.get()
+    assert request is not None
+    return f"{self.request.id}:{request.task}"
 
 
 @app.task(name="t.sync_whoami", bind=True)
@@ -357,7 +359,7 @@ async def test_the_watchdog_signal_raises_only_inside_the_overdue_task(
         sent += 1
         pthread_kill(thread, signum)
 
-    monkeypatch.setattr(watchdog_module.signal, "pthread_kill", counting_kill)
+    monkeypatch.setattr("runtime.worker.watchdog.signal.pthread_kill", counting_kill)
 
     released = False
 

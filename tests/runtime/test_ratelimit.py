@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from celery.utils.time import rate as celery_rate
 
-from runtime.ratelimit import RateLimits, TokenBucket, parse_rate
+from runtime.ratelimit import HOLD_HORIZON, MAX_HELD, RateLimits, TokenBucket, parse_rate
 
 
 class Clock:
@@ -85,7 +85,9 @@ class Slot:
         self.events.append("reacquire")
 
 
-def limits_for_test(**options: float) -> tuple[RateLimits, list[float], Clock]:
+def limits_for_test(
+    *, horizon: float = HOLD_HORIZON, max_held: int = MAX_HELD
+) -> tuple[RateLimits, list[float], Clock]:
     slept: list[float] = []
     clock = Clock()
 
@@ -93,7 +95,11 @@ def limits_for_test(**options: float) -> tuple[RateLimits, list[float], Clock]:
         slept.append(seconds)
         clock.now += seconds
 
-    return RateLimits(clock=clock, sleep=sleep, **options), slept, clock
+    return (
+        RateLimits(horizon=horizon, max_held=max_held, clock=clock, sleep=sleep),
+        slept,
+        clock,
+    )
 
 
 async def test_a_task_due_soon_waits_without_its_slot() -> None:

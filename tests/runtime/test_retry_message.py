@@ -96,7 +96,8 @@ def signature(task: str, args: list[Any], *, immutable: bool) -> dict[str, Any]:
             "immutable": immutable}  # fmt: skip
 
 
-CASES = {
+#: Per case: how the task is sent, what its run's ``retry`` is given, where the retry goes.
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "countdown and exc": (
         {"args": (5,), "kwargs": {"y": 2}},
         {"exc": ValueError("boom", 3), "countdown": 60},

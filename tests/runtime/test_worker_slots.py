@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
 from protocol import TaskMessage, WireMessage, encode_task
 from runtime import App
-from runtime.transports.base import Capacity, Delivery, QueueSpec
+from runtime.transports.base import BrokerHealth, Capacity, Delivery, QueueSpec
 from runtime.worker import Worker
 
 
@@ -19,6 +20,7 @@ class Overeager:
         self._messages = messages
         self.acked: list[Delivery] = []
         self._closed = asyncio.Event()
+        self.health = BrokerHealth(connected=True)
 
     async def connect(self) -> None:
         return None
@@ -39,6 +41,9 @@ class Overeager:
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         raise AssertionError("nothing is dead-lettered here")
+
+    async def defer(self, delivery: Delivery, eta: datetime) -> None:
+        raise AssertionError("nothing is deferred here")
 
     async def publish(self, message: WireMessage, *, routing_key: str, exchange: str = "") -> None:
         raise AssertionError("nothing is published here")
