@@ -28,7 +28,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "io": ("concurrency", "task_seconds", "tasks", "offered_rate", "seconds", "ideal_seconds",
            "efficiency", "peak_rss_mib", "kib_per_waiting_task"),
     "latency": ("offered_rate", "start_p50_ms", "start_p90_ms", "start_p99_ms", "start_max_ms",
-                "result_p50_ms", "result_p99_ms"),
+                "result_p50_ms", "result_p99_ms", "send_late_p99_ms"),
     "mixed": ("short_wait_p50_ms", "short_wait_p99_ms", "short_wait_max_ms"),
     "eta": ("tasks", "taken_in", "seconds", "rate", "x_celery_prefork", "plain_start_ms"),
 }  # fmt: skip

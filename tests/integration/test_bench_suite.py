@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import report
+from benchmarks import report, scenarios
 from benchmarks.runs import ROOT
 
 pytestmark = [pytest.mark.integration]
@@ -43,7 +44,9 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     }
     assert not [r for r in rows if "error" in r]
     assert all(r["rate"] > 0 for r in rows if r["scenario"] in ("noop", "results"))
-    assert all(r["start_p50_ms"] <= r["start_max_ms"] for r in rows if r["scenario"] == "latency")
+    latency_rows = [r for r in rows if r["scenario"] == "latency"]
+    assert all(r["start_p50_ms"] <= r["start_max_ms"] for r in latency_rows)
+    assert all(r["send_late_p50_ms"] <= r["send_late_max_ms"] for r in latency_rows)
     eta_rows = [r for r in rows if r["scenario"] == "eta"]
     assert all(r["taken_in"] == r["tasks"] == 50 and r["plain_start_ms"] > 0 for r in eta_rows)
     io_rows = [r for r in rows if r["scenario"] == "io"]
@@ -60,6 +63,21 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     assert "noop" in done.stdout
     assert "ratio changes" in done.stdout  # --compare: after the tables
     assert "retired row" in done.stdout
+
+
+def test_the_harness_holds_its_collector_off_only_while_it_sends() -> None:
+    seen: list[bool] = []
+
+    def send_fails() -> None:
+        with scenarios._collector_held_off():
+            seen.append(gc.isenabled())
+            raise RuntimeError("a send failed")
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="a send failed"):
+        send_fails()
+    assert seen == [False]
+    assert gc.isenabled()
 
 
 def test_ratios_compare_rows_of_the_same_run_and_broker() -> None:
