@@ -20,11 +20,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -322,31 +320,16 @@ async def _open_loop(
     intended: dict[str, float] = {}
     late: list[float] = []
     sends: set[asyncio.Task[Any]] = set()
-    with _collector_held_off():
-        start_wall = time.time()
-        async for due in paced(rate, total):
-            task_id = str(uuid.uuid4())
-            intended[task_id] = start_wall + due
-            send = app.send_task(name, args=arguments(start_wall + due), queue=queue,
-                                 task_id=task_id)  # fmt: skip
-            late.append(time.time() - intended[task_id])
-            sends.add(asyncio.ensure_future(send))
-        await asyncio.gather(*sends)
+    start_wall = time.time()
+    async for due in paced(rate, total):
+        task_id = str(uuid.uuid4())
+        intended[task_id] = start_wall + due
+        send = app.send_task(name, args=arguments(start_wall + due), queue=queue,
+                             task_id=task_id)  # fmt: skip
+        late.append(time.time() - intended[task_id])
+        sends.add(asyncio.ensure_future(send))
+    await asyncio.gather(*sends)
     return intended, late
-
-
-@contextlib.contextmanager
-def _collector_held_off() -> Iterator[None]:
-    """The harness's cyclic garbage collector off while it sends on a schedule (collected just
-    before). The harness holds every earlier row's imports and results: after the noop,
-    results and io rows a full collection of its heap took 19-55 ms, and every send due
-    meanwhile went out late, counted as the worker's latency."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _stamp_latency(raw: bytes | str) -> float:

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from benchmarks import report, scenarios
-from benchmarks.runs import ROOT
+from benchmarks import report, suite
+from benchmarks.runs import ROOT, collector_held_off
+from benchmarks.scenarios import SCENARIOS, Context
+from benchmarks.systems import celeriac
 
 pytestmark = [pytest.mark.integration]
 
@@ -65,18 +67,36 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     assert "retired row" in done.stdout
 
 
-def test_the_harness_holds_its_collector_off_only_while_it_sends() -> None:
+def test_the_harness_holds_its_collector_off_only_while_a_row_runs() -> None:
     seen: list[bool] = []
 
-    def send_fails() -> None:
-        with scenarios._collector_held_off():
+    def row_fails() -> None:
+        with collector_held_off():
             seen.append(gc.isenabled())
-            raise RuntimeError("a send failed")
+            raise RuntimeError("a row failed")
 
     assert gc.isenabled()
-    with pytest.raises(RuntimeError, match="a send failed"):
-        send_fails()
+    with pytest.raises(RuntimeError, match="a row failed"):
+        row_fails()
     assert seen == [False]
+    assert gc.isenabled()
+
+
+async def test_every_row_runs_with_the_harness_collector_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[bool] = []
+
+    async def probe(_ctx: Context, _kind: str, _system: Any) -> dict[str, Any]:
+        seen.append(gc.isenabled())
+        return {"rate": 1.0}
+
+    monkeypatch.setitem(SCENARIOS, "noop", probe)
+    step = suite.Step("noop", "amqp", celeriac(1))
+    rows = await suite.run(Context(brokers={}, redis=""), [step, step], show=False)
+
+    assert seen == [False, False]
+    assert [row["rate"] for row in rows] == [1.0, 1.0]
     assert gc.isenabled()
 
 
