@@ -465,6 +465,7 @@ class SqsTransport:
 
     async def _drop_unreadable(self, receipt: _Receipt, body: str, exc: CeleriacError) -> None:
         """Dead-letter a message whose body is not kombu's: the copy carries the body as is."""
+        log.error("dead-lettering an unreadable message from %r: %s", receipt.queue, exc)
         self._settle_receipt(receipt)
         raw = WireMessage(body.encode("utf-8", "surrogateescape"), None, None)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any, Protocol
@@ -647,6 +648,40 @@ async def test_an_unreadable_message_is_dead_lettered_not_handed_out(
     assert receiver.count == 1
     assert await _ready(transport, f"{queue}.dead") == 1
     assert await _ready(transport, queue) == 0
+
+
+async def test_headers_nested_past_pythons_stack_are_dead_lettered_and_the_next_delivered(
+    amqp_url: str, transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
+) -> None:
+    """Before, every reading of such a header exhausted the stack and killed the connection's
+    reader; redelivered, the message did it again, and nothing behind it was ever consumed."""
+    await transport.declare([QueueSpec(queue)])
+    deep: list[Any] = []
+    for _ in range(2_000):  # 10 KB of nested field arrays, which RabbitMQ passes on
+        deep = [deep]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # the publishing side writes the table recursively too
+    try:
+        await transport.publish(_message(b'"deep"', deep=deep), routing_key=queue)
+    finally:
+        sys.setrecursionlimit(limit)
+    await _fill(transport, queue, 1)
+    receivers.append(receiver := SlotConsumer(transport, [queue], Slots(1)))
+
+    async with asyncio.timeout(10):
+        assert (await receiver.get()).message.body == b'{"n": 0}'
+    assert receiver.count == 1
+    assert await _ready(transport, queue) == 0
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        dead = await (await channel.get_queue(f"{queue}.dead")).get(no_ack=True)
+    assert dead.body == b'"deep"'
+    assert dead.headers == {
+        "x-celeriac-reason": "unreadable: headers: nested deeper than 100 levels of tables "
+        "and arrays",
+        "x-celeriac-queue": queue,
+    }
 
 
 @pytest.mark.parametrize(

@@ -173,6 +173,41 @@ def test_malformed_properties_get_pamqps_own_answer(flags: int, data: bytes) -> 
     assert_read_alike(flags, data)
 
 
+def _nested_arrays(levels: int) -> bytes:
+    """An empty field array inside ``levels - 1`` others, built without recursion."""
+    value = _sized(b"A", b"")
+    for _ in range(levels - 1):
+        value = _sized(b"A", value)
+    return value
+
+
+def test_headers_nested_as_deep_as_celeriac_checks_are_read_as_pamqp_reads_them() -> None:
+    # The table is the first level: 99 arrays inside it make 100, DEFAULT_MAX_DEPTH.
+    assert_read_alike(Properties.flags["headers"], _table([(b"deep", _nested_arrays(99))]))
+
+
+@pytest.mark.parametrize("levels", [100, 5_000])
+def test_headers_nested_deeper_are_left_unread_and_the_properties_after_them_read(
+    levels: int,
+) -> None:
+    flags = (
+        Properties.flags["headers"]
+        | Properties.flags["delivery_mode"]
+        | Properties.flags["correlation_id"]
+    )
+    headers = _table([(b"task", _sized(b"S", b"noop")), (b"deep", _nested_arrays(levels))])
+    data = headers + b"\x02" + _short(b"c-1")
+    target = Properties()
+
+    # pamqp's own reading of 5,000 levels exhausts the stack: it must not be asked.
+    codec._unmarshal_properties(target, flags, data)
+
+    assert isinstance(target.headers, codec.UnreadableTable)
+    assert target.headers == {}
+    assert target.headers.reason == "nested deeper than 100 levels of tables and arrays"
+    assert (target.delivery_mode, target.correlation_id) == (2, "c-1")
+
+
 def test_a_long_string_that_is_not_utf8_is_bytes() -> None:
     data = _table([(b"k", _sized(b"S", b"\xff\xfe"))])
     assert codec.read_properties(Properties.flags["headers"], data) == {

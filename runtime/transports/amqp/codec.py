@@ -30,6 +30,14 @@ are looked up, by their bytes, among those read before (at most 4,096 of them).
 as a 32-bit ``f``, so a soft time limit of 0.1 s arrived as 0.10000000149011612; Celery's
 client (py-amqp) writes ``d``, a double, and so does celeriac with :func:`install`.
 
+**Header tables nested too deep are not read.** A table or array nests in another as deep as
+its sender likes, and pamqp reads them recursively: a Celery message whose headers nested
+2,000 levels (10 KB) made every reading exhaust Python's stack, the frame reader died with
+the connection, and the message, redelivered, did it again, forever. Past
+:data:`~protocol.limits.DEFAULT_MAX_DEPTH` levels (where celeriac's own checks stop any
+message) the headers property is an empty :class:`UnreadableTable` saying why, the reading
+goes on after it, and the transport dead-letters the message.
+
 :func:`install` (called when the transport connects) puts all four in place, process-wide, as
 aiormq offers no other hook. ``tests/runtime/test_amqp_codec.py`` checks the readings against
 pamqp's on random frames, whole and damaged, the writing against pamqp's on random
@@ -47,7 +55,10 @@ from typing import Any
 from pamqp import commands, encode
 from pamqp.base import BasicProperties
 
+from protocol.limits import DEFAULT_MAX_DEPTH
+
 __all__ = [
+    "UnreadableTable",
     "encode_table_value",
     "install",
     "installed",
@@ -98,6 +109,24 @@ class _Malformed(ValueError):
     """The bytes are not a well-formed encoding; pamqp's own reading decides what happens."""
 
 
+class _TooDeep(Exception):
+    """A table nests deeper than :data:`_MAX_NESTING`: not read, by pamqp either."""
+
+
+class UnreadableTable(dict[str, Any]):
+    """A field table left unread (it is empty), and :attr:`reason`: the ``headers`` property
+    of a message whose headers nest deeper than celeriac reads."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+#: How deep tables and arrays may nest, the outermost table counted as 1: as deep as
+#: celeriac's checks let any part of a message nest (``check_depth``).
+_MAX_NESTING = DEFAULT_MAX_DEPTH
+
+
 def read_deliver(data: bytes) -> tuple[str, int, bool, str, str]:
     """A ``Basic.Deliver``'s arguments (after the method id): ``(consumer_tag, delivery_tag,
     redelivered, exchange, routing_key)``, as pamqp would set them. Raises ``ValueError``
@@ -133,7 +162,10 @@ def read_properties(flags: int, data: bytes) -> dict[str, Any]:
             values[name] = data[offset + 1 : end].decode("utf-8")
             offset = end
         elif kind == "table":
-            values[name], offset = _table(data, offset)
+            try:
+                values[name], offset = _table(data, offset, 1)
+            except _TooDeep:
+                values[name], offset = _unreadable(data, offset)
         elif kind == "octet":
             values[name] = data[offset]
             offset += 1
@@ -145,8 +177,17 @@ def read_properties(flags: int, data: bytes) -> dict[str, Any]:
     return values
 
 
-def _table(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
-    """The field table at ``offset`` and the offset after it."""
+def _unreadable(data: bytes, offset: int) -> tuple[UnreadableTable, int]:
+    """The field table at ``offset`` left unread, and the offset after it."""
+    end = offset + 4 + _ULONG(data, offset)[0]
+    if end > len(data):
+        raise _Malformed("field table past the end")
+    reason = f"nested deeper than {_MAX_NESTING} levels of tables and arrays"
+    return UnreadableTable(reason), end
+
+
+def _table(data: bytes, offset: int, depth: int) -> tuple[dict[str, Any], int]:
+    """The field table at ``offset``, ``depth`` levels down, and the offset after it."""
     end = offset + 4 + _ULONG(data, offset)[0]
     if end > len(data):
         raise _Malformed("field table past the end")
@@ -171,7 +212,7 @@ def _table(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
             table[key] = None
             offset += 1
         else:
-            table[key], offset = _value(data, offset, end)
+            table[key], offset = _value(data, offset, end, depth)
     if offset != end:
         raise _Malformed("field table entry past the table's end")
     return table, end
@@ -185,29 +226,35 @@ def _key(raw: bytes) -> str:
     return key
 
 
-def _array(data: bytes, offset: int) -> tuple[list[Any], int]:
-    """The field array at ``offset`` and the offset after it."""
+def _array(data: bytes, offset: int, depth: int) -> tuple[list[Any], int]:
+    """The field array at ``offset``, ``depth`` levels down, and the offset after it."""
     end = offset + 4 + _ULONG(data, offset)[0]
     if end > len(data):
         raise _Malformed("field array past the end")
     offset += 4
     array: list[Any] = []
     while offset < end:
-        value, offset = _value(data, offset, end)
+        value, offset = _value(data, offset, end, depth)
         array.append(value)
     if offset != end:
         raise _Malformed("field array item past the array's end")
     return array, end
 
 
-def _value(data: bytes, offset: int, limit: int) -> tuple[Any, int]:
-    """The typed field value at ``offset`` and the offset after it, which must not pass
-    ``limit`` (the end of the table or array holding it)."""
+def _value(data: bytes, offset: int, limit: int, depth: int) -> tuple[Any, int]:
+    """The typed field value at ``offset`` in a table or array ``depth`` levels down, and the
+    offset after it, which must not pass ``limit`` (the end of that table or array)."""
     kind = data[offset]
     fixed = _FIXED.get(kind)
     if fixed is not None:
         unpack, size = fixed
         return unpack(data, offset + 1)[0], offset + 1 + size
+    if kind in (70, 65):  # F, A: a table or an array; its own length bounds it
+        if depth >= _MAX_NESTING:
+            raise _TooDeep
+        if kind == 70:
+            return _table(data, offset + 1, depth + 1)
+        return _array(data, offset + 1, depth + 1)
     reader = _VARIABLE.get(kind)
     if reader is None:
         raise _Malformed(f"unknown field type {bytes([kind])!r}")
@@ -249,14 +296,6 @@ def _stamp(data: bytes, offset: int, _limit: int) -> tuple[datetime.datetime, in
     return _timestamp(_ULONGLONG(data, offset)[0]), offset + 8
 
 
-def _nested_table(data: bytes, offset: int, _limit: int) -> tuple[dict[str, Any], int]:
-    return _table(data, offset)  # its own length bounds it; the caller checks the end
-
-
-def _nested_array(data: bytes, offset: int, _limit: int) -> tuple[list[Any], int]:
-    return _array(data, offset)
-
-
 #: Fixed-size field types (the type byte): how to unpack them and their size. ``L`` is signed,
 #: as in pamqp (and RabbitMQ, which sends ``l``).
 _FIXED: dict[int, tuple[Callable[[bytes, int], tuple[Any, ...]], int]] = {
@@ -271,13 +310,12 @@ _FIXED: dict[int, tuple[Callable[[bytes, int], tuple[Any, ...]], int]] = {
     ord("f"): (struct.Struct(">f").unpack_from, 4),
     ord("d"): (struct.Struct(">d").unpack_from, 8),
 }
-#: The other field types: their readers. ``NUL`` is read as void, as pamqp does.
+#: The other field types but tables and arrays: their readers. ``NUL`` is read as void, as
+#: pamqp does.
 _VARIABLE: dict[int, Callable[[bytes, int, int], tuple[Any, int]]] = {
     ord("S"): _long_string,
     ord("V"): _void,
     0: _void,
-    ord("F"): _nested_table,
-    ord("A"): _nested_array,
     ord("t"): _boolean,
     ord("T"): _stamp,
     ord("D"): _decimal,

@@ -37,7 +37,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq import spec as amqp_spec
 
-from protocol import CeleriacError, WireMessage, amqp_properties, from_amqp
+from protocol import CeleriacError, MalformedMessage, WireMessage, amqp_properties, from_amqp
 from protocol.delayed import delay_routing_key, strip_delay
 from runtime.errors import BrokerConnectionError, translate_amqp_errors
 from runtime.transports.base import (
@@ -207,6 +207,8 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         header = delivered.header.properties
         properties = {name: getattr(header, name) for name in _PROPERTIES}
         try:
+            if isinstance(header.headers, codec.UnreadableTable):
+                raise MalformedMessage(header.headers.reason, field="headers")
             wire = from_amqp(
                 delivered.body,
                 content_type=header.content_type,
@@ -373,6 +375,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         exc: CeleriacError,
     ) -> None:
         """Dead-letter a message ``from_amqp`` refused; it never reached a slot, QoS stays."""
+        log.error("dead-lettering an unreadable message from %r: %s", queue, exc)
         header = delivered.header.properties
         kept = {name: value for name, value in properties.items() if value is not None}
         wire = WireMessage(
