@@ -61,15 +61,24 @@ def from_amqp(
     headers: Mapping[str, Any] | None,
     properties: Mapping[str, Any],
     limits: Limits = DEFAULT_LIMITS,
+    headers_nest_within: int | None = None,
 ) -> WireMessage:
     """Build a :class:`WireMessage` from what an AMQP client delivered, checking its size.
 
     ``expiration`` may come as seconds (aio-pika's number) or kombu's milliseconds string;
     it is kept as the latter, the form every other envelope carries.
+
+    ``headers_nest_within``: set by a reader that read ``headers`` itself, with string keys,
+    for nobody else to hold, bounding how deep they nest: they are then used without a copy,
+    and walked for their depth only if ``limits`` allows less.
     """
     limits.check_size(body, field="body")
-    checked = _fields.mapping(headers or {}, "headers")
-    limits.check_headers(checked)
+    if headers_nest_within is None:
+        checked = _fields.mapping(headers or {}, "headers")
+        limits.check_headers(checked)
+    else:
+        checked = MappingProxyType(headers) if headers else _fields.EMPTY
+        limits.check_headers(checked, shallow=headers_nest_within <= limits.max_depth)
     kept = {k: v for k, v in properties.items() if k in AMQP_PROPERTY_NAMES and v is not None}
     expiration = kept.get("expiration")
     if isinstance(expiration, int | float) and not isinstance(expiration, bool):

@@ -33,7 +33,7 @@ from protocol import (
     encode_task,
     from_amqp,
 )
-from protocol.limits import check_depth, json_nests_within
+from protocol.limits import DEFAULT_LIMITS, check_depth, json_nests_within
 
 GOOD = encode_task(TaskMessage(id="id-1", task="proj.add", args=(1, 2)))
 
@@ -291,6 +291,26 @@ def test_from_amqp_checks_size_and_headers() -> None:
     )
     assert wire.properties == {"priority": 3}
     assert wire.headers == {}
+
+
+def test_from_amqp_walks_headers_a_reader_bounded_only_if_the_limits_allow_less() -> None:
+    nested = {"deep": [[["x"]]]}  # four levels, the headers counted
+
+    def read(bound: int, limits: Limits = DEFAULT_LIMITS) -> WireMessage:
+        return from_amqp(
+            b"", content_type=None, content_encoding=None, headers=dict(nested),
+            properties={}, limits=limits, headers_nest_within=bound,
+        )  # fmt: skip
+
+    assert read(4).headers == nested
+    with pytest.raises(LimitExceeded, match="nesting depth"):
+        read(4, Limits(max_depth=3))
+    assert read(3, Limits(max_depth=3)).headers == nested  # the reader's word is taken
+    with pytest.raises(LimitExceeded, match="header count"):
+        read(4, Limits(max_headers=0))
+    assert read(4).headers is not nested
+    with pytest.raises(TypeError):
+        read(4).headers["deep"] = None  # type: ignore[index]  # read-only, as every WireMessage's
 
 
 @pytest.mark.parametrize(

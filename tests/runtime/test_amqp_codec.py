@@ -208,6 +208,14 @@ def test_headers_nested_deeper_are_left_unread_and_the_properties_after_them_rea
     assert (target.delivery_mode, target.correlation_id) == (2, "c-1")
 
 
+def test_a_header_table_read_here_is_marked_as_read_here_and_its_inner_tables_are_not() -> None:
+    data = _table([(b"stamps", b"F" + _table([(b"k", b"V")]))])
+    headers = codec.read_properties(Properties.flags["headers"], data)["headers"]
+    assert type(headers) is codec.ReadTable
+    assert type(headers["stamps"]) is dict
+    assert headers == {"stamps": {"k": None}}
+
+
 def test_a_long_string_that_is_not_utf8_is_bytes() -> None:
     data = _table([(b"k", _sized(b"S", b"\xff\xfe"))])
     assert codec.read_properties(Properties.flags["headers"], data) == {

@@ -58,6 +58,8 @@ from pamqp.base import BasicProperties
 from protocol.limits import DEFAULT_MAX_DEPTH
 
 __all__ = [
+    "MAX_NESTING",
+    "ReadTable",
     "UnreadableTable",
     "encode_table_value",
     "install",
@@ -110,7 +112,7 @@ class _Malformed(ValueError):
 
 
 class _TooDeep(Exception):
-    """A table nests deeper than :data:`_MAX_NESTING`: not read, by pamqp either."""
+    """A table nests deeper than :data:`MAX_NESTING`: not read, by pamqp either."""
 
 
 class UnreadableTable(dict[str, Any]):
@@ -122,9 +124,17 @@ class UnreadableTable(dict[str, Any]):
         self.reason = reason
 
 
+class ReadTable(dict[str, Any]):
+    """A header table as :func:`read_properties` read it: string keys, tables and arrays
+    nested at most :data:`MAX_NESTING` deep, held by nothing else. The transport uses it as
+    it is, without a copy or another walk (``from_amqp(headers_nest_within=...)``)."""
+
+    __slots__ = ()
+
+
 #: How deep tables and arrays may nest, the outermost table counted as 1: as deep as
 #: celeriac's checks let any part of a message nest (``check_depth``).
-_MAX_NESTING = DEFAULT_MAX_DEPTH
+MAX_NESTING = DEFAULT_MAX_DEPTH
 
 
 def read_deliver(data: bytes) -> tuple[str, int, bool, str, str]:
@@ -182,7 +192,7 @@ def _unreadable(data: bytes, offset: int) -> tuple[UnreadableTable, int]:
     end = offset + 4 + _ULONG(data, offset)[0]
     if end > len(data):
         raise _Malformed("field table past the end")
-    reason = f"nested deeper than {_MAX_NESTING} levels of tables and arrays"
+    reason = f"nested deeper than {MAX_NESTING} levels of tables and arrays"
     return UnreadableTable(reason), end
 
 
@@ -192,7 +202,7 @@ def _table(data: bytes, offset: int, depth: int) -> tuple[dict[str, Any], int]:
     if end > len(data):
         raise _Malformed("field table past the end")
     offset += 4
-    table: dict[str, Any] = {}
+    table: dict[str, Any] = ReadTable() if depth == 1 else {}
     while offset < end:
         length = data[offset]
         offset += 1 + length
@@ -250,7 +260,7 @@ def _value(data: bytes, offset: int, limit: int, depth: int) -> tuple[Any, int]:
         unpack, size = fixed
         return unpack(data, offset + 1)[0], offset + 1 + size
     if kind in (70, 65):  # F, A: a table or an array; its own length bounds it
-        if depth >= _MAX_NESTING:
+        if depth >= MAX_NESTING:
             raise _TooDeep
         if kind == 70:
             return _table(data, offset + 1, depth + 1)

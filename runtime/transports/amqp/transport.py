@@ -215,6 +215,9 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
                 content_encoding=header.content_encoding,
                 headers=header.headers,
                 properties=properties,
+                headers_nest_within=(
+                    codec.MAX_NESTING if type(header.headers) is codec.ReadTable else None
+                ),
             )
         except CeleriacError as exc:
             await self._drop_unreadable(queue, message, delivered, properties, exc)
