@@ -2,7 +2,7 @@
 
     python -m benchmarks [--brokers amqp,redis,sqs,memory] [--tiny] [--out results]
                          [--scenarios noop,results,io,latency,mixed,eta]
-                         [--families celeriac,celery,aio-celery,floor]
+                         [--families celeriac,celery,aio-celery,taskiq,floor]
                          [--compare OLD.json [--tolerance 0.1]]
 
 Writes ``<out>/<UTC time>/results.json``, ``results.md``, ``throughput.png`` and
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="amqp, redis, sqs, memory (comma-separated; default: all, sqs "
                         "where aiobotocore and moto are installed)")  # fmt: skip
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="default: all")
-    parser.add_argument("--families", help="only these: celeriac, celery, aio-celery, floor")
+    parser.add_argument(
+        "--families", help="only these: celeriac, celery, aio-celery, taskiq, floor"
+    )
     parser.add_argument("--tiny", action="store_true", help="token sizes: proves the harness")
     parser.add_argument("--out", type=Path, default=Path("results"), help="default: results/")
     parser.add_argument("--quiet", action="store_true", help="no progress display")

@@ -25,7 +25,9 @@ from protocol.kombu_redis import RedisLayout
 from runtime.transports.amqp.transport import AmqpTransport
 from runtime.transports.base import QueueSpec
 
-__all__ = ["POLL", "Watch", "delete", "kind", "preload", "task"]
+__all__ = [
+    "POLL", "Watch", "delete", "kind", "preload", "publish_amqp", "push_redis", "task",
+]  # fmt: skip
 
 _CHUNK = 1000
 #: How often queue depths are polled (on SQS, see ``Watch.interval``).
@@ -46,10 +48,13 @@ def kind(broker: str) -> str:
     raise ValueError(f"benchmarks fill amqp://, redis:// or sqs:// brokers, not {broker!r}")
 
 
-def task(name: str, *args: Any, result: bool = False, eta: datetime | None = None) -> WireMessage:
+def task(
+    name: str, *args: Any, result: bool = False, eta: datetime | None = None,
+    task_id: str | None = None,
+) -> WireMessage:  # fmt: skip
     """One Celery v2 message for task ``name``, with ``ignore_result`` set as a Celery client
-    sets it: ``True`` unless ``result``; due at ``eta`` if given."""
-    task_id = str(uuid.uuid4())
+    sets it: ``True`` unless ``result``; due at ``eta`` if given; its id ``task_id`` or new."""
+    task_id = task_id or str(uuid.uuid4())
     message = TaskMessage(
         id=task_id, task=name, args=args, kwargs={}, root_id=task_id,
         ignore_result=not result, origin="bench", eta=eta,
@@ -76,12 +81,18 @@ async def _preload_amqp(broker: str, queue: str, messages: Iterable[WireMessage]
         await transport.declare([QueueSpec(queue)])
     finally:
         await transport.aclose()
+    outgoing = (aio_pika.Message(m.body, **amqp_properties(m)) for m in messages)
+    return await publish_amqp(broker, queue, outgoing)
+
+
+async def publish_amqp(broker: str, queue: str, messages: Iterable[aio_pika.Message]) -> int:
+    """Publish ``messages`` to the declared ``queue`` through an unconfirmed channel, then wait
+    until every one has arrived; returns how many."""
     count = 0
     async with await aio_pika.connect(broker) as connection:
         channel = await connection.channel(publisher_confirms=False)
         for message in messages:
-            outgoing = aio_pika.Message(message.body, **amqp_properties(message))
-            await channel.default_exchange.publish(outgoing, routing_key=queue)
+            await channel.default_exchange.publish(message, routing_key=queue)
             count += 1
     async with Watch(broker) as watch:
         while await watch.depth(queue) < count:  # unconfirmed: wait until all arrived
@@ -91,17 +102,25 @@ async def _preload_amqp(broker: str, queue: str, messages: Iterable[WireMessage]
 
 async def _preload_redis(broker: str, queue: str, messages: Iterable[WireMessage]) -> int:
     layout = RedisLayout()
-    count = 0
     async with redis.asyncio.Redis.from_url(broker) as client:
         await client.sadd(layout.binding_key(queue), layout.binding_member(queue, queue))
+    envelopes = (
+        encode_envelope(m, exchange="", routing_key=queue, delivery_tag=str(uuid.uuid4()))
+        for m in messages
+    )
+    return await push_redis(broker, layout.queue_key(queue), envelopes)
+
+
+async def push_redis(broker: str, key: str, payloads: Iterable[bytes]) -> int:
+    """``LPUSH`` ``payloads`` onto list ``key``, a thousand a round trip; returns how many."""
+    count = 0
+    async with redis.asyncio.Redis.from_url(broker) as client:
         batch: list[bytes] = []
-        for message in messages:
-            batch.append(encode_envelope(
-                message, exchange="", routing_key=queue, delivery_tag=str(uuid.uuid4())
-            ))  # fmt: skip
+        for payload in payloads:
+            batch.append(payload)
             if len(batch) == _CHUNK:
-                count += await _push(client, layout.queue_key(queue), batch)
-        count += await _push(client, layout.queue_key(queue), batch)
+                count += await _push(client, key, batch)
+        count += await _push(client, key, batch)
     return count
 
 

@@ -80,7 +80,7 @@ async def running(
 ) -> AsyncIterator[Running]:
     """Start ``system`` on ``queue``; SIGTERM it (SIGKILL after 20 s) on the way out."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "CELERIAC_BROKER_URL": broker,
-                   **(env or {})}  # fmt: skip
+                   **system.environment(broker, queue), **(env or {})}  # fmt: skip
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             system.command(broker, queue), cwd=ROOT, env=environment,

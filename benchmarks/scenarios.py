@@ -30,11 +30,11 @@ from typing import Any
 
 import redis.asyncio
 
-from protocol import ResultKeys, decode_result
-from runtime import App
 from runtime.load import paced, percentiles
 
-from .queues import POLL, Watch, delete, preload, task
+from . import dialects
+from .dialects import Call, Dialect, Publisher
+from .queues import POLL, Watch, delete
 from .runs import Running, drain, first_taken, running, until
 from .systems import System
 
@@ -121,7 +121,7 @@ def _spread(prefix: str, values: list[float]) -> Row:
 async def noop(ctx: Context, kind: str, system: System) -> Row:
     """Drain N pre-loaded no-op messages."""
     broker, queue, total = ctx.brokers[kind], queue_name(), ctx.scale.noop_tasks_on(kind)
-    await preload(broker, queue, (task("noop") for _ in range(total)))
+    await dialects.of(system).preload(broker, queue, (Call("noop") for _ in range(total)))
     try:
         async with Watch(broker) as watch, running(system, broker, queue) as run:
             seconds, cpu = await drain(watch, queue, total, run)
@@ -150,10 +150,9 @@ async def results(ctx: Context, kind: str, system: System) -> Row:
     which aio-celery never sends; polling treats every system alike.
     """
     broker, queue, total = ctx.brokers[kind], queue_name(), ctx.scale.results_tasks_on(kind)
-    messages = [task("noop", result=True) for _ in range(total)]
-    await preload(broker, queue, messages)
-    keys = ResultKeys()
-    pending = [keys.task(message.headers["id"]) for message in messages]
+    dialect, calls = dialects.of(system), [Call("noop", result=True) for _ in range(total)]
+    await dialect.preload(broker, queue, calls)
+    pending = [dialect.result_key(call.id) for call in calls]
     try:
         async with (
             Watch(broker) as watch,
@@ -190,24 +189,23 @@ async def io(ctx: Context, kind: str, system: System) -> Row:
     seconds_each = scale.io_seconds(system.concurrency)
     counter = f"{queue}:done"
     env = {"BENCH_REDIS_URL": ctx.redis}
-    app = App("bench-io", broker=broker)
     try:
         async with (
             redis.asyncio.Redis.from_url(ctx.redis) as client,
             running(system, broker, queue, env) as run,
+            dialects.of(system).publisher(broker, queue) as publisher,
         ):
-            await app.connect([queue])
 
             async def counted(expected: int, sending: asyncio.Task[Any]) -> bool:
                 if sending.done():
                     sending.result()  # a send failed: say so rather than time out
                 return int(await client.get(counter) or 0) >= expected
 
-            await _warm_up(app, client, queue, f"{queue}:stamps", run)
+            await _warm_up(publisher, client, f"{queue}:stamps", run)
             idle = run.usage().peak_rss_mib
             began = time.monotonic()
             sending = asyncio.create_task(
-                _open_loop(app, queue, scale.io_rate, total, name="bench.sleep",
+                _open_loop(publisher, scale.io_rate, total, name="bench.sleep",
                            arguments=lambda _due: (seconds_each, counter))
             )  # fmt: skip
             try:
@@ -220,7 +218,6 @@ async def io(ctx: Context, kind: str, system: System) -> Row:
             peak = run.usage().peak_rss_mib
             await client.delete(counter)
     finally:
-        await app.aclose()
         await delete(broker, [queue])
     return io_row(system.concurrency, total, seconds, scale.io_rate, (idle, peak))
 
@@ -254,28 +251,28 @@ async def latency(ctx: Context, kind: str, system: System) -> Row:
     rate = min(scale.latency_share * measured, cap)
     key = f"{queue}:stamps"
     env = {"BENCH_REDIS_URL": ctx.redis, "BENCH_RESULT_BACKEND": ctx.redis}
-    app = App("bench-latency", broker=broker, result_backend=ctx.redis)
+    dialect = dialects.of(system)
     try:
         async with (
             redis.asyncio.Redis.from_url(ctx.redis) as client,
             running(system, broker, queue, env) as run,
+            dialect.publisher(broker, queue) as publisher,
         ):
-            await app.connect([queue])
-            await _warm_up(app, client, queue, key, run)
+            await _warm_up(publisher, client, key, run)
             total = max(1, round(rate * scale.latency_seconds))
             intended, late = await _open_loop(
-                app, queue, rate, total, name="bench.stamp", arguments=lambda due: (due, key)
-            )
+                publisher, rate, total, name="bench.stamp", arguments=lambda due: (due, key),
+                result=True,
+            )  # fmt: skip
 
             async def stamped() -> bool:
                 return int(await client.llen(key)) >= len(intended)
 
             await until(stamped, run, 60 + scale.latency_seconds, "every stamp")
             starts = [_stamp_latency(raw) for raw in await client.lrange(key, 0, -1)]
-            done = await _result_latencies(client, intended)
+            done = await _result_latencies(client, dialect, intended)
             await client.delete(key)
     finally:
-        await app.aclose()
         await delete(broker, [queue])
     return {"offered_rate": round(rate, 1), "sent": len(intended),
             **_spread("start", starts), **_spread("result", done),
@@ -283,17 +280,17 @@ async def latency(ctx: Context, kind: str, system: System) -> Row:
 
 
 async def _warm_up(
-    app: App, client: redis.asyncio.Redis, queue: str, key: str, run: Running
+    publisher: Publisher, client: redis.asyncio.Redis, key: str, run: Running
 ) -> None:
     """One stamp through the worker (then forgotten): it is up and consuming."""
-    await _one_stamp(app, client, queue, key, run, timeout=120)
+    await _one_stamp(publisher, client, key, run, timeout=120)
 
 
 async def _one_stamp(
-    app: App, client: redis.asyncio.Redis, queue: str, key: str, run: Running, *, timeout: float
+    publisher: Publisher, client: redis.asyncio.Redis, key: str, run: Running, *, timeout: float
 ) -> float:
     """Send one ``bench.stamp`` and wait for it to run: its publish-to-start in seconds."""
-    await app.send_task("bench.stamp", args=(time.time(), key), queue=queue)
+    await publisher.send(Call("bench.stamp", (time.time(), key)))
 
     async def arrived() -> bool:
         return int(await client.llen(key)) >= 1
@@ -305,16 +302,17 @@ async def _one_stamp(
 
 
 async def _open_loop(
-    app: App,
-    queue: str,
+    publisher: Publisher,
     rate: float,
     total: int,
     *,
     name: str,
     arguments: Callable[[float], tuple[Any, ...]],
+    result: bool = False,
 ) -> tuple[dict[str, float], list[float]]:
     """Send ``total`` tasks ``name`` at ``rate``, each at its due time whatever the others do,
-    with the ``arguments`` for its due (wall-clock) time. Returns that time by task id, and
+    with the ``arguments`` for its due (wall-clock) time (their results kept if ``result``).
+    Returns that time by task id, and
     how late the harness was in starting each send (seconds): lateness that is the client's,
     not the worker's, though the latencies count it."""
     intended: dict[str, float] = {}
@@ -322,11 +320,10 @@ async def _open_loop(
     sends: set[asyncio.Task[Any]] = set()
     start_wall = time.time()
     async for due in paced(rate, total):
-        task_id = str(uuid.uuid4())
-        intended[task_id] = start_wall + due
-        send = app.send_task(name, args=arguments(start_wall + due), queue=queue,
-                             task_id=task_id)  # fmt: skip
-        late.append(time.time() - intended[task_id])
+        call = Call(name, arguments(start_wall + due), result=result)
+        intended[call.id] = start_wall + due
+        send = publisher.send(call)
+        late.append(time.time() - intended[call.id])
         sends.add(asyncio.ensure_future(send))
     await asyncio.gather(*sends)
     return intended, late
@@ -338,20 +335,21 @@ def _stamp_latency(raw: bytes | str) -> float:
     return started - sent
 
 
-async def _result_latencies(client: redis.asyncio.Redis, intended: dict[str, float]) -> list[float]:
-    keys = ResultKeys()
+async def _result_latencies(
+    client: redis.asyncio.Redis, dialect: Dialect, intended: dict[str, float]
+) -> list[float]:
+    """Publish-to-result of every stored result that says when it was stored."""
     ids = list(intended)
     found: list[float] = []
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        for task_id, raw in zip(
-            chunk, await client.mget([keys.task(i) for i in chunk]), strict=True
-        ):
+        stored = await client.mget([dialect.result_key(i) for i in chunk])
+        for task_id, raw in zip(chunk, stored, strict=True):
             if raw is None:
                 continue
-            meta = decode_result(raw if isinstance(raw, bytes) else raw.encode())
-            if meta.date_done is not None:
-                found.append(meta.date_done.timestamp() - intended[task_id])
+            at = dialect.stored_at(raw if isinstance(raw, bytes) else raw.encode())
+            if at is not None:
+                found.append(at - intended[task_id])
     return found
 
 
@@ -361,25 +359,22 @@ async def mixed(ctx: Context, kind: str, system: System) -> Row:
     broker, queue = ctx.brokers[kind], queue_name()
     key = f"{queue}:stamps"
     env = {"BENCH_REDIS_URL": ctx.redis}
-    app = App("bench-mixed", broker=broker)
     try:
         async with (
             redis.asyncio.Redis.from_url(ctx.redis) as client,
             running(system, broker, queue, env) as first,
             running(system, broker, queue, env) as second,
+            dialects.of(system).publisher(broker, queue) as publisher,
         ):
-            await app.connect([queue])
-            await _warm_up(app, client, queue, key, first)
+            await _warm_up(publisher, client, key, first)
             await asyncio.sleep(3)  # both started (Celery's prefork pool takes a while)
             first.check()
             second.check()
             for _ in range(scale.mixed_long):
-                await app.send_task(
-                    "bench.sleep", args=(scale.mixed_long_seconds, None), queue=queue
-                )
+                await publisher.send(Call("bench.sleep", (scale.mixed_long_seconds, None)))
             await asyncio.sleep(0.3)
             for _ in range(scale.mixed_short):
-                await app.send_task("bench.stamp", args=(time.time(), key), queue=queue)
+                await publisher.send(Call("bench.stamp", (time.time(), key)))
                 await asyncio.sleep(0.02)
 
             async def stamped() -> bool:
@@ -389,7 +384,6 @@ async def mixed(ctx: Context, kind: str, system: System) -> Row:
             waits = [_stamp_latency(raw) for raw in await client.lrange(key, 0, -1)]
             await client.delete(key)
     finally:
-        await app.aclose()
         await delete(broker, [queue])
     return {"long": scale.mixed_long, "long_seconds": scale.mixed_long_seconds,
             "short": scale.mixed_short, **_spread("short_wait", waits)}  # fmt: skip
@@ -409,8 +403,8 @@ async def eta(ctx: Context, kind: str, system: System) -> Row:
     broker, queue, total = ctx.brokers[kind], queue_name(), scale.eta_tasks
     key = f"{queue}:stamps"
     due = datetime.now(UTC) + timedelta(hours=1)
-    await preload(broker, queue, (task("noop", eta=due) for _ in range(total)))
-    app = App("bench-eta", broker=broker)
+    dialect = dialects.of(system)
+    await dialect.preload(broker, queue, (Call("noop", eta=due) for _ in range(total)))
     try:
         async with (
             Watch(broker) as watch,
@@ -426,10 +420,9 @@ async def eta(ctx: Context, kind: str, system: System) -> Row:
                 await asyncio.sleep(POLL)
             seconds, plain = time.monotonic() - began, None
             if not left:
-                await app.connect([queue])
-                plain = await _one_stamp(app, client, queue, key, run, timeout=30)
+                async with dialect.publisher(broker, queue) as publisher:
+                    plain = await _one_stamp(publisher, client, key, run, timeout=30)
     finally:
-        await app.aclose()
         await delete(broker, [queue])
     return {"tasks": total, "taken_in": total - left, "seconds": round(seconds, 3),
             "rate": round((total - left) / seconds, 1),

@@ -24,7 +24,7 @@ from .brokers import runs_on
 from .in_process import IN_PROCESS
 from .runs import collector_held_off
 from .scenarios import SCENARIOS, Context
-from .systems import System, aio_celery, celeriac, celeriac_in_process, celery, floor
+from .systems import System, aio_celery, celeriac, celeriac_in_process, celery, floor, taskiq
 
 __all__ = ["Plan", "Step", "default_plan", "machine", "run", "steps", "version_of"]
 
@@ -39,7 +39,8 @@ class Step:
 
 
 def _throughput_systems() -> list[System]:
-    return [celeriac(100), celery("prefork", 2), celery("threads", 100), aio_celery(100)]
+    return [celeriac(100), celery("prefork", 2), celery("threads", 100), aio_celery(100),
+            taskiq(100)]  # fmt: skip
 
 
 def _noop_extra_systems() -> list[System]:
@@ -56,8 +57,8 @@ def default_plan(io_concurrency: Sequence[int] = (100, 1_000, 10_000)) -> Plan:
     """Every scenario with the rows the issue asks for."""
 
     def io() -> list[System]:
-        rows = [system for c in io_concurrency
-                for system in (celeriac(c), aio_celery(c), celeriac_in_process(c))]  # fmt: skip
+        peers = (celeriac, aio_celery, taskiq, celeriac_in_process)
+        rows = [peer(c) for c in io_concurrency for peer in peers]
         return [*rows, celery("threads", min(io_concurrency))]
 
     return {
@@ -65,8 +66,9 @@ def default_plan(io_concurrency: Sequence[int] = (100, 1_000, 10_000)) -> Plan:
         "results": _throughput_systems,
         "io": io,
         "latency": _throughput_systems,
-        "mixed": lambda: [celeriac(2), celery("prefork", 2), aio_celery(2)],
-        # aio-celery holds an ETA task's slot until it is due: it cannot take a thousand in.
+        "mixed": lambda: [celeriac(2), celery("prefork", 2), aio_celery(2), taskiq(2)],
+        # aio-celery holds an ETA task's slot until it is due: it cannot take a thousand in;
+        # taskiq's messages carry no due time (it delays through a queue of its own).
         "eta": lambda: [celeriac(2), celery("prefork", 2)],
     }
 
@@ -116,8 +118,8 @@ async def run(ctx: Context, todo: Sequence[Step], *, show: bool = True) -> list[
 
 def machine() -> dict[str, Any]:
     """The facts a reader needs to weigh the numbers: CPUs, memory, versions."""
-    packages = ("celery", "kombu", "aio-pika", "redis", "aio-celery", "aiobotocore", "moto",
-                "celeriac")  # fmt: skip
+    packages = ("celery", "kombu", "aio-pika", "redis", "aio-celery", "taskiq", "taskiq-aio-pika",
+                "taskiq-redis", "aiobotocore", "moto", "celeriac")  # fmt: skip
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -4,8 +4,10 @@ Each system is a command line started as a subprocess on a queue and broker. Cel
 use ``--prefetch-multiplier=1`` (so a prefork ``-c 2`` worker's QoS is 2, a threads ``-c 100``
 worker's is 100), aio-celery's app sets the same, celeriac's prefetch is always one per slot,
 and the floor is a bare consumer that acks and does nothing else, at the same prefetch.
-On ``memory://`` only celeriac runs, embedded in the process that fills the broker
-(``benchmarks/embedded.py``): a memory broker lives in one process.
+taskiq's worker reads taskiq's own messages (``speaks``; :mod:`benchmarks.dialects`), its
+QoS on RabbitMQ equal to its ``--max-async-tasks``. On ``memory://`` only celeriac runs,
+embedded in the process that fills the broker (``benchmarks/embedded.py``): a memory broker
+lives in one process.
 """
 
 from __future__ import annotations
@@ -13,20 +15,26 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-__all__ = ["System", "aio_celery", "celeriac", "celeriac_in_process", "celery", "floor"]
+__all__ = [
+    "System", "aio_celery", "celeriac", "celeriac_in_process", "celery", "floor", "taskiq",
+]  # fmt: skip
 
 _CELERY_QUIET = ["--without-heartbeat", "--without-gossip", "--without-mingle"]
 
 
 @dataclass(frozen=True, slots=True)
 class System:
-    """One row: a label, the family it belongs to, and how to start it."""
+    """One row: a label, the family it belongs to, how to start it (its command's arguments
+    and environment, each formatted with ``{broker}`` and ``{queue}``), and the message
+    format it reads."""
 
     label: str
-    family: str  # "celeriac", "celery", "aio-celery" or "floor"
+    family: str  # "celeriac", "celery", "aio-celery", "taskiq" or "floor"
     concurrency: int
     args: tuple[str, ...]
     brokers: tuple[str, ...] = ("amqp", "redis")
+    env: tuple[tuple[str, str], ...] = ()
+    speaks: str = "celery"  # or "taskiq"
 
     @property
     def runs_tasks(self) -> bool:
@@ -37,6 +45,10 @@ class System:
         """The command line that runs this system on ``queue`` of ``broker``."""
         args = [part.format(broker=broker, queue=queue) for part in self.args]
         return [sys.executable, *args]
+
+    def environment(self, broker: str, queue: str) -> dict[str, str]:
+        """The variables this system's command is started with, beside the harness's."""
+        return {name: value.format(broker=broker, queue=queue) for name, value in self.env}
 
 
 def celeriac(concurrency: int, *, processes: int = 1, events: bool = False) -> System:
@@ -85,6 +97,19 @@ def aio_celery(concurrency: int) -> System:
         ("-m", "aio_celery", "worker", "-Q", "{queue}", "--concurrency", str(concurrency),
          "benchmarks.aio_celery_app:app"),
         brokers=("amqp",),
+    )  # fmt: skip
+
+
+def taskiq(concurrency: int) -> System:
+    """taskiq's worker, one child process (``--workers 1``) running ``concurrency`` tasks at
+    once, on RabbitMQ (QoS ``concurrency``, acknowledged when done) or Redis (a list, never
+    acknowledged): :mod:`benchmarks.taskiq_app`."""
+    return System(
+        f"taskiq -c {concurrency}", "taskiq", concurrency,
+        ("-m", "taskiq", "worker", "benchmarks.taskiq_app:broker", "--workers", "1",
+         "--max-async-tasks", str(concurrency), "--log-level", "WARNING"),
+        env=(("BENCH_TASKIQ_QUEUE", "{queue}"), ("BENCH_TASKIQ_QOS", str(concurrency))),
+        speaks="taskiq",
     )  # fmt: skip
 
 

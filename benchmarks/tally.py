@@ -15,15 +15,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # a worker that never counts never loads redis-py
     import redis.asyncio
 
-__all__ = ["Tally"]
+__all__ = ["Tally", "shared_client"]
 
 log = logging.getLogger(__name__)
+_shared: redis.asyncio.Redis | None = None
+
+
+def shared_client() -> redis.asyncio.Redis:
+    """The worker process's one Redis client for the benchmark tasks (``BENCH_REDIS_URL``),
+    made on first use: thousands of tasks share it, waiting for one of 50 connections rather
+    than failing."""
+    global _shared  # noqa: PLW0603 - one client per worker process
+    if _shared is None:
+        import redis.asyncio  # noqa: PLC0415 - a worker that never stamps never loads redis-py
+
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), max_connections=50
+        )
+        _shared = redis.asyncio.Redis.from_pool(pool)
+    return _shared
 
 
 class Tally:
