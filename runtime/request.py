@@ -7,9 +7,12 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import TaskMessage, WireMessage, encode_task
+
+if TYPE_CHECKING:
+    from runtime.transports.base import Delivery
 
 __all__ = ["Republish", "Request", "current_request"]
 
@@ -52,6 +55,20 @@ class Request:
     delivery_info: Mapping[str, Any] = field(default_factory=dict)
     #: Messages the run asked to send once it is over (``self.retry()``), in order.
     outbox: list[Republish] = field(default_factory=list, compare=False)
+
+    @classmethod
+    def delivered(cls, message: TaskMessage, delivery: Delivery, hostname: str) -> Request:
+        """The request of ``message``, brought by ``delivery`` to worker ``hostname``."""
+        return cls(
+            message,
+            hostname=hostname,
+            delivery_info={
+                "exchange": delivery.exchange,
+                "routing_key": delivery.routing_key,
+                "priority": message.priority,
+                "redelivered": delivery.redelivered,
+            },
+        )
 
     @property
     def id(self) -> str:

@@ -40,10 +40,9 @@ import functools
 import inspect
 import threading
 import time
-import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import Context, copy_context
+from contextvars import copy_context
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,32 +52,11 @@ from runtime.policy import TimeLimits
 from runtime.request import Request, current_request
 from runtime.task import Task
 from runtime.worker.inline import InlineRun
+from runtime.worker.outcome import Outcome
 from runtime.worker.processes import ProcessRunner, failure_of
 from runtime.worker.watchdog import LoopWatchdog
 
 __all__ = ["Executor", "Outcome"]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a task run ended: SUCCESS with a value, or FAILURE with an exception."""
-
-    state: State
-    value: Any = None
-    exception: BaseException | None = None
-    traceback: str | None = None
-    runtime: float = 0.0
-
-    @classmethod
-    def failed(cls, exc: BaseException, *, runtime: float = 0.0) -> Outcome:
-        """A FAILURE with ``exc`` and its formatted traceback."""
-        text = "".join(traceback.format_exception(exc))
-        return cls(State.FAILURE, exception=exc, traceback=text, runtime=runtime)
-
-    @property
-    def timed_out(self) -> bool:
-        """Whether the hard time limit ended the run."""
-        return isinstance(self.exception, TimeLimitExceeded)
 
 
 @dataclass(slots=True)
@@ -162,25 +140,37 @@ class Executor:
         Whatever the task does, this returns an :class:`Outcome`; it raises only
         ``CancelledError``, when the worker itself is cancelling the run.
         """
+        return await self.start(task, request, limits, isolated=isolated)
+
+    def start(
+        self, task: Task[Any, Any], request: Request, limits: TimeLimits, *, isolated: bool = False
+    ) -> Awaitable[Outcome]:
+        """:meth:`run`, as an awaitable to await at once in the task that handles the run.
+
+        A coroutine task's run is an :class:`~runtime.worker.inline.InlineRun` awaited
+        directly, with no coroutine of the executor's between it and the worker: while
+        thousands of tasks wait at once, each frame kept per run counts.
+        """
         args: tuple[Any, ...] = (task, *request.args) if task.options.bind else request.args
-        kwargs = dict(request.kwargs)
         context = copy_context()
         context.run(current_request.set, request)
         started = time.monotonic()
-        try:
-            # Calling a coroutine function can raise (arguments that do not bind with
-            # typing=False): that is the task failing, not the worker.
-            coroutine = task.fn(*args, **kwargs) if task.is_coroutine else None
-        except Exception as error:
-            return Outcome.failed(error)
-        if coroutine is not None:
-            name = f"{task.name}[{request.id}]"
-            return await self._run_coroutine(coroutine, name, context, limits, started)
+        if task.is_coroutine:
+            try:
+                # Calling a coroutine function can raise (arguments that do not bind with
+                # typing=False): that is the task failing, not the worker.
+                coroutine = task.fn(*args, **request.kwargs)
+            except Exception as error:
+                return _given(Outcome.failed(error))
+            return InlineRun(
+                coroutine, context, task.name, request.id, limits=limits, started=started,
+                grace=self.hard_grace, detached=self._detached,
+                watchdog=self._loop_watchdog() if limits.hard is not None else None,
+            )  # fmt: skip
         if isolated:
-            return await self._run_in_process(task, request, limits, started)
-        return await self._run_in_thread(
-            lambda: context.run(task.fn, *args, **kwargs), limits, started
-        )
+            return self._run_in_process(task, request, limits, started)
+        kwargs = request.kwargs
+        return self._run_in_thread(lambda: context.run(task.fn, *args, **kwargs), limits, started)
 
     async def _run_in_thread(
         self, fn: Callable[[], Any], limits: TimeLimits, started: float
@@ -234,42 +224,6 @@ class Executor:
                 State.FAILURE, exception=call.exception, traceback=call.traceback, runtime=elapsed
             )
         return Outcome(State.SUCCESS, value=call.value, runtime=elapsed)
-
-    async def _run_coroutine(
-        self,
-        coroutine: Coroutine[Any, Any, Any],
-        name: str,
-        context: Context,
-        limits: TimeLimits,
-        started: float,
-    ) -> Outcome:
-        """Run ``coroutine`` in the calling task (:class:`~runtime.worker.inline.InlineRun`)."""
-        loop = asyncio.get_running_loop()
-        run = InlineRun(coroutine, context, name, grace=self.hard_grace, detached=self._detached)
-        timers: list[asyncio.TimerHandle] = []
-        watchdog = None
-        if limits.soft is not None:
-            timers.append(loop.call_later(limits.soft, run.expire_soft))
-        if limits.hard is not None:
-            timers.append(loop.call_later(limits.hard, run.expire_hard, limits.hard))
-            watchdog = self._loop_watchdog()
-            if watchdog is not None:
-                watchdog.watch(run, limits.hard)
-        try:
-            value = await run
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-            raise  # the worker is being stopped; the last two end the loop, as from a task
-        except BaseException as raised:
-            runtime = time.monotonic() - started
-            if run.timed_out:
-                return Outcome(State.FAILURE, exception=raised, runtime=runtime)
-            return Outcome.failed(raised, runtime=runtime)
-        finally:
-            for timer in timers:
-                timer.cancel()
-            if watchdog is not None:
-                watchdog.forget(run)
-        return Outcome(State.SUCCESS, value=value, runtime=time.monotonic() - started)
 
     def _start_thread(self, fn: Callable[[], Any], limits: TimeLimits) -> _Started:
         loop = asyncio.get_running_loop()
@@ -334,6 +288,10 @@ async def _ended_within(runner: asyncio.Future[Any], seconds: float | None) -> b
         if timer is not None:
             timer.cancel()
     return runner.done()
+
+
+async def _given(outcome: Outcome) -> Outcome:
+    return outcome
 
 
 def _wake(waiter: asyncio.Future[None], _: object = None) -> None:

@@ -17,7 +17,7 @@ from runtime.exceptions import ExcInfo, Retry
 from runtime.request import Request
 from runtime.task import Task
 
-from .execution import Outcome
+from .outcome import Outcome
 
 __all__ = ["call_hooks"]
 

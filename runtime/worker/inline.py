@@ -31,11 +31,19 @@ goes on. A ``CancelledError`` the coroutine raises while nobody cancels the hand
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine, Generator
 from contextvars import Context
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from protocol import State
 from runtime.exceptions import SoftTimeLimitExceeded, TaskCancelled, TimeLimitExceeded
+from runtime.policy import TimeLimits
+
+from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .watchdog import LoopWatchdog
 
 __all__ = ["InlineRun"]
 
@@ -45,11 +53,14 @@ _GIVE_UP = "give up"
 
 
 class InlineRun:
-    """One coroutine run in the current asyncio task (see the module docstring): ``await`` it
-    for the coroutine's value.
+    """One coroutine run in the asyncio task that awaits it (see the module docstring), under
+    its time limits: ``await`` it for the run's :class:`~runtime.worker.outcome.Outcome`.
 
-    Created inside the task that awaits it. ``detached`` keeps the tasks that go on with the
-    coroutines given up on (each leaves the set as it ends).
+    The run of task ``name`` as ``task_id`` (named ``name[task_id]``), begun at ``started``
+    (``time.monotonic()``). Its limits' timers start when it is first awaited, and the hard
+    limit is also left to ``watchdog`` when given (a coroutine that never yields holds the
+    loop, so no timer fires). ``detached`` keeps the tasks that go on with the coroutines
+    given up on (each leaves the set as it ends).
     """
 
     __slots__ = (
@@ -60,11 +71,16 @@ class InlineRun:
         "_detached",
         "_give_up",
         "_grace",
-        "_hard",
+        "_hard_timer",
+        "_id",
+        "_limits",
         "_name",
         "_reason",
+        "_soft_timer",
+        "_started",
         "_stopping",
         "_task",
+        "_watchdog",
         "ended",
         "stepping",
         "timed_out",
@@ -75,21 +91,27 @@ class InlineRun:
         coro: Coroutine[Any, Any, Any],
         context: Context,
         name: str,
+        task_id: str,
         *,
+        limits: TimeLimits,
+        started: float,
         grace: float,
         detached: set[asyncio.Task[Any]],
+        watchdog: LoopWatchdog | None = None,
     ) -> None:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("an InlineRun runs inside an asyncio task")
-        self._task = task
         self._coro = coro
         self._context = context
         self._name = name
+        self._id = task_id
+        self._limits = limits
+        self._started = started
         self._grace = grace
         self._detached = detached
+        self._watchdog = watchdog
+        self._task: asyncio.Task[Any] | None = None  # the task awaiting the run
+        self._soft_timer: asyncio.TimerHandle | None = None
+        self._hard_timer: asyncio.TimerHandle | None = None
         self._reason: str | None = None
-        self._hard = 0.0
         self._abandon_timer: asyncio.TimerHandle | None = None
         #: The worker's cancellation of the handler, once thrown in, and the handler's
         #: pending cancellations then (fewer later: the coroutine took it back).
@@ -109,25 +131,59 @@ class InlineRun:
         return self.ended
 
     def get_name(self) -> str:
-        """The run's name, as the watchdog logs it."""
-        return self._name
+        """The run's name, ``task[id]``, as the watchdog logs it (made when asked for: few
+        runs are ever named)."""
+        return f"{self._name}[{self._id}]"
 
     def expire_soft(self) -> None:
         """The soft limit: ``SoftTimeLimitExceeded`` is raised where the coroutine awaits."""
         self._interrupt(_SOFT)
 
-    def expire_hard(self, seconds: float) -> None:
-        """The hard limit of ``seconds``: the coroutine is cancelled and the run ends with
-        ``TimeLimitExceeded(seconds)`` once it has, or ``grace`` seconds later."""
-        self._hard = seconds
+    def expire_hard(self) -> None:
+        """The hard limit: the coroutine is cancelled and the run ends with
+        ``TimeLimitExceeded`` once it has, or ``grace`` seconds later."""
         self._interrupt(_HARD)
 
     def _interrupt(self, reason: str) -> None:
-        if not self.ended:
+        if not self.ended and self._task is not None:
             self._reason = reason
             self._task.cancel()
 
-    def __await__(self) -> Generator[Any, Any, Any]:
+    def _start(self) -> asyncio.Task[Any]:
+        """The run begins in the task awaiting it: its limits start counting."""
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("an InlineRun runs inside an asyncio task")
+        self._task = task
+        loop = task.get_loop()
+        soft, hard = self._limits.soft, self._limits.hard
+        if soft is not None:
+            self._soft_timer = loop.call_later(soft, self.expire_soft)
+        if hard is not None:
+            self._hard_timer = loop.call_later(hard, self.expire_hard)
+            if self._watchdog is not None:
+                self._watchdog.watch(self, hard)
+        return task
+
+    def _stop(self) -> None:
+        """The run is over: its timers and its watchdog with it."""
+        self.ended = True
+        for timer in (self._soft_timer, self._hard_timer, self._abandon_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._watchdog is not None:
+            self._watchdog.forget(self)
+
+    def _outcome(self, raised: BaseException) -> Outcome:
+        runtime = time.monotonic() - self._started
+        if self.timed_out:
+            return Outcome(State.FAILURE, exception=raised, runtime=runtime)
+        return Outcome.failed(raised, runtime=runtime)
+
+    # One generator drives the coroutine and makes its outcome: each frame more would be kept
+    # by every run waiting at once.
+    def __await__(self) -> Generator[Any, Any, Outcome]:  # noqa: PLR0912
+        task = self._start()
         send: Any = None
         error: BaseException | None = None
         try:
@@ -138,30 +194,32 @@ class InlineRun:
                     value = stop.value
                     break
                 except BaseException as raised:
-                    if (ending := self._ending()) is not None:
+                    if (ending := self._ending(task)) is not None:
                         raise ending from None
                     if isinstance(raised, asyncio.CancelledError):
                         raise TaskCancelled("the task was cancelled before it finished") from None
                     raise
-                if self._stopping is not None and self._task.cancelling() < self._cancels:
+                if self._stopping is not None and task.cancelling() < self._cancels:
                     self._stopping = None  # the coroutine took the cancellation back
                 if self._stopping is not None or self._give_up:
-                    self._go_on_alone(yielded)
-                    raise self._ending() or AssertionError("nothing ends the run")
+                    self._go_on_alone(task, yielded)
+                    raise self._ending(task) or AssertionError("nothing ends the run")
                 send, error = None, None
                 try:
                     send = yield yielded
                 except asyncio.CancelledError as cancelled:
-                    error = self._cancelled(cancelled)
+                    error = self._cancelled(task, cancelled)
                 except BaseException as thrown:  # passed on to the coroutine, as await does
                     error = thrown
+            if (ending := self._ending(task)) is not None:
+                raise ending
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise  # the worker is being stopped; the last two end the loop, as from a task
+        except BaseException as raised:
+            return self._outcome(raised)
         finally:
-            self.ended = True
-            if self._abandon_timer is not None:
-                self._abandon_timer.cancel()
-        if (ending := self._ending()) is not None:
-            raise ending
-        return value
+            self._stop()
+        return Outcome(State.SUCCESS, value=value, runtime=time.monotonic() - self._started)
 
     def _step(self, send: Any, error: BaseException | None) -> Any:
         """Run the coroutine to its next ``await`` of a future (what it yields)."""
@@ -173,11 +231,12 @@ class InlineRun:
         finally:
             self.stepping = False
 
-    def _cancelled(self, cancelled: asyncio.CancelledError) -> BaseException:
-        """The handler's task was cancelled at the coroutine's ``await``: by whom, and what the
-        coroutine gets thrown in."""
+    def _cancelled(
+        self, task: asyncio.Task[Any], cancelled: asyncio.CancelledError
+    ) -> BaseException:
+        """The handler ``task`` was cancelled at the coroutine's ``await``: by whom, and what
+        the coroutine gets thrown in."""
         reason, self._reason = self._reason, None
-        task = self._task
         if reason is not None:
             task.uncancel()  # the run's own interruption, not the handler's
         if task.cancelling():
@@ -192,21 +251,23 @@ class InlineRun:
             self._give_up = True
         return cancelled
 
-    def _go_on_alone(self, yielded: Any) -> None:
-        """Go on with the coroutine, which has just yielded ``yielded``, in a task of its own."""
-        rest = self._task.get_loop().create_task(
-            _remaining(_Rest(self._coro, yielded)), name=self._name, context=self._context
+    def _go_on_alone(self, task: asyncio.Task[Any], yielded: Any) -> None:
+        """Go on with the coroutine, which has just yielded ``yielded``, in a task of its own
+        (beside the handler ``task``)."""
+        rest = task.get_loop().create_task(
+            _remaining(_Rest(self._coro, yielded)), name=self.get_name(), context=self._context
         )
         self._detached.add(rest)
         rest.add_done_callback(_forget_detached(self._detached))
 
-    def _ending(self) -> BaseException | None:
-        """What ends the run whatever the coroutine did last: the worker's cancellation if it
-        still stands, else ``TimeLimitExceeded`` once the hard limit was reached; or nothing."""
-        if self._stopping is not None and self._task.cancelling() >= self._cancels:
+    def _ending(self, task: asyncio.Task[Any]) -> BaseException | None:
+        """What ends the run whatever the coroutine did last: the worker's cancellation of the
+        handler ``task`` if it still stands, else ``TimeLimitExceeded`` once the hard limit
+        was reached; or nothing."""
+        if self._stopping is not None and task.cancelling() >= self._cancels:
             return self._stopping
         if self.timed_out:
-            return TimeLimitExceeded(self._hard)
+            return TimeLimitExceeded(self._limits.hard)
         return None
 
 

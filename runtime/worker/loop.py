@@ -49,14 +49,16 @@ from runtime.transports.base import Broadcasting, Delivery, Recovering, Transpor
 from runtime.transports.urls import masked_url
 
 from .consuming import Consumers
-from .execution import Executor, Outcome
+from .execution import Executor
 from .heartbeat import DEFAULT_HEARTBEAT_INTERVAL, beat_forever
 from .hooks import call_hooks
 from .leases import DEFAULT_CONSUMER_TIMEOUT, Leases, without_lease
 from .observers import TaskObserver, WorkerEvents
+from .outcome import Outcome
 from .recording import Recorder, ignores_result
 from .retries import RetryPublisher, resolve_retry
 from .slots import Handling, Slots
+from .tasklog import TaskLog
 from .waiting import DEFAULT_MAX_HELD_ETA, ETA_HOLD_WINDOW, Waiting
 
 __all__ = ["DEFAULT_MAX_HELD_ETA", "ETA_HOLD_WINDOW", "Worker"]
@@ -105,6 +107,7 @@ class Worker:
         #: ``autoscale``'s ``(max, min)`` once it was called (celeriac then runs ``max`` slots).
         self.autoscale_limits: tuple[int, int] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._forget_handler = self._running.discard  # one bound method for every handler
         self._consuming: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.rate_limits = RateLimits()
@@ -265,7 +268,7 @@ class Worker:
         slotted = self.slots.try_take()
         handler = asyncio.create_task(self._handle(delivery, slotted))
         self._running.add(handler)
-        handler.add_done_callback(self._running.discard)
+        handler.add_done_callback(self._forget_handler)
 
     def resize(self, concurrency: int) -> None:
         """Run ``concurrency`` tasks at once from now on (``pool_grow``, ``pool_shrink``,
@@ -314,11 +317,37 @@ class Worker:
                 await asyncio.wait(late, timeout=1)
 
     async def _handle(self, delivery: Delivery, slotted: bool = True) -> None:
+        # The steps before and after a run return here rather than wrap it: while a task waits
+        # this is the worker's only frame above it (a frame is ~300 B per waiting task).
         handling = Handling(delivery, self.slots, held=slotted)
         try:
             if not slotted:
                 await handling.reacquire()
-            await self._process(handling)
+            admitted = await self._process(handling)
+            if admitted is not None:
+                task, message, log = admitted
+                del admitted  # nothing kept twice while the task runs
+                request, limits, isolated, running = await self._begin(task, message, handling, log)
+                executed: Outcome | None
+                try:
+                    if task.options.acks_late and self._leases is not None:
+                        async with self._leases.hold(message.id, handling):
+                            executed = await self._executor.start(
+                                task, request, limits, isolated=isolated
+                            )
+                    else:
+                        executed = await self._executor.start(
+                            task, request, limits, isolated=isolated
+                        )
+                except asyncio.CancelledError:
+                    if not running.terminated:
+                        raise
+                    running.runner.uncancel()
+                    executed = None  # terminate_task ended it
+                finally:
+                    if self.running.get(request.id) is running:
+                        del self.running[request.id]
+                await self._end(task, handling, request, executed, log)
         except Exception as exc:  # a bug or a broker error here must not lose the message
             self.log.exception("delivery_failed", queue=delivery.queue, error=repr(exc))
             await self._settle_after_error(handling, exc)
@@ -350,7 +379,9 @@ class Worker:
         await self.transport.dead_letter(handling.delivery, reason)
         handling.settled = True
 
-    async def _process(self, handling: Handling) -> None:
+    async def _process(self, handling: Handling) -> tuple[Task[Any, Any], TaskMessage, Any] | None:
+        """Decode the message and decide whether its task runs now: the task, the message and
+        its logger if so; ``None`` if the message was settled or deferred instead."""
         delivery = handling.delivery
         try:
             message = decode_task(delivery.message, accept=self.app.accept)
@@ -359,8 +390,8 @@ class Worker:
             await self._dead_letter(handling, f"malformed: {exc}")
             for observer in self.observers:
                 observer.dead_lettered(delivery.queue, reason="malformed")
-            return
-        log = self.log.bind(task_id=message.id, task=message.task, queue=delivery.queue)
+            return None
+        log = TaskLog(self.log, task_id=message.id, task=message.task, queue=delivery.queue)
         # ...and every event while this message is handled (this handler's own asyncio task),
         # the task's own included: the run copies the context into its task or thread.
         structlog.contextvars.bind_contextvars(
@@ -381,7 +412,7 @@ class Worker:
                 for observer in self.observers:
                     observer.finished(message, delivery.queue, unknown)
                     observer.dead_lettered(delivery.queue, reason="unknown_task")
-            return
+            return None
         for observer in self.observers:
             observer.received(message, delivery.queue)
         try:
@@ -389,19 +420,18 @@ class Worker:
         except TypeError as exc:
             log.error("task_arguments_invalid", error=str(exc))
             await self._ack(handling)
-            request = self._request(message, delivery)
+            request = Request.delivered(message, delivery, self.hostname)
             await self._conclude(task, request, delivery, Outcome.failed(exc), log)
-            return
+            return None
         if self._recording and not await self.recorder.received(message, delivery.queue):
             log.warning("task_dropped", reason="the controller skipped this run")
             await self._ack(handling)
-            return
+            return None
         if self._leases is not None and not await self._leases.admit(message.id, delivery):
             log.info("lease_superseded", detail="a later copy, or the run ended")
             await self._ack(handling)
-            return
-        if await self._admitted(task, message, handling, log):
-            await self._run(task, message, handling, log)
+            return None
+        return (task, message, log) if await self._admitted(task, message, handling, log) else None
 
     async def _admitted(
         self, task: Task[Any, Any], message: TaskMessage, handling: Handling, log: Any
@@ -412,7 +442,7 @@ class Worker:
         if await self._revoked_or_expired(task, message, handling, log):
             return False
         if message.eta is not None:
-            request = partial(self._request, message, handling.delivery)
+            request = partial(Request.delivered, message, handling.delivery, self.hostname)
             if not await self._waiting.until_due(message, handling, request, log):
                 return False
         if task.options.rate_limit:
@@ -441,9 +471,11 @@ class Worker:
             observer.revoked(message, handling.delivery.queue, reason="expired")
         return True
 
-    async def _run(
+    async def _begin(
         self, task: Task[Any, Any], message: TaskMessage, handling: Handling, log: Any
-    ) -> None:
+    ) -> tuple[Request, TimeLimits, bool, RunningTask]:
+        """Before a run: ack (unless ``acks_late``), STARTED, the run recorded, announced and
+        listed in :attr:`running`; its request, limits, process or not, and that entry."""
         delivery = handling.delivery
         acks_late = task.options.acks_late
         if not acks_late:
@@ -460,7 +492,7 @@ class Worker:
         )
         limits = self.app.queue_policy.effective(delivery.queue, requested)
         isolated = self.app.queue_policy.isolates(delivery.queue)
-        request = self._request(message, delivery)
+        request = Request.delivered(message, delivery, self.hostname)
         if self._recording:
             ref = self._recovering.delivery_ref(delivery) if self._recovering else None
             await self.recorder.started(
@@ -469,13 +501,25 @@ class Worker:
         for observer in self.observers:
             observer.started(message, delivery.queue)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
-        if acks_late and self._leases is not None:
-            async with self._leases.hold(message.id, handling):
-                executed = await self._execute(task, request, limits, isolated=isolated)
-        else:
-            executed = await self._execute(task, request, limits, isolated=isolated)
+        runner = asyncio.current_task()
+        assert runner is not None
+        running = RunningTask(request, runner, time.time(), not acks_late)
+        self.running[request.id] = running
+        self.total[task.name] += 1
+        return request, limits, isolated, running
+
+    async def _end(
+        self,
+        task: Task[Any, Any],
+        handling: Handling,
+        request: Request,
+        executed: Outcome | None,
+        log: Any,
+    ) -> None:
+        """What comes after a run (``executed``: its outcome, ``None`` if it was terminated):
+        retries, the result, the hooks, and settling an ``acks_late`` message."""
         if executed is None:
-            await self._revoked(task, message, handling, log, reason="terminated")
+            await self._revoked(task, request.message, handling, log, reason="terminated")
             return
         outcome = resolve_retry(task, request, executed)
         if outcome.state is State.SUCCESS:
@@ -484,31 +528,11 @@ class Worker:
             log.error(
                 "task_failed", exception=repr(outcome.exception), runtime=round(outcome.runtime, 6)
             )
-        outcome = await self._conclude(task, request, delivery, outcome, log)
-        if acks_late:
+        outcome = await self._conclude(task, request, handling.delivery, outcome, log)
+        if task.options.acks_late:
             # The task is over: free the slot first, so settling needs no prefetch change.
             handling.release()
-            await self._settle_late(task, message, handling, outcome)
-
-    async def _execute(
-        self, task: Task[Any, Any], request: Request, limits: TimeLimits, *, isolated: bool
-    ) -> Outcome | None:
-        """Run the task, listed in :attr:`running`; ``None`` if :meth:`terminate_task` ended it."""
-        runner = asyncio.current_task()
-        assert runner is not None
-        running = RunningTask(request, runner, time.time(), not task.options.acks_late)
-        self.running[request.id] = running
-        self.total[task.name] += 1
-        try:
-            return await self._executor.run(task, request, limits, isolated=isolated)
-        except asyncio.CancelledError:
-            if not running.terminated:
-                raise
-            runner.uncancel()
-            return None
-        finally:
-            if self.running.get(request.id) is running:
-                del self.running[request.id]
+            await self._settle_late(task, request.message, handling, outcome)
 
     async def _revoked(
         self, task: Task[Any, Any], message: TaskMessage, handling: Handling, log: Any, *,
@@ -551,18 +575,6 @@ class Worker:
             await self._reject(handling, requeue=requeue)
         for observer in self.observers:
             observer.rejected(message, handling.delivery.queue, requeue=requeue)
-
-    def _request(self, message: TaskMessage, delivery: Delivery) -> Request:
-        return Request(
-            message,
-            hostname=self.hostname,
-            delivery_info={
-                "exchange": delivery.exchange,
-                "routing_key": delivery.routing_key,
-                "priority": message.priority,
-                "redelivered": delivery.redelivered,
-            },
-        )
 
     async def _conclude(
         self,

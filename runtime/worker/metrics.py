@@ -23,8 +23,8 @@ from prometheus_client.registry import Collector
 from protocol import State, TaskMessage
 
 if TYPE_CHECKING:
-    from .execution import Outcome
     from .loop import Worker
+    from .outcome import Outcome
 
 __all__ = ["WorkerMetrics"]
 

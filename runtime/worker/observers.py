@@ -22,7 +22,7 @@ from runtime.events import EventDispatcher, heartbeats
 if TYPE_CHECKING:
     from runtime.transports.base import Broadcasting
 
-    from .execution import Outcome
+    from .outcome import Outcome
 
 __all__ = ["TaskObserver", "WorkerEvents"]
 

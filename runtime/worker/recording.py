@@ -30,7 +30,7 @@ from runtime.results.runs import RunRegistry
 from runtime.task import Task
 from runtime.transports.base import Delivery
 
-from .execution import Outcome
+from .outcome import Outcome
 
 __all__ = ["Recorder", "ignores_result"]
 

@@ -22,7 +22,7 @@ from runtime.exceptions import Retry, TaskCancelled
 from runtime.monitor import TaskMonitor, publish_task
 from runtime.task import plan_retry
 
-from .execution import Outcome
+from .outcome import Outcome
 
 if TYPE_CHECKING:
     from runtime.request import Republish, Request

@@ -139,6 +139,8 @@ class Handling:
     """One delivery being handled: the slot it holds (given back once) and whether it is
     settled, so that an unexpected error can still settle it."""
 
+    __slots__ = ("_held", "_slots", "delivery", "handed_off", "settled")
+
     def __init__(self, delivery: Delivery, slots: Slots, *, held: bool = True) -> None:
         self.delivery = delivery
         self.settled = False
