@@ -74,6 +74,19 @@ class Delivery:
     redelivered: bool
     handle: Any = field(repr=False)
 
+    def settled(self) -> Delivery:
+        """This delivery once its message is acknowledged: where it came from, without the
+        message or the handle, which nothing needs any longer. A run that waits for minutes
+        after an early ack then keeps neither (on RabbitMQ the header table, properties and
+        body, about 2 KB a run)."""
+        return Delivery(
+            _SETTLED, self.queue, self.exchange, self.routing_key, self.redelivered, handle=None
+        )
+
+
+#: What a settled delivery holds instead of its message.
+_SETTLED = WireMessage(b"", None, None)
+
 
 class Capacity(Protocol):
     """What the worker tells a transport about its slots (:class:`runtime.worker.slots.Slots`)."""

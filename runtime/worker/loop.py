@@ -262,11 +262,11 @@ class Worker:
         return self._waiting.held()
 
     def _accept(self, delivery: Delivery) -> None:
-        """Start handling ``delivery``, in the slot it takes now (before the transport runs
-        again)."""
+        """Start handling ``delivery``, in the slot it takes now (before the transport runs)."""
         # False when a task that waited without its slot took the free one meanwhile.
         slotted = self.slots.try_take()
-        handler = asyncio.create_task(self._handle(delivery, slotted))
+        handling = Handling(delivery, self.slots, held=slotted)
+        handler = asyncio.create_task(self._handle(handling, slotted))
         self._running.add(handler)
         handler.add_done_callback(self._forget_handler)
 
@@ -316,10 +316,9 @@ class Worker:
             if late:
                 await asyncio.wait(late, timeout=1)
 
-    async def _handle(self, delivery: Delivery, slotted: bool = True) -> None:
+    async def _handle(self, handling: Handling, slotted: bool) -> None:
         # The steps before and after a run return here rather than wrap it: while a task waits
         # this is the worker's only frame above it (a frame is ~300 B per waiting task).
-        handling = Handling(delivery, self.slots, held=slotted)
         try:
             if not slotted:
                 await handling.reacquire()
@@ -349,7 +348,7 @@ class Worker:
                         del self.running[request.id]
                 await self._end(task, handling, request, executed, log)
         except Exception as exc:  # a bug or a broker error here must not lose the message
-            self.log.exception("delivery_failed", queue=delivery.queue, error=repr(exc))
+            self.log.exception("delivery_failed", queue=handling.delivery.queue, error=repr(exc))
             await self._settle_after_error(handling, exc)
         finally:
             handling.release()
@@ -480,6 +479,7 @@ class Worker:
         acks_late = task.options.acks_late
         if not acks_late:
             await self._ack(handling)
+            handling.delivery = delivery.settled()  # the run need not keep the message
         ignore = ignores_result(task, message)
         if task.options.track_started and not ignore and self.backend is not None:
             await self.recorder.store(
