@@ -52,11 +52,12 @@ from .consuming import Consumers
 from .execution import Executor
 from .heartbeat import DEFAULT_HEARTBEAT_INTERVAL, beat_forever
 from .hooks import call_hooks
-from .leases import DEFAULT_CONSUMER_TIMEOUT, Leases, without_lease
+from .leases import DEFAULT_CONSUMER_TIMEOUT, Leases
 from .observers import TaskObserver, WorkerEvents
 from .outcome import Outcome
 from .recording import Recorder, ignores_result
 from .retries import RetryPublisher, resolve_retry
+from .settling import Settler
 from .slots import Handling, Slots
 from .tasklog import TaskLog
 from .waiting import DEFAULT_MAX_HELD_ETA, ETA_HOLD_WINDOW, Waiting
@@ -129,6 +130,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         #: Who is told what happens to each message (:meth:`observe`).
         self.observers: list[TaskObserver] = []
+        self._settler = Settler(self.transport, self.observers)
         self._events: WorkerEvents | None = None
         self._task_events = app.worker_send_task_events if task_events is None else task_events
         self._worker_heartbeats = worker_heartbeats
@@ -264,9 +266,8 @@ class Worker:
     def _accept(self, delivery: Delivery) -> None:
         """Start handling ``delivery``, in the slot it takes now (before the transport runs)."""
         # False when a task that waited without its slot took the free one meanwhile.
-        slotted = self.slots.try_take()
-        handling = Handling(delivery, self.slots, held=slotted)
-        handler = asyncio.create_task(self._handle(handling, slotted))
+        handling = Handling(delivery, self.slots, held=self.slots.try_take())
+        handler = asyncio.create_task(self._handle(handling))
         self._running.add(handler)
         handler.add_done_callback(self._forget_handler)
 
@@ -316,11 +317,11 @@ class Worker:
             if late:
                 await asyncio.wait(late, timeout=1)
 
-    async def _handle(self, handling: Handling, slotted: bool) -> None:
+    async def _handle(self, handling: Handling) -> None:
         # The steps before and after a run return here rather than wrap it: while a task waits
         # this is the worker's only frame above it (a frame is ~300 B per waiting task).
         try:
-            if not slotted:
+            if not handling.held:
                 await handling.reacquire()
             admitted = await self._process(handling)
             if admitted is not None:
@@ -349,34 +350,10 @@ class Worker:
                 await self._end(task, handling, request, executed, log)
         except Exception as exc:  # a bug or a broker error here must not lose the message
             self.log.exception("delivery_failed", queue=handling.delivery.queue, error=repr(exc))
-            await self._settle_after_error(handling, exc)
+            await self._settler.after_error(handling, exc)
         finally:
             handling.release()
             self.processed += 1
-
-    async def _settle_after_error(self, handling: Handling, exc: Exception) -> None:
-        if handling.settled:
-            return
-        try:
-            await self._dead_letter(handling, f"worker error: {exc!r}")
-            for observer in self.observers:
-                observer.dead_lettered(handling.delivery.queue, reason="worker_error")
-        except Exception:
-            with contextlib.suppress(Exception):  # last resort: give it back to the broker
-                await self.transport.reject(handling.delivery, requeue=True)
-
-    async def _ack(self, handling: Handling) -> None:
-        handling.settled = True
-        if not handling.handed_off:  # acked when it was handed over to its lease
-            await self.transport.ack(handling.delivery)
-
-    async def _reject(self, handling: Handling, *, requeue: bool) -> None:
-        handling.settled = True
-        await self.transport.reject(handling.delivery, requeue=requeue)
-
-    async def _dead_letter(self, handling: Handling, reason: str) -> None:
-        await self.transport.dead_letter(handling.delivery, reason)
-        handling.settled = True
 
     async def _process(self, handling: Handling) -> tuple[Task[Any, Any], TaskMessage, Any] | None:
         """Decode the message and decide whether its task runs now: the task, the message and
@@ -386,7 +363,7 @@ class Worker:
             message = decode_task(delivery.message, accept=self.app.accept)
         except MalformedMessage as exc:
             self.log.error("message_malformed", queue=delivery.queue, reason=str(exc))
-            await self._dead_letter(handling, f"malformed: {exc}")
+            await self._settler.dead_letter(handling, f"malformed: {exc}")
             for observer in self.observers:
                 observer.dead_lettered(delivery.queue, reason="malformed")
             return None
@@ -405,7 +382,7 @@ class Worker:
                 State.FAILURE,
                 ExceptionInfo.from_exception(NotRegistered(message.task)),
             )
-            await self._dead_letter(handling, f"unknown task {message.task!r}")
+            await self._settler.dead_letter(handling, f"unknown task {message.task!r}")
             if self.observers:
                 unknown = Outcome.failed(NotRegistered(message.task))
                 for observer in self.observers:
@@ -418,17 +395,17 @@ class Worker:
             task.bind_arguments(message.args, dict(message.kwargs))
         except TypeError as exc:
             log.error("task_arguments_invalid", error=str(exc))
-            await self._ack(handling)
+            await self._settler.ack(handling)
             request = Request.delivered(message, delivery, self.hostname)
             await self._conclude(task, request, delivery, Outcome.failed(exc), log)
             return None
         if self._recording and not await self.recorder.received(message, delivery.queue):
             log.warning("task_dropped", reason="the controller skipped this run")
-            await self._ack(handling)
+            await self._settler.ack(handling)
             return None
         if self._leases is not None and not await self._leases.admit(message.id, delivery):
             log.info("lease_superseded", detail="a later copy, or the run ended")
-            await self._ack(handling)
+            await self._settler.ack(handling)
             return None
         return (task, message, log) if await self._admitted(task, message, handling, log) else None
 
@@ -465,7 +442,7 @@ class Worker:
         await self.recorder.store(message, handling.delivery, State.REVOKED, expired)
         await self.recorder.ended(message, State.REVOKED)
         await self.workflow.ended(message, State.REVOKED, expired)
-        await self._ack(handling)
+        await self._settler.ack(handling)
         for observer in self.observers:
             observer.revoked(message, handling.delivery.queue, reason="expired")
         return True
@@ -478,7 +455,7 @@ class Worker:
         delivery = handling.delivery
         acks_late = task.options.acks_late
         if not acks_late:
-            await self._ack(handling)
+            await self._settler.ack(handling)
             handling.delivery = delivery.settled()  # the run need not keep the message
         ignore = ignores_result(task, message)
         if task.options.track_started and not ignore and self.backend is not None:
@@ -532,7 +509,7 @@ class Worker:
         if task.options.acks_late:
             # The task is over: free the slot first, so settling needs no prefetch change.
             handling.release()
-            await self._settle_late(task, request.message, handling, outcome)
+            await self._settler.after_late_run(task.options, request.message, handling, outcome)
 
     async def _revoked(
         self, task: Task[Any, Any], message: TaskMessage, handling: Handling, log: Any, *,
@@ -546,35 +523,9 @@ class Worker:
         await self.recorder.ended(message, State.REVOKED)
         await self.workflow.ended(message, State.REVOKED, revoked)
         if not handling.settled:
-            await self._ack(handling)
+            await self._settler.ack(handling)
         for observer in self.observers:
             observer.revoked(message, handling.delivery.queue, reason=reason)
-
-    async def _settle_late(
-        self, task: Task[Any, Any], message: TaskMessage, handling: Handling, outcome: Outcome
-    ) -> None:
-        """Ack or reject an ``acks_late`` message as Celery 5.7 does after the task ended (a
-        message handed over to a lease was acked already: a requeue publishes it again)."""
-        options = task.options
-        if outcome.state in (State.SUCCESS, State.RETRY):
-            await self._ack(handling)
-            return
-        if outcome.timed_out and not options.acks_on_timeout:
-            requeue = True
-        elif not outcome.timed_out and not options.acks_on_failure:
-            requeue = False
-        else:
-            await self._ack(handling)
-            return
-        if handling.handed_off:
-            if requeue:
-                delivery = handling.delivery
-                message_again = without_lease(delivery.message)
-                await self.transport.publish(message_again, routing_key=delivery.queue)
-        else:
-            await self._reject(handling, requeue=requeue)
-        for observer in self.observers:
-            observer.rejected(message, handling.delivery.queue, requeue=requeue)
 
     async def _conclude(
         self,

@@ -149,6 +149,11 @@ class Handling:
         self._slots = slots
         self._held = held
 
+    @property
+    def held(self) -> bool:
+        """Whether this delivery holds a slot now."""
+        return self._held
+
     def release(self) -> None:
         """Give the slot back, if not done already."""
         if self._held:
