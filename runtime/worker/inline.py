@@ -34,6 +34,7 @@ import asyncio
 import time
 from collections.abc import Coroutine, Generator
 from contextvars import Context
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from protocol import State
@@ -52,7 +53,7 @@ _HARD = "hard"
 _GIVE_UP = "give up"
 
 
-class InlineRun:
+class InlineRun(Generator[Any, Any, Outcome]):
     """One coroutine run in the asyncio task that awaits it (see the module docstring), under
     its time limits: ``await`` it for the run's :class:`~runtime.worker.outcome.Outcome`.
 
@@ -180,46 +181,74 @@ class InlineRun:
             return Outcome(State.FAILURE, exception=raised, runtime=runtime)
         return Outcome.failed(raised, runtime=runtime)
 
-    # One generator drives the coroutine and makes its outcome: each frame more would be kept
-    # by every run waiting at once.
-    def __await__(self) -> Generator[Any, Any, Outcome]:  # noqa: PLR0912
-        task = self._start()
-        send: Any = None
-        error: BaseException | None = None
+    # The run is its own iterator, as asyncio's futures are: a generator to drive the
+    # coroutine would be one more frame kept by every run waiting at once (~300 bytes).
+    def __await__(self) -> Generator[Any, Any, Outcome]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._task is None:
+            self._task = self._start()
+        return self._advance(None, None)
+
+    def send(self, value: Any) -> Any:
+        """Resume the coroutine with ``value`` (what the future it awaited gave): what it
+        awaits next; ``StopIteration`` with the run's outcome once it is over."""
+        if self._task is None:
+            self._task = self._start()
+        return self._advance(value, None)
+
+    def throw(  # type: ignore[override]  # the three forms await may use
+        self, typ: Any, val: BaseException | None = None, tb: TracebackType | None = None
+    ) -> Any:
+        """The handler's task threw ``typ`` in at the coroutine's ``await``: passed on to the
+        coroutine as ``await`` does, except the cancellations the worker provokes."""
+        thrown = typ if isinstance(typ, BaseException) else (val if val is not None else typ())
+        if self._task is None:
+            self._task = self._start()
+        if isinstance(thrown, asyncio.CancelledError):
+            thrown = self._cancelled(self._task, thrown)
+        return self._advance(None, thrown)
+
+    def close(self) -> None:
+        """The awaiting coroutine is closed unfinished: so is the task's coroutine."""
+        if not self.ended:
+            self._stop()
+            self._coro.close()
+
+    def _advance(self, send: Any, error: BaseException | None) -> Any:
+        """Run the coroutine to its next ``await`` and give what it awaits, or end the run:
+        ``StopIteration`` with its outcome, or the cancellation that stops the worker."""
+        task = self._task
+        assert task is not None
         try:
-            while True:
-                try:
-                    yielded = self._step(send, error)
-                except StopIteration as stop:
-                    value = stop.value
-                    break
-                except BaseException as raised:
-                    if (ending := self._ending(task)) is not None:
-                        raise ending from None
-                    if isinstance(raised, asyncio.CancelledError):
-                        raise TaskCancelled("the task was cancelled before it finished") from None
-                    raise
+            try:
+                yielded = self._step(send, error)
+            except StopIteration as stop:
+                if (ending := self._ending(task)) is not None:
+                    raise ending from None
+                runtime = time.monotonic() - self._started
+                outcome = Outcome(State.SUCCESS, value=stop.value, runtime=runtime)
+            except BaseException as raised:
+                if (ending := self._ending(task)) is not None:
+                    raise ending from None
+                if isinstance(raised, asyncio.CancelledError):
+                    raise TaskCancelled("the task was cancelled before it finished") from None
+                raise
+            else:
                 if self._stopping is not None and task.cancelling() < self._cancels:
                     self._stopping = None  # the coroutine took the cancellation back
-                if self._stopping is not None or self._give_up:
-                    self._go_on_alone(task, yielded)
-                    raise self._ending(task) or AssertionError("nothing ends the run")
-                send, error = None, None
-                try:
-                    send = yield yielded
-                except asyncio.CancelledError as cancelled:
-                    error = self._cancelled(task, cancelled)
-                except BaseException as thrown:  # passed on to the coroutine, as await does
-                    error = thrown
-            if (ending := self._ending(task)) is not None:
-                raise ending
+                if self._stopping is None and not self._give_up:
+                    return yielded
+                self._go_on_alone(task, yielded)
+                raise self._ending(task) or AssertionError("nothing ends the run")
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            self._stop()
             raise  # the worker is being stopped; the last two end the loop, as from a task
         except BaseException as raised:
-            return self._outcome(raised)
-        finally:
-            self._stop()
-        return Outcome(State.SUCCESS, value=value, runtime=time.monotonic() - self._started)
+            outcome = self._outcome(raised)
+        self._stop()
+        raise StopIteration(outcome)
 
     def _step(self, send: Any, error: BaseException | None) -> Any:
         """Run the coroutine to its next ``await`` of a future (what it yields)."""

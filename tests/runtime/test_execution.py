@@ -424,6 +424,32 @@ async def test_a_coroutine_runs_in_the_callers_task_with_a_context_of_its_own(
     assert marker.get() == "worker's"
 
 
+async def test_a_run_closed_unfinished_closes_the_task_and_its_limits(executor: Executor) -> None:
+    """The coroutine awaiting a run is closed before the run ends (as when it is collected
+    unfinished): the task's own ``finally`` runs and its limits' timers are cancelled."""
+    cleaned: list[str] = []
+
+    @app.task(name="t.closed_unfinished")
+    async def closed_unfinished() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned.append("finally")
+
+    async def awaits_the_run() -> Any:
+        return await executor.start(
+            closed_unfinished, _request("t.closed_unfinished"), TimeLimits(soft=0.05, hard=0.1)
+        )
+
+    handler = awaits_the_run()
+    handler.send(None)  # the run starts (its timers too) and waits on its sleep
+    handler.close()
+    await asyncio.sleep(0.2)  # past both limits: a timer left behind would fire in here
+
+    assert cleaned == ["finally"]
+    assert handler.cr_frame is None
+
+
 async def test_a_timeout_inside_the_task_is_the_tasks_own_business(executor: Executor) -> None:
     """``asyncio.timeout`` cancels the task it runs in, here the caller's, and takes the
     cancellation back: the run goes on and nothing is left cancelling."""
