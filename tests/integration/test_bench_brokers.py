@@ -19,6 +19,7 @@ from benchmarks import brokers, sqs_server
 from benchmarks.queues import Watch, delete, preload, task
 from benchmarks.runs import ROOT
 from benchmarks.suite import default_plan, steps
+from tests.integration.tiny_runs import tiny_run
 
 pytestmark = [pytest.mark.integration]
 
@@ -37,17 +38,8 @@ def test_a_tiny_run_on_sqs_and_memory_has_their_rows_and_notes(
     tmp_path: Path, redis_url: str
 ) -> None:
     _needs_moto()
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--brokers", "sqs,memory", "--quiet",
-         "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
-        env={"PATH": "/usr/bin:/bin", "CELERIAC_BENCH_REDIS_URL": redis_url},
-    )  # fmt: skip
-
-    assert done.returncode == 0, done.stdout + done.stderr
-    (folder,) = tmp_path.iterdir()
-    document = json.loads((folder / "results.json").read_text())
-    rows = document["rows"]
+    run = tiny_run(tmp_path, "--brokers", "sqs,memory", redis=redis_url)
+    document, folder, rows = run.document, run.folder, run.rows
     assert not [r for r in rows if "error" in r]
     assert {(r["scenario"], r["broker"], r["system"]) for r in rows} == {
         ("noop", "sqs", "celeriac -c 100"),
@@ -79,7 +71,7 @@ def test_a_tiny_run_on_sqs_and_memory_has_their_rows_and_notes(
     machine = document["machine"]
     assert machine["brokers"] == {"sqs": f"moto {machine['versions']['moto']}"}
     assert "pycurl" in document["notes"]["sqs"]
-    assert "pycurl" in done.stdout
+    assert "pycurl" in run.stdout
     markdown = (folder / "results.md").read_text()
     assert "| memory | celeriac in-process -c 100 |" in markdown
     assert "Note: memory is celeriac's worker embedded" in markdown

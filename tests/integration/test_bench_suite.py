@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks import report, suite
-from benchmarks.runs import ROOT, collector_held_off
+from benchmarks.runs import collector_held_off
 from benchmarks.scenarios import SCENARIOS, Context
 from benchmarks.systems import celeriac
+from tests.integration.tiny_runs import tiny_run
 
 pytestmark = [pytest.mark.integration]
 
@@ -27,18 +26,11 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     retired = {"scenario": "noop", "broker": "amqp", "system": "retired row", "x_floor": 0.5}
     earlier.write_text(json.dumps({"rows": [retired]}))
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--brokers", "amqp,redis", "--families",
-         "celeriac", "--quiet", "--out", str(out), "--compare", str(earlier)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
-        env={"PATH": "/usr/bin:/bin", "CELERIAC_BENCH_AMQP_URL": amqp_url,
-             "CELERIAC_BENCH_REDIS_URL": redis_url},
+    run = tiny_run(
+        out, "--brokers", "amqp,redis", "--families", "celeriac", "--compare", str(earlier),
+        amqp=amqp_url, redis=redis_url,
     )  # fmt: skip
-
-    assert done.returncode == 0, done.stdout + done.stderr
-    (folder,) = out.iterdir()
-    document = json.loads((folder / "results.json").read_text())
-    rows = document["rows"]
+    document, folder, rows = run.document, run.folder, run.rows
     assert {(r["scenario"], r["broker"]) for r in rows} == {
         (scenario, broker)
         for scenario in ("noop", "results", "io", "latency", "mixed", "eta")
@@ -62,9 +54,9 @@ def test_a_tiny_run_writes_every_scenario_on_both_brokers(
     assert (folder / "throughput.png").stat().st_size > 0
     assert (folder / "latency.png").stat().st_size > 0
     assert "| amqp | celeriac -c 100 |" in (folder / "results.md").read_text()
-    assert "noop" in done.stdout
-    assert "ratio changes" in done.stdout  # --compare: after the tables
-    assert "retired row" in done.stdout
+    assert "noop" in run.stdout
+    assert "ratio changes" in run.stdout  # --compare: after the tables
+    assert "retired row" in run.stdout
 
 
 def test_the_harness_holds_its_collector_off_only_while_a_row_runs() -> None:

@@ -5,8 +5,6 @@ bulk are the ones taskiq's client sends."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,8 +14,8 @@ import redis.asyncio
 
 from benchmarks import dialects
 from benchmarks.dialects import Call
-from benchmarks.runs import ROOT
 from benchmarks.systems import taskiq
+from tests.integration.tiny_runs import tiny_run
 
 pytestmark = [pytest.mark.integration]
 
@@ -28,17 +26,9 @@ TASKIQ = dialects.of(taskiq(10))
 def test_a_tiny_run_measures_taskiq_on_both_brokers(
     tmp_path: Path, amqp_url: str, redis_url: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--brokers", "amqp,redis", "--families",
-         "taskiq", "--quiet", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
-        env={"PATH": "/usr/bin:/bin", "CELERIAC_BENCH_AMQP_URL": amqp_url,
-             "CELERIAC_BENCH_REDIS_URL": redis_url},
-    )  # fmt: skip
-
-    assert done.returncode == 0, done.stdout + done.stderr
-    (folder,) = tmp_path.iterdir()
-    rows = json.loads((folder / "results.json").read_text())["rows"]
+    rows = tiny_run(
+        tmp_path, "--brokers", "amqp,redis", "--families", "taskiq", amqp=amqp_url, redis=redis_url
+    ).rows
     assert not [r for r in rows if "error" in r]
     # No eta row: taskiq's messages carry no due time.
     assert {(r["scenario"], r["broker"]) for r in rows} == {
