@@ -8,8 +8,9 @@ tasks. It was 6,884 bytes (2026-12-05, ea82c33) with five coroutine frames of th
 between the handler and the task, a bound logger per message, and the message kept for the
 whole run; 4,723 with one frame and :class:`~runtime.worker.tasklog.TaskLog` (db5fc8a);
 3,702 with the message let go after its early ack (3,604 in an interpreter of its own, as the
-test measures since); 3,292 with the run its own iterator rather than a generator's frame. The
-budget leaves about 200 bytes: a frame kept per run (~300) coming back fails it.
+test measures since); 3,292 with the run its own iterator rather than a generator's frame;
+3,234 with one name for every handler task. The budget leaves about 250 bytes: a frame kept per
+run (~300) coming back fails it.
 
 The measurement runs in an interpreter of its own: inside the whole suite, in pytest's
 process, it measured about 900 bytes more (4,624 in CI at 3,702 alone), state left by
