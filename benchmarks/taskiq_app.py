@@ -12,7 +12,8 @@ is the one taskiq's documentation starts with on each server:
   default is a quorum queue; Celery's, celeriac's and the floor's are classic).
 * Redis: ``taskiq-redis``'s ``ListQueueBroker``, one ``BRPOP`` at a time and no
   acknowledgement at all: a task popped by a worker that dies is lost. That is less work per
-  message than kombu's bookkeeping, which celeriac keeps so that nothing is lost.
+  message than kombu's bookkeeping, which celeriac keeps so that nothing is lost. Its client
+  reads without a socket timeout (see :func:`make_broker`).
 
 Results go to ``RedisAsyncResultBackend`` (key: the task id) when ``BENCH_RESULT_BACKEND``
 is set.
@@ -39,7 +40,10 @@ def make_broker(url: str, queue: str, *, qos: int = 100, results: str | None = N
     ``results`` if given: the worker's, and the harness's for declaring and sending."""
     found: AsyncBroker
     if url.startswith(("redis://", "rediss://")):
-        found = ListQueueBroker(url, queue_name=queue)
+        # Its BRPOP blocks with no timeout, and redis-py 8 reads with a 5 s one by default: the
+        # worker process died whenever the queue stayed empty that long, losing the tasks it
+        # ran (taskiq-python/taskiq-redis#127, open). Read without one, as redis-py 7 did.
+        found = ListQueueBroker(url, queue_name=queue, socket_timeout=None)
     else:
         found = AioPikaBroker(
             url, qos=qos, task_queues=[Queue(name=queue, type=QueueType.CLASSIC)],

@@ -4,6 +4,7 @@ bulk are the ones taskiq's client sends."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ import redis.asyncio
 from benchmarks import dialects
 from benchmarks.dialects import Call
 from benchmarks.systems import taskiq
+from benchmarks.taskiq_app import make_broker
 from tests.integration.tiny_runs import tiny_run
 
 pytestmark = [pytest.mark.integration]
@@ -98,3 +100,24 @@ async def test_taskiq_rows_refuse_a_call_with_a_due_time(redis_url: str, unique_
     due = Call("noop", eta=datetime.now(UTC))
     with pytest.raises(ValueError, match="no ETA"):
         await TASKIQ.preload(redis_url, unique_name, [due])
+
+
+async def test_taskiqs_redis_worker_outlives_a_queue_empty_past_redis_pys_socket_timeout(
+    redis_url: str, unique_name: str
+) -> None:
+    """redis-py 8 reads with a 5 s timeout by default, and taskiq's ``BRPOP`` blocks with
+    none: without ``socket_timeout=None`` its listener raised ``redis.TimeoutError`` (the
+    worker process died, losing the tasks it ran) once the queue was empty for 5 s."""
+    broker = make_broker(redis_url, unique_name)
+    await broker.startup()
+    listening = broker.listen()
+    first = asyncio.ensure_future(anext(listening))
+    try:
+        await asyncio.sleep(6)
+        assert not first.done(), first  # still waiting, past redis-py's 5 s
+        async with redis.asyncio.Redis.from_url(redis_url) as client:
+            await client.lpush(unique_name, b"after the wait")
+        assert await asyncio.wait_for(first, 5) == b"after the wait"
+    finally:
+        first.cancel()
+        await broker.shutdown()
