@@ -66,6 +66,20 @@ def test_version() -> None:
     assert done.stdout.startswith(b"celeriac 0.")
 
 
+def test_a_worker_loads_metrics_and_process_pools_only_when_it_uses_them() -> None:
+    """prometheus-client (with its HTTP server) and pebble (with multiprocessing) are ~2.6 MiB
+    of every worker process: loaded with ``--metrics-port`` or the first call run in a
+    process, not before."""
+    probe = (
+        "import sys, runtime.cli, runtime.serve, runtime.worker, runtime.transports.amqp;"
+        "print(sorted(m for m in ('prometheus_client', 'pebble', 'multiprocessing')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
+
+    assert done.stdout.decode().strip() == "[]"
+
+
 def test_worker_with_an_unreachable_broker_says_so_in_one_line() -> None:
     done = _celeriac(
         "worker", "-A", "tests.interop.app:app", "--broker", "amqp://guest:guest@127.0.0.1:1//",

@@ -27,7 +27,6 @@ import contextlib
 import copyreg
 import ctypes
 import importlib
-import multiprocessing
 import os
 import pickle
 import signal
@@ -35,14 +34,15 @@ import traceback
 import types
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, NamedTuple
-
-from pebble import ProcessExpired, ProcessPool
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import runtime.exceptions
 from runtime.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from runtime.request import Republish, Request, current_request
 from runtime.task import Task
+
+if TYPE_CHECKING:
+    from pebble import ProcessPool
 
 __all__ = ["ProcessCall", "ProcessRunner", "WorkerLostError", "failure_of"]
 
@@ -110,6 +110,12 @@ class ProcessRunner:
         """Start ``task`` for ``request``: the future of its :class:`ProcessCall`, and how to
         stop it (its process is killed). ``hard`` counts from when the call starts."""
         if self._pool is None:
+            # Loaded with the first call run in a process: pebble and multiprocessing are
+            # ~1 MiB of every worker process's memory, and most workers never need them.
+            import multiprocessing  # noqa: PLC0415
+
+            from pebble import ProcessPool  # noqa: PLC0415
+
             self._pool = ProcessPool(
                 max_workers=self.size,
                 initializer=_start_process,
@@ -132,6 +138,8 @@ def failure_of(error: BaseException, hard: float | None) -> BaseException:
     """What a failure of the pool itself (not of the task) means for the run."""
     if isinstance(error, TimeoutError):
         return TimeLimitExceeded(hard)
+    from pebble import ProcessExpired  # noqa: PLC0415 - loaded already: a pool failed
+
     if isinstance(error, ProcessExpired):
         return WorkerLostError(f"Worker exited prematurely: exitcode {error.exitcode}.")
     return error
