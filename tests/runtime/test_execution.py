@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import signal
 import threading
 import time
@@ -447,7 +448,7 @@ async def test_a_run_closed_unfinished_closes_the_task_and_its_limits(executor: 
     await asyncio.sleep(0.2)  # past both limits: a timer left behind would fire in here
 
     assert cleaned == ["finally"]
-    assert handler.cr_frame is None
+    assert inspect.getcoroutinestate(handler) == inspect.CORO_CLOSED
 
 
 async def test_a_timeout_inside_the_task_is_the_tasks_own_business(executor: Executor) -> None:
