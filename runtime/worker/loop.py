@@ -265,7 +265,7 @@ class Worker:
 
     def _accept(self, delivery: Delivery) -> None:
         """Start handling ``delivery``, in the slot it takes now (before the transport runs)."""
-        # False when a task that waited without its slot took the free one meanwhile.
+        # Not held when a task that waited without its slot took the free one meanwhile.
         handling = Handling(delivery, self.slots, held=self.slots.try_take())
         # One name for every handler: Python 3.11's asyncio makes a string for each
         # unnamed task (~60 B kept per waiting task).

@@ -1,9 +1,10 @@
 """Settling a message with its broker: ack, reject, dead-letter, and what each case calls for.
 
-Every message the worker takes is settled exactly once, through :class:`Settler`, which
-marks its :class:`~runtime.worker.slots.Handling` settled so an unexpected error afterwards
-does not settle it twice. After an ``acks_late`` run, Celery 5.7's rules decide between ack,
-reject and requeue (:meth:`Settler.after_late_run`).
+Every message the worker takes is settled once: through :class:`Settler`, which marks its
+:class:`~runtime.worker.slots.Handling` settled so an unexpected error afterwards does not
+settle it twice, or acknowledged when a long ``acks_late`` run hands it over to its lease
+(:mod:`runtime.worker.leases`). After an ``acks_late`` run, Celery 5.7's rules decide between
+ack, reject and requeue (:meth:`Settler.after_late_run`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ __all__ = ["Settler"]
 
 
 class Settler:
-    """Settles each handled delivery with ``transport``; ``observers`` are told of rejects
-    and dead letters (the worker's own list: observers added later are told too)."""
+    """Settles each handled delivery with ``transport``. ``observers`` are told of what
+    only this class decides: a reject after an ``acks_late`` run, a dead letter after a
+    worker error (the worker's own list: observers added later are told too)."""
 
     __slots__ = ("_observers", "_transport")
 
