@@ -187,16 +187,12 @@ class InlineRun(Generator[Any, Any, Outcome]):
         return self
 
     def __next__(self) -> Any:
-        if self._task is None:
-            self._task = self._start()
-        return self._advance(None, None)
+        return self.send(None)
 
     def send(self, value: Any) -> Any:
         """Resume the coroutine with ``value`` (what the future it awaited gave): what it
         awaits next; ``StopIteration`` with the run's outcome once it is over."""
-        if self._task is None:
-            self._task = self._start()
-        return self._advance(value, None)
+        return self._advance(self._task or self._start(), value, None)
 
     def throw(  # type: ignore[override]  # the three forms await may use
         self, typ: Any, val: BaseException | None = None, tb: TracebackType | None = None
@@ -204,11 +200,10 @@ class InlineRun(Generator[Any, Any, Outcome]):
         """The handler's task threw ``typ`` in at the coroutine's ``await``: passed on to the
         coroutine as ``await`` does, except the cancellations the worker provokes."""
         thrown = typ if isinstance(typ, BaseException) else (val if val is not None else typ())
-        if self._task is None:
-            self._task = self._start()
+        task = self._task or self._start()
         if isinstance(thrown, asyncio.CancelledError):
-            thrown = self._cancelled(self._task, thrown)
-        return self._advance(None, thrown)
+            thrown = self._cancelled(task, thrown)
+        return self._advance(task, None, thrown)
 
     def close(self) -> None:
         """The awaiting coroutine is closed unfinished: so is the task's coroutine."""
@@ -216,11 +211,10 @@ class InlineRun(Generator[Any, Any, Outcome]):
             self._stop()
             self._coro.close()
 
-    def _advance(self, send: Any, error: BaseException | None) -> Any:
+    def _advance(self, task: asyncio.Task[Any], send: Any, error: BaseException | None) -> Any:
         """Run the coroutine to its next ``await`` and give what it awaits, or end the run:
-        ``StopIteration`` with its outcome, or the cancellation that stops the worker."""
-        task = self._task
-        assert task is not None
+        ``StopIteration`` with its outcome, or the cancellation that stops the worker. ``task``
+        is the handler's, which awaits the run."""
         try:
             try:
                 yielded = self._step(send, error)
