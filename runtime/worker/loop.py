@@ -365,9 +365,7 @@ class Worker:
             message = decode_task(delivery.message, accept=self.app.accept)
         except MalformedMessage as exc:
             self.log.error("message_malformed", queue=delivery.queue, reason=str(exc))
-            await self._settler.dead_letter(handling, f"malformed: {exc}")
-            for observer in self.observers:
-                observer.dead_lettered(delivery.queue, reason="malformed")
+            await self._settler.dead_letter(handling, f"malformed: {exc}", cause="malformed")
             return None
         log = TaskLog(self.log, task_id=message.id, task=message.task, queue=delivery.queue)
         # ...and every event while this message is handled (this handler's own asyncio task),
@@ -384,12 +382,13 @@ class Worker:
                 State.FAILURE,
                 ExceptionInfo.from_exception(NotRegistered(message.task)),
             )
-            await self._settler.dead_letter(handling, f"unknown task {message.task!r}")
+            await self._settler.dead_letter(
+                handling, f"unknown task {message.task!r}", cause="unknown_task"
+            )
             if self.observers:
                 unknown = Outcome.failed(NotRegistered(message.task))
                 for observer in self.observers:
                     observer.finished(message, delivery.queue, unknown)
-                    observer.dead_lettered(delivery.queue, reason="unknown_task")
             return None
         for observer in self.observers:
             observer.received(message, delivery.queue)

@@ -24,9 +24,9 @@ __all__ = ["Settler"]
 
 
 class Settler:
-    """Settles each handled delivery with ``transport``. ``observers`` are told of what
-    only this class decides: a reject after an ``acks_late`` run, a dead letter after a
-    worker error (the worker's own list: observers added later are told too)."""
+    """Settles each handled delivery with ``transport``. ``observers`` are told of every
+    dead letter and of a reject after an ``acks_late`` run (the worker's own list: observers
+    added later are told too)."""
 
     __slots__ = ("_observers", "_transport")
 
@@ -45,10 +45,13 @@ class Settler:
         handling.settled = True
         await self._transport.reject(handling.delivery, requeue=requeue)
 
-    async def dead_letter(self, handling: Handling, reason: str) -> None:
-        """Move the message where the broker keeps what cannot be run, with ``reason``."""
+    async def dead_letter(self, handling: Handling, reason: str, *, cause: str) -> None:
+        """Move the message where the broker keeps what cannot be run, with ``reason``; the
+        observers are told its ``cause`` (``malformed``, ``unknown_task``, ``worker_error``)."""
         await self._transport.dead_letter(handling.delivery, reason)
         handling.settled = True
+        for observer in self._observers:
+            observer.dead_lettered(handling.delivery.queue, reason=cause)
 
     async def after_error(self, handling: Handling, exc: Exception) -> None:
         """Settle a message the worker failed on (a bug, a broker error) without losing it:
@@ -56,9 +59,7 @@ class Settler:
         if handling.settled:
             return
         try:
-            await self.dead_letter(handling, f"worker error: {exc!r}")
-            for observer in self._observers:
-                observer.dead_lettered(handling.delivery.queue, reason="worker_error")
+            await self.dead_letter(handling, f"worker error: {exc!r}", cause="worker_error")
         except Exception:
             with contextlib.suppress(Exception):  # last resort: give it back to the broker
                 await self._transport.reject(handling.delivery, requeue=True)
