@@ -4,12 +4,13 @@
 
 The worker runs embedded with the memory transport, ``--tasks`` coroutine tasks waiting at
 once (on an event, or in ``asyncio.sleep`` as the io scenario's ``bench.sleep`` does with
-``--sleeps``). Each message is made inside the tracing window, as a broker's delivery is, so
-what the worker keeps of it counts. tracemalloc gives the bytes allocated and still held once
-every task waits, per task: in all, and by the line that allocated them. The memory test
-(``tests/runtime/test_waiting_memory.py``) holds the total to a budget; this shows where it
-goes. Run it in an interpreter of its own: state left by earlier code in the same process is
-counted too.
+``--sleeps``). Each message is what a Celery client sends (:func:`benchmarks.queues.task`),
+read back from the bytes of kombu's Redis envelope inside the tracing window, as a broker's
+delivery is, so what the worker keeps of it counts, string by string. tracemalloc gives the
+bytes allocated and still held once every task waits, per task: in all, and by the line that
+allocated them. The memory test (``tests/runtime/test_waiting_memory.py``) holds the total
+to a budget; this shows where it goes. Run it in an interpreter of its own: state left by
+earlier code in the same process is counted too.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ import gc
 import io
 import logging
 import tracemalloc
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import structlog
 
-from protocol import TaskMessage, encode_task
+from protocol import WireMessage, decode_envelope, encode_envelope
 from runtime import App
 from runtime.transports.memory import MemoryTransport
 from runtime.worker import Worker
+
+from .queues import task
 
 __all__ = ["Held", "held", "main"]
 
@@ -69,10 +72,7 @@ async def held(tasks: int, *, sleeps: bool = False) -> Held:
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
-        messages = [
-            encode_task(TaskMessage(id=f"id-{i}", task="waits"), now=datetime.now(UTC))
-            for i in range(tasks)
-        ]
+        messages = [_delivered(task("waits")) for _ in range(tasks)]
         for message in messages:
             await transport.publish(message, routing_key="q")
         while len(worker.running) < tasks:
@@ -94,6 +94,13 @@ async def held(tasks: int, *, sleeps: bool = False) -> Held:
         worker.stop()
     await running
     return Held(sum(stat.size_diff for stat in stats) / tasks, by_line)
+
+
+def _delivered(message: WireMessage) -> WireMessage:
+    """``message`` read back from the bytes a broker carries (kombu's Redis envelope), so that
+    its strings are the reader's own objects, one set per message, as a delivery's are."""
+    raw = encode_envelope(message, exchange="", routing_key="q", delivery_tag=str(uuid.uuid4()))
+    return decode_envelope(raw).message
 
 
 def main(argv: Sequence[str] | None = None) -> int:

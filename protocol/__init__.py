@@ -4,6 +4,7 @@ Nothing here performs I/O, reads a clock or logs. Every decoder raises
 :class:`MalformedMessage` (or a subclass) for bad input, and nothing else.
 """
 
+from ._fields import shared_text
 from .envelopes import (
     Envelope,
     amqp_properties,
@@ -85,4 +86,5 @@ __all__ = [
     "encode_task",
     "from_amqp",
     "serializer_for",
+    "shared_text",
 ]

@@ -69,6 +69,40 @@ def optional_text(value: Any, field: str) -> str | None:
     return None if value is None else text(value, field)
 
 
+#: Short strings as decoded before, so that the messages a worker holds share one copy of
+#: each: a task's name, ``lang``, ``origin`` and ``kwargsrepr`` repeat from message to
+#: message, and 10,000 waiting runs held 10,000 copies of each. Bounded, so that arbitrary
+#: values cannot grow it (``sys.intern`` would not do: Python 3.12 keeps interned strings
+#: for the life of the process).
+_SHARED: dict[str, str] = {}
+_SHARED_MAX = 4096
+_SHARED_LONGEST = 64
+
+
+def shared_text(value: str) -> str:
+    """The copy of ``value`` decoded before, if it is short and was seen; else ``value``,
+    remembered while the table has room."""
+    if len(value) > _SHARED_LONGEST or type(value) is not str:
+        return value
+    found = _SHARED.get(value)
+    if found is not None:
+        return found
+    if len(_SHARED) < _SHARED_MAX:
+        _SHARED[value] = value
+    return value
+
+
+def optional_shared(value: Any, field: str) -> str | None:
+    """A string or null, the copy decoded before where there is one (:func:`shared_text`)."""
+    return None if value is None else shared_text(text(value, field))
+
+
+def same_or(value: str | None, given: str) -> str | None:
+    """``given`` itself where ``value`` equals it (a root task's ``root_id`` is its ``id``),
+    so that a held message keeps one copy of the string; else ``value``."""
+    return given if value == given else value
+
+
 def integer(value: Any, field: str, *, minimum: int | None = None) -> int:
     """An integer (booleans are not integers on the wire)."""
     if not isinstance(value, int) or isinstance(value, bool):

@@ -193,9 +193,11 @@ def decode_envelope(data: bytes | str, *, limits: Limits = DEFAULT_LIMITS) -> En
             headers_checked_with=limits,
         ),
         delivery_tag=delivery_tag,
-        exchange=_fields.text(delivery_info.get("exchange") or "", "delivery_info.exchange"),
-        routing_key=_fields.text(
-            delivery_info.get("routing_key") or "", "delivery_info.routing_key"
+        exchange=_fields.shared_text(
+            _fields.text(delivery_info.get("exchange") or "", "delivery_info.exchange")
+        ),
+        routing_key=_fields.shared_text(
+            _fields.text(delivery_info.get("routing_key") or "", "delivery_info.routing_key")
         ),
         priority=priority or 0,
         redelivered=redelivered,

@@ -129,9 +129,12 @@ def _from_fields(
     if group is None and v1_body is not None:
         group = v1_body.get("taskset")  # protocol v1's old name for the group id
     chord = get("chord")
+    # Held while the task runs, so each string is kept once: a root task's root_id and
+    # correlation_id are its id, and short strings repeat from message to message.
+    task_id = _fields.name(get("id"), f"{where}.id")
     return TaskMessage(
-        id=_fields.name(get("id"), f"{where}.id"),
-        task=_fields.name(get("task"), f"{where}.task"),
+        id=task_id,
+        task=_fields.shared_text(_fields.name(get("task"), f"{where}.task")),
         args=_fields.sequence(get("args"), "args", null_is_empty=True),
         kwargs=_fields.mapping(get("kwargs"), "kwargs", null_is_empty=True),
         retries=_fields.integer(
@@ -141,26 +144,27 @@ def _from_fields(
         expires=_fields.timestamp(get("expires"), f"{where}.expires"),
         time_limit=hard,
         soft_time_limit=soft,
-        root_id=_fields.optional_text(get("root_id"), f"{where}.root_id"),
+        root_id=_fields.same_or(_fields.optional_text(get("root_id"), f"{where}.root_id"), task_id),
         parent_id=_fields.optional_text(get("parent_id"), f"{where}.parent_id"),
         group_id=_fields.optional_text(group, f"{where}.group"),
         group_index=_fields.optional_integer(get("group_index"), f"{where}.group_index"),
-        shadow=_fields.optional_text(get("shadow"), f"{where}.shadow"),
+        shadow=_fields.optional_shared(get("shadow"), f"{where}.shadow"),
         callbacks=_signatures(get("callbacks"), "callbacks"),
         errbacks=_signatures(get("errbacks"), "errbacks"),
         chain=_signatures(get("chain"), "chain"),
         chord=None if chord is None else Signature.from_wire(chord, "chord"),
         reply_to=_fields.optional_text(properties.get("reply_to"), "properties.reply_to"),
-        correlation_id=_fields.optional_text(
-            properties.get("correlation_id"), "properties.correlation_id"
+        correlation_id=_fields.same_or(
+            _fields.optional_text(properties.get("correlation_id"), "properties.correlation_id"),
+            task_id,
         ),
         priority=_fields.optional_integer(
             properties.get("priority"), "properties.priority", minimum=0
         ),
         ignore_result=_fields.optional_flag(get("ignore_result"), f"{where}.ignore_result"),
-        origin=_fields.optional_text(get("origin"), f"{where}.origin"),
-        argsrepr=_fields.optional_text(get("argsrepr"), f"{where}.argsrepr"),
-        kwargsrepr=_fields.optional_text(get("kwargsrepr"), f"{where}.kwargsrepr"),
+        origin=_fields.optional_shared(get("origin"), f"{where}.origin"),
+        argsrepr=_fields.optional_shared(get("argsrepr"), f"{where}.argsrepr"),
+        kwargsrepr=_fields.optional_shared(get("kwargsrepr"), f"{where}.kwargsrepr"),
         replaced_task_nesting=_fields.integer(
             _fields.or_default(get("replaced_task_nesting"), 0),
             f"{where}.replaced_task_nesting",
@@ -170,7 +174,9 @@ def _from_fields(
             get("stamped_headers"), f"{where}.stamped_headers"
         ),
         stamps=_fields.mapping(get("stamps"), f"{where}.stamps", null_is_empty=True),
-        lang=_fields.text(_fields.or_default(get("lang"), "py"), f"{where}.lang"),
+        lang=_fields.shared_text(
+            _fields.text(_fields.or_default(get("lang"), "py"), f"{where}.lang")
+        ),
         headers=_custom(headers),
         protocol=protocol,
     )

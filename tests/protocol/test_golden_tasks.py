@@ -72,6 +72,43 @@ def test_empty_mappings_are_one_shared_read_only_mapping() -> None:
             getattr(first, name)["added"] = 1
 
 
+def test_strings_every_message_repeats_are_kept_once() -> None:
+    """10,000 waiting runs hold 10,000 messages: a root task's ``root_id`` and
+    ``correlation_id`` are its ``id`` itself, and the short strings that repeat from message to
+    message (task name, ``lang``, ``origin``, ``kwargsrepr``, the Redis envelope's exchange and
+    routing key) are one object for all of them. A long string stays each message's own."""
+    app = make_app()
+    long_args = ("x" * 100,)
+    # Read from the bytes kombu wrote, so that no two values start as one Python object.
+    one, other = (
+        decode_envelope(capture(app, "proj.add", args=long_args, task_id=_task_id()).redis_bytes)
+        for _ in range(2)
+    )
+    first, second = decode_task(one.message), decode_task(other.message)
+
+    assert first.root_id == first.id
+    assert first.root_id is first.id
+    assert first.correlation_id == first.id
+    assert first.correlation_id is first.id
+    for name in ("task", "lang", "origin", "kwargsrepr"):
+        assert getattr(first, name) is getattr(second, name), name
+    assert first.argsrepr == second.argsrepr
+    assert first.argsrepr is not second.argsrepr
+    assert one.routing_key == "celery"
+    assert one.routing_key is other.routing_key
+    assert one.exchange is other.exchange
+
+
+def test_a_child_keeps_its_own_root_id() -> None:
+    app = make_app()
+    root, task_id = _task_id(), _task_id()
+    captured = capture(app, "proj.add", args=(1,), task_id=task_id, root_id=root, parent_id=root)
+
+    decoded = decode_task(captured.wire())
+
+    assert (decoded.id, decoded.root_id, decoded.parent_id) == (task_id, root, root)
+
+
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])
 def test_every_option(serializer: str) -> None:
     """The WIRE.md capture: countdown, expires, priority, limits, link, link_error, headers."""

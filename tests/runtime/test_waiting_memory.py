@@ -9,11 +9,15 @@ between the handler and the task, a bound logger per message, and the message ke
 whole run; 4,723 with one frame and :class:`~runtime.worker.tasklog.TaskLog` (db5fc8a);
 3,702 with the message let go after its early ack (3,604 in an interpreter of its own, as the
 test measures since); 3,292 with the run its own iterator rather than a generator's frame;
-3,234 with one name for every handler task. The budget leaves about 250 bytes: a frame kept per
-run (~300) coming back fails it.
+3,234 with one name for every handler task. Since 2026-12-05 (session 20) each message is
+what a Celery client sends, read back from kombu's envelope bytes, so its strings are the
+reader's own: 3,806 bytes, then 3,290 with the strings messages repeat kept once
+(``protocol.shared_text``; a root task's ``root_id`` is its ``id``). The budget leaves about
+200 bytes: a frame kept per run (~300) coming back fails it, and so do the strings kept per
+message again.
 
-The measurement is ``python -m benchmarks.held`` (3,250 there: it also shows where the
-bytes go, by line), run in an interpreter of its own. Inside the whole suite, in pytest's
+The measurement is ``python -m benchmarks.held`` (it also shows where the bytes go, by line),
+run in an interpreter of its own. Inside the whole suite, in pytest's
 process, it measured about 900 bytes more (4,624 in CI at 3,702 alone): state left by earlier
 tests, which a budget should not have to absorb.
 """

@@ -37,7 +37,14 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq import spec as amqp_spec
 
-from protocol import CeleriacError, MalformedMessage, WireMessage, amqp_properties, from_amqp
+from protocol import (
+    CeleriacError,
+    MalformedMessage,
+    WireMessage,
+    amqp_properties,
+    from_amqp,
+    shared_text,
+)
 from protocol.delayed import delay_routing_key, strip_delay
 from runtime.errors import BrokerConnectionError, translate_amqp_errors
 from runtime.transports.base import (
@@ -225,8 +232,8 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         return Delivery(
             message=wire,
             queue=queue,
-            exchange=delivered.exchange or "",
-            routing_key=strip_delay(delivered.routing_key or ""),
+            exchange=shared_text(delivered.exchange or ""),
+            routing_key=shared_text(strip_delay(delivered.routing_key or "")),
             redelivered=bool(delivered.redelivered),
             handle=message,
         )
