@@ -736,6 +736,25 @@ async def test_a_delivery_handed_out_keeps_none_of_aiormqs_frames(
     await _until(lambda: _settled(transport, queue))
 
 
+async def test_deliveries_share_one_copy_of_their_routing_key(
+    transport: AmqpTransport, queue: str, receivers: list[SlotConsumer]
+) -> None:
+    """10,000 waiting runs hold 10,000 deliveries: the routing key each frame brings is read
+    into one string object for all of them, not one per delivery."""
+    await transport.declare([QueueSpec(queue)])
+    for n in range(2):
+        await transport.publish(_message(f'{{"n": {n}}}'.encode()), routing_key=queue)
+    receivers.append(receiver := SlotConsumer(transport, [queue], Slots(2)))
+
+    first, second = await receiver.get(), await receiver.get()
+
+    assert first.routing_key == queue
+    assert first.routing_key is second.routing_key
+    for delivery in (first, second):
+        await transport.ack(delivery)
+    await _until(lambda: _settled(transport, queue))
+
+
 async def _settled(transport: AmqpTransport, queue: str) -> bool:
     return await transport.queue_depth(queue) == (0, 0)
 
