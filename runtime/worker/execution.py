@@ -153,7 +153,8 @@ class Executor:
         """
         args: tuple[Any, ...] = (task, *request.args) if task.options.bind else request.args
         context = copy_context()
-        context.run(current_request.set, request)
+        if context.get(current_request) is not request:  # the worker's handler has set it
+            context.run(current_request.set, request)
         started = time.monotonic()
         if task.is_coroutine:
             try:

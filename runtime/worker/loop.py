@@ -41,7 +41,7 @@ from runtime.control.mailbox import RemoteControl
 from runtime.exceptions import NotRegistered
 from runtime.policy import TimeLimits
 from runtime.ratelimit import RateLimits
-from runtime.request import Request
+from runtime.request import Request, current_request
 from runtime.results.backend import RedisResultBackend
 from runtime.results.revoked import Revocations, RevokedStore
 from runtime.task import Task
@@ -471,6 +471,9 @@ class Worker:
         limits = self.app.queue_policy.effective(delivery.queue, requested)
         isolated = self.app.queue_policy.isolates(delivery.queue)
         request = Request.delivered(message, delivery, self.hostname)
+        # In this handler's own context, beside the message's log fields: the run's copy of it
+        # then shares one mapping of context variables rather than making another per run.
+        current_request.set(request)
         if self._recording:
             ref = self._recovering.delivery_ref(delivery) if self._recovering else None
             await self.recorder.started(
