@@ -82,7 +82,18 @@ _SHARED_LONGEST = 64
 def shared_text(value: str) -> str:
     """The copy of ``value`` decoded before, if it is short and was seen; else ``value``,
     remembered while the table has room."""
-    if len(value) > _SHARED_LONGEST or type(value) is not str:
+    return value if type(value) is not str else _share(value)
+
+
+def optional_shared(value: Any, field: str) -> str | None:
+    """A string or null, the copy decoded before where there is one (:func:`shared_text`)."""
+    if type(value) is str:  # checked once: the common case goes straight to the table
+        return _share(value)
+    return None if value is None else text(value, field)  # a str subclass, or the error
+
+
+def _share(value: str) -> str:
+    if len(value) > _SHARED_LONGEST:
         return value
     found = _SHARED.get(value)
     if found is not None:
@@ -90,11 +101,6 @@ def shared_text(value: str) -> str:
     if len(_SHARED) < _SHARED_MAX:
         _SHARED[value] = value
     return value
-
-
-def optional_shared(value: Any, field: str) -> str | None:
-    """A string or null, the copy decoded before where there is one (:func:`shared_text`)."""
-    return None if value is None else shared_text(text(value, field))
 
 
 def same_or(value: str | None, given: str) -> str | None:

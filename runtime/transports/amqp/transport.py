@@ -232,7 +232,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         return Delivery(
             message=wire,
             queue=queue,
-            exchange=shared_text(delivered.exchange or ""),
+            exchange=shared_text(delivered.exchange) if delivered.exchange else "",
             routing_key=shared_text(strip_delay(delivered.routing_key or "")),
             redelivered=bool(delivered.redelivered),
             handle=message,
