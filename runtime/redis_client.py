@@ -9,9 +9,10 @@ Redis delivery) at once would fail most of them. A blocking pool of the same siz
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio
+if TYPE_CHECKING:
+    import redis.asyncio
 
 __all__ = ["MAX_CONNECTIONS", "client_for", "stop_if_cancelled"]
 
@@ -22,6 +23,8 @@ MAX_CONNECTIONS = 100
 def client_for(url: str, **options: Any) -> redis.asyncio.Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``) on a blocking pool;
     ``options`` go to redis-py's connection (``socket_connect_timeout``, ...)."""
+    import redis.asyncio  # noqa: PLC0415 - a worker that never talks to Redis never loads it
+
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url, max_connections=MAX_CONNECTIONS, timeout=None, **options
     )

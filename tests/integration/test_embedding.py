@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from typing import Any
 
 import pytest
@@ -104,3 +105,51 @@ async def test_a_stop_during_start_up_is_honoured(amqp_url: str, unique_name: st
 
     assert worker.ready.is_set()
     assert worker.processed == 0
+
+
+_IMPORTS_PROBE = """
+import asyncio, sys
+from runtime import App
+
+broker, backend, queue = sys.argv[1], sys.argv[2] or None, sys.argv[3]
+app = App("imports", broker=broker, result_backend=backend, default_queue=queue)
+
+@app.task(name="imports.noop")
+async def noop() -> None:
+    pass
+
+async def main() -> None:
+    async with app.worker(queues=[queue], concurrency=2) as worker:
+        await noop.delay()
+        while worker.processed < 1:
+            await asyncio.sleep(0.01)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("redis", "hiredis"))
+    print("loaded:" + ",".join(loaded))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("with_backend", [False, True], ids=["rabbitmq-only", "redis-backend"])
+async def test_redis_py_is_loaded_only_by_a_worker_that_uses_redis(
+    amqp_url: str, redis_url: str, unique_name: str, with_backend: bool
+) -> None:
+    """redis-py and its command tables are 10 MiB of a worker's RSS: a worker on RabbitMQ
+    without a Redis result backend runs a task without loading them."""
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _IMPORTS_PROBE,
+        amqp_url,
+        redis_url if with_backend else "",
+        unique_name,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(probe.communicate(), timeout=60)
+    assert probe.returncode == 0, err.decode()
+    [loaded] = [line[7:] for line in out.decode().splitlines() if line.startswith("loaded:")]
+    if with_backend:
+        assert "redis.asyncio" in loaded.split(",")
+    else:
+        assert loaded == ""
