@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tiny", action="store_true", help="token sizes: proves the harness")
     parser.add_argument("--out", type=Path, default=Path("results"), help="default: results/")
-    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument(
         "--compare",
         type=Path,

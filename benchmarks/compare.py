@@ -18,10 +18,9 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from rich.console import Console
-from rich.table import Table
+from tabulate import tabulate
 
 __all__ = ["RATIOS", "Change", "changes", "load_rows", "main", "show"]
 
@@ -104,21 +103,23 @@ def changes(old: Iterable[Row], new: Iterable[Row]) -> list[Change]:
     return found
 
 
-def show(found: Sequence[Change], tolerance: float, console: Console | None = None) -> None:
-    """Print the changes as one table."""
-    table = Table(title=f"ratio changes (marked beyond ±{tolerance:.0%})")
-    for column in ("scenario", "broker", "system", "ratio", "old", "new", "change", ""):
-        table.add_column(column, justify="right" if column in ("old", "new", "change") else "left")
-    for change in found:
-        relative = change.relative
-        table.add_row(
+def show(found: Sequence[Change], tolerance: float, out: TextIO | None = None) -> None:
+    """Print the changes as one table (to ``out``, standard output by default)."""
+    names = ("scenario", "broker", "system", "ratio", "old", "new", "change", "")
+    cells = [
+        [
             change.scenario, change.broker, change.system, change.ratio,
             "-" if change.old is None else f"{change.old:.2f}",
             "-" if change.new is None else f"{change.new:.2f}",
-            "-" if relative is None else f"{relative:+.1%}",
+            "-" if change.relative is None else f"{change.relative:+.1%}",
             change.verdict(tolerance),
-        )  # fmt: skip
-    (console or Console(width=160)).print(table)
+        ]
+        for change in found
+    ]  # fmt: skip
+    aligned = tuple("right" if name in ("old", "new", "change") else "left" for name in names)
+    out = out or sys.stdout
+    print(f"ratio changes (marked beyond ±{tolerance:.0%})", file=out)
+    print(tabulate(cells, headers=names, colalign=aligned, disable_numparse=True), file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,12 +9,12 @@ without such a row (SQS has no Celery rows, memory has neither) has no such rati
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from rich.console import Console
-from rich.table import Table
+from tabulate import tabulate
 
 __all__ = ["add_ratios", "charts", "markdown", "tables", "write_json"]
 
@@ -70,27 +70,30 @@ def _cell(value: Any) -> str:
 
 
 def tables(
-    rows: Sequence[Row], notes: Mapping[str, str] | None = None, console: Console | None = None
+    rows: Sequence[Row], notes: Mapping[str, str] | None = None, out: TextIO | None = None
 ) -> None:
-    """Print one table per scenario, then the notes."""
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # a log or a pipe: do not wrap the columns at 80
-            console = Console(width=200)
+    """Print one table per scenario, then the notes (to ``out``, standard output by default)."""
+    out = out or sys.stdout
     for scenario, columns in _COLUMNS.items():
         found = [r for r in rows if r["scenario"] == scenario]
         if not found:
             continue
-        table = Table(title=scenario, title_justify="left")
-        for name in ("broker", "system", *columns):
-            table.add_column(name, justify="left" if name in ("broker", "system") else "right")
-        for row in found:
-            cells = [row["broker"], row["system"]]
-            cells += ["error" if "error" in row else _cell(row.get(c)) for c in columns]
-            table.add_row(*cells)
-        console.print(table)
+        cells = [
+            [row["broker"], row["system"]]
+            + ["error" if "error" in row else _cell(row.get(c)) for c in columns]
+            for row in found
+        ]
+        names = ("broker", "system", *columns)
+        print(f"\n{scenario}", file=out)
+        print(tabulate(cells, headers=names, colalign=_aligned(names), disable_numparse=True),
+              file=out)  # fmt: skip
     for note in (notes or {}).values():
-        console.print(f"note: {note}", markup=False)
+        print(f"note: {note}", file=out)
+
+
+def _aligned(names: Sequence[str]) -> tuple[str, ...]:
+    """Names and labels to the left, figures to the right."""
+    return tuple("left" if name in ("broker", "system") else "right" for name in names)
 
 
 def markdown(rows: Sequence[Row], notes: Mapping[str, str] | None = None) -> str:

@@ -18,7 +18,6 @@ from importlib.metadata import version
 from typing import Any
 
 import psutil
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .brokers import runs_on
 from .in_process import IN_PROCESS
@@ -86,33 +85,34 @@ def steps(plan: Plan, scenarios: Sequence[str], brokers: Sequence[str],
 
 
 async def run(ctx: Context, todo: Sequence[Step], *, show: bool = True) -> list[dict[str, Any]]:
-    """Measure every step in order; one row per step (``error`` set where one failed)."""
+    """Measure every step in order; one row per step (``error`` set where one failed).
+
+    With ``show``, a line on standard error as each step begins and the traceback of each
+    that failed.
+    """
     rows: list[dict[str, Any]] = []
-    columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, transient=True, disable=not show) as progress:
-        bar = progress.add_task("benchmarks", total=len(todo))
-        for step in todo:
-            progress.update(
-                bar, description=f"{step.scenario} · {step.broker} · {step.system.label}"
-            )
-            row: dict[str, Any] = {
-                "scenario": step.scenario, "broker": step.broker, "system": step.system.label,
-                "family": step.system.family, "concurrency": step.system.concurrency,
-            }  # fmt: skip
-            began = time.monotonic()
-            try:
-                scenario = (IN_PROCESS if step.broker == "memory" else SCENARIOS)[step.scenario]
-                with collector_held_off():
-                    row.update(await scenario(ctx, step.broker, step.system))
-            except Exception as exc:  # a failed row is reported, not fatal
-                row["error"] = f"{type(exc).__name__}: {exc}"
-                if show:
-                    progress.console.print(f"[red]{row['system']} failed[/red]: {row['error']}")
-                    progress.console.print(traceback.format_exc(limit=3), markup=False)
-            row["wall_seconds"] = round(time.monotonic() - began, 1)
-            rows.append(row)
-            progress.advance(bar)
+    started = time.monotonic()
+    for number, step in enumerate(todo, 1):
+        if show:
+            elapsed = time.monotonic() - started
+            print(f"[{number}/{len(todo)} {elapsed:5.0f} s] {step.scenario} · {step.broker} · "
+                  f"{step.system.label}", file=sys.stderr, flush=True)  # fmt: skip
+        row: dict[str, Any] = {
+            "scenario": step.scenario, "broker": step.broker, "system": step.system.label,
+            "family": step.system.family, "concurrency": step.system.concurrency,
+        }  # fmt: skip
+        began = time.monotonic()
+        try:
+            scenario = (IN_PROCESS if step.broker == "memory" else SCENARIOS)[step.scenario]
+            with collector_held_off():
+                row.update(await scenario(ctx, step.broker, step.system))
+        except Exception as exc:  # a failed row is reported, not fatal
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            if show:
+                print(f"{row['system']} failed: {row['error']}", file=sys.stderr)
+                print(traceback.format_exc(limit=3), file=sys.stderr, flush=True)
+        row["wall_seconds"] = round(time.monotonic() - began, 1)
+        rows.append(row)
     return rows
 
 
