@@ -366,7 +366,7 @@ def plan_retry(
         task, request, args=new_args, kwargs=new_kwargs, retries=retries, eta=due,
         options=options, now=now,
     )  # fmt: skip
-    request.outbox.append(_route(task, request, message, options))
+    request.plan(_route(task, request, message, options))
     return Retry(exc=exc, when=eta or countdown)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copyreg
-import ctypes
 import importlib
 import os
 import pickle
@@ -94,7 +93,7 @@ class ProcessCall(NamedTuple):
     value: Any
     exception: BaseException | None
     traceback: str | None
-    outbox: list[Republish]
+    outbox: tuple[Republish, ...]
 
 
 class ProcessRunner:
@@ -150,6 +149,8 @@ def _start_process() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The fork server, this process's parent, ends with the worker however the worker ends:
     # a call still running then must not outlive them.
+    import ctypes  # noqa: PLC0415 - in the pool's processes only, not in every worker
+
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +130,7 @@ class RetryPublisher:
         log.info("task_retried", retries=retry.retries, eta=eta, reason=str(outcome.exception))
         return outcome
 
-    async def publish(self, outbox: list[Republish]) -> None:
+    async def publish(self, outbox: Sequence[Republish]) -> None:
         """Publish every message in ``outbox``, declaring a queue named by ``queue=`` once."""
         now = _now()
         for retry in outbox:

@@ -69,7 +69,8 @@ def celeriac_retry(
     request = Request(
         message,
         hostname="celeriac@test",
-        delivery_info={"exchange": "", "routing_key": "q-orig", "priority": message.priority},
+        exchange="",
+        routing_key="q-orig",
     )
     token = current_request.set(request)
     try:
