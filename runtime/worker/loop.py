@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import time
 from collections import Counter
@@ -109,6 +110,9 @@ class Worker:
         self.autoscale_limits: tuple[int, int] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._forget_handler = self._running.discard  # one bound method for every handler
+        # The context it runs in: asyncio copies the caller's for each callback given none
+        # (64 B kept per waiting task), and discarding from a set reads no context variable.
+        self._forget_context = contextvars.Context()
         self._consuming: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.rate_limits = RateLimits()
@@ -271,7 +275,7 @@ class Worker:
         # unnamed task (~60 B kept per waiting task).
         handler = asyncio.create_task(self._handle(handling), name="celeriac-handler")
         self._running.add(handler)
-        handler.add_done_callback(self._forget_handler)
+        handler.add_done_callback(self._forget_handler, context=self._forget_context)
 
     def resize(self, concurrency: int) -> None:
         """Run ``concurrency`` tasks at once from now on (``pool_grow``, ``pool_shrink``,
