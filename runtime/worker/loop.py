@@ -332,8 +332,9 @@ class Worker:
             admitted = await self._process(handling)
             if admitted is not None:
                 task, message, log = admitted
-                del admitted  # nothing kept twice while the task runs
                 request, limits, isolated, running = await self._begin(task, message, handling, log)
+                # Nothing kept twice while the task runs; _end makes its own log (64 B a run).
+                del admitted, log
                 executed: Outcome | None
                 try:
                     if task.options.acks_late and self._leases is not None:
@@ -353,7 +354,7 @@ class Worker:
                 finally:
                     if self.running.get(request.id) is running:
                         del self.running[request.id]
-                await self._end(task, handling, request, executed, log)
+                await self._end(task, handling, request, executed)
         except Exception as exc:  # a bug or a broker error here must not lose the message
             self.log.exception("delivery_failed", queue=handling.delivery.queue, error=repr(exc))
             await self._settler.after_error(handling, exc)
@@ -499,10 +500,12 @@ class Worker:
         handling: Handling,
         request: Request,
         executed: Outcome | None,
-        log: Any,
     ) -> None:
         """What comes after a run (``executed``: its outcome, ``None`` if it was terminated):
         retries, the result, the hooks, and settling an ``acks_late`` message."""
+        log = TaskLog(
+            self.log, task_id=request.id, task=request.task, queue=handling.delivery.queue
+        )
         if executed is None:
             await self._revoked(task, request.message, handling, log, reason="terminated")
             return
