@@ -56,7 +56,7 @@ from runtime.transports.base import (
 )
 from runtime.transports.reconnect import BackoffConnection
 
-from . import codec, fanout
+from . import codec, fanout, frames
 from .delayed import DELAYED_DELIVERY, DelayedQueues
 from .flow import FlowControl
 from .monitor import AmqpMirroring
@@ -114,6 +114,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         (:mod:`runtime.transports.reconnect`), and reopens the channels.
         """
         codec.install()
+        frames.install()
         split = urlsplit(self._url)
         port = split.port or (5671 if split.scheme == "amqps" else 5672)
         with translate_amqp_errors(f"connect to {split.hostname or 'localhost'}:{port}"):
