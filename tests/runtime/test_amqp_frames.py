@@ -58,9 +58,9 @@ async def _read_all(
     receiver = reader_class(stream)
 
     async def arrive() -> None:
-        for piece in pieces:
+        for number, piece in enumerate(pieces, 1):
             stream.feed_data(piece)
-            if end_apart or piece is not pieces[-1]:
+            if end_apart or number < len(pieces):
                 await asyncio.sleep(0)
         stream.feed_eof()
 
