@@ -167,22 +167,14 @@ async def test_a_body_keeps_none_of_the_chunk_it_came_in() -> None:
     assert len(body.value) == 100
 
 
-@pytest.mark.parametrize("flag", ["1", None], ids=["flag-set", "flag-unset"])
-async def test_connecting_the_transport_installs_the_reader_when_asked(
-    amqp_url: str, monkeypatch: pytest.MonkeyPatch, flag: str | None
-) -> None:
-    if flag is None:
-        monkeypatch.delenv(frames.FLAG, raising=False)
-    else:
-        monkeypatch.setenv(frames.FLAG, flag)
-    was = frames.installed()
+async def test_connecting_the_transport_installs_the_reader(amqp_url: str) -> None:
     frames.uninstall()
     try:
         transport = AmqpTransport(amqp_url)
         await transport.connect()
         try:
-            assert frames.installed() is (flag == "1")
+            assert frames.installed()
         finally:
             await transport.aclose()
     finally:
-        (frames.install if was else frames.uninstall)()
+        frames.install()

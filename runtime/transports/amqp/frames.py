@@ -13,18 +13,13 @@ where it says, are aiormq's own.
 
 :func:`install` puts it in place of aiormq's, process-wide, for connections opened after it:
 aiormq makes its reader by that module-level name and offers no other hook (as with
-:mod:`runtime.transports.amqp.codec`). The transport installs it only when
-``CELERIAC_AMQP_FRAME_READER=1`` is set (:func:`wanted`): a fresh-clone CI run with it
-installed failed the chaos suite's hostile test on RabbitMQ once (its own count of the dead
-letters ended at 16,000 of 100,000), not explained before the session's stop, so it stays
-behind the flag until that run is understood. ``tests/runtime/test_amqp_frames.py`` compares both
+:mod:`runtime.transports.amqp.codec`). ``tests/runtime/test_amqp_frames.py`` compares both
 readers on random streams of frames cut at random places.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
 
 import aiormq.connection
@@ -32,12 +27,8 @@ import pamqp.frame
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp.exceptions import PAMQPException
 
-__all__ = [
-    "AIORMQS_READER", "CHUNK", "FLAG", "FrameReader", "install", "installed", "uninstall", "wanted",
-]  # fmt: skip
+__all__ = ["AIORMQS_READER", "CHUNK", "FrameReader", "install", "installed", "uninstall"]
 
-#: The environment variable that, set to ``1``, has the transport install the reader.
-FLAG = "CELERIAC_AMQP_FRAME_READER"
 #: The most read from the socket at once.
 CHUNK = 65_536
 #: A frame's header: type, channel, payload size; the payload and the end octet follow.
@@ -112,11 +103,6 @@ class FrameReader(aiormq.connection.FrameReceiver):
                 f"Server connection unexpectedly closed. Read {len(buffer) - at} bytes of a frame"
             )
         return more
-
-
-def wanted() -> bool:
-    """Whether :data:`FLAG` asks for the reader."""
-    return os.environ.get(FLAG) == "1"
 
 
 def install() -> None:

@@ -114,8 +114,7 @@ class AmqpTransport(fanout.AmqpBroadcasting, AmqpMirroring):
         (:mod:`runtime.transports.reconnect`), and reopens the channels.
         """
         codec.install()
-        if frames.wanted():
-            frames.install()
+        frames.install()
         split = urlsplit(self._url)
         port = split.port or (5671 if split.scheme == "amqps" else 5672)
         with translate_amqp_errors(f"connect to {split.hostname or 'localhost'}:{port}"):
