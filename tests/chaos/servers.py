@@ -116,13 +116,14 @@ def rabbitmq_consumer_timeout(seconds: float) -> Iterator[None]:
     # Put back as values, never unset: a channel reads them at every tick, and one that
     # finds no tick interval crashes, closing its connection.
     defaults = {"consumer_timeout": 1_800_000, "channel_tick_interval": 60_000}
+    settings = {"consumer_timeout": int(seconds * 1000), "channel_tick_interval": 1000}
     before: dict[str, str | int] = {}
     for name, default in defaults.items():
         value = rabbitmqctl_eval(f"application:get_env(rabbit, {name}).")
-        before[name] = (
-            value.removeprefix("{ok,").removesuffix("}") if value != "undefined" else default
-        )
-    settings = {"consumer_timeout": int(seconds * 1000), "channel_tick_interval": 1000}
+        found = value.removeprefix("{ok,").removesuffix("}") if value != "undefined" else default
+        # This block's own setting found there was left by a run stopped inside it (or one
+        # beside it): put back the default, or every later run keeps the short timeout.
+        before[name] = default if str(found) == str(settings[name]) else found
     for name, setting in settings.items():
         rabbitmqctl_eval(f"application:set_env(rabbit, {name}, {setting}).")
     try:
