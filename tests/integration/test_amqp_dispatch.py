@@ -1,6 +1,7 @@
 """Deliveries handed to a :class:`DirectConsumer` in the channel's reader, on a real RabbitMQ
 channel: no task per delivery, nothing lost, the reader unharmed by a failing consumer, and
-other consumers served as aiormq serves them."""
+other consumers served as aiormq serves them; and, for a routed consumer, in the connection's
+frame reader, the connection kept alive while only deliveries come."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import aio_pika
 import aiormq.abc
 import pytest
 
-from runtime.transports.amqp.dispatch import DirectConsumer, install
+from runtime.transports.amqp import frames
+from runtime.transports.amqp.dispatch import DirectConsumer, install, route
 
 pytestmark = [pytest.mark.integration]
 
@@ -113,3 +115,77 @@ async def test_without_the_readers_methods_nothing_changes(
     await _until(lambda: len(seen) == 3)
 
     assert seen == [b"0", b"1", b"2"]
+
+
+# Routed consumers: deliveries handed over by the connection's frame reader.
+
+
+@pytest.fixture
+async def reader_connection(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
+    """A connection read by celeriac's frame reader, one heartbeat a second: aiormq closes
+    it after six seconds ((1 + 1) x 3) in which no frame reaches the connection's reader."""
+    frames.install()  # as the transport does; process-wide and idempotent
+    connection = await aio_pika.connect(f"{amqp_url}?heartbeat=1")
+    async with connection:
+        yield connection
+
+
+async def test_a_routed_consumer_is_handed_whole_deliveries_in_the_connections_reader(
+    reader_connection: aio_pika.abc.AbstractConnection, unique_name: str
+) -> None:
+    """Bodies of any size (RabbitMQ cuts one larger than its frame_max, 128 KiB, into several
+    frames; an empty one has none) reach the consumer whole, in order, in the connection's
+    reader task: the channel's reader never sees them."""
+    channel = await (await reader_connection.channel()).get_underlay_channel()
+    install(channel)
+    bodies = [b"small", b"", bytes(range(256)) * 1200, b"last"]  # the third: 300 KiB
+    await channel.queue_declare(unique_name, auto_delete=True)
+    for body in bodies:
+        await channel.basic_publish(body, routing_key=unique_name)
+    in_channel_reader: list[Any] = []
+    channel._on_deliver_frame = in_channel_reader.append  # type: ignore[attr-defined]
+    seen: list[tuple[bytes, asyncio.Task[Any] | None]] = []
+
+    def deliver(message: aiormq.abc.DeliveredMessage) -> None:
+        seen.append((message.body, asyncio.current_task()))
+
+    tag = f"ctag{channel.number}.{unique_name}"
+    route(channel, tag)
+    await channel.basic_consume(unique_name, DirectConsumer(deliver), consumer_tag=tag, no_ack=True)
+    await _until(lambda: len(seen) == len(bodies))
+
+    assert [body for body, _ in seen] == bodies
+    assert {getattr(task.get_coro(), "__qualname__", None) for _, task in seen if task} == {
+        "Connection.__reader"
+    }
+    assert in_channel_reader == []
+
+
+async def test_a_connection_handing_only_deliveries_over_stays_up(
+    reader_connection: aio_pika.abc.AbstractConnection, amqp_url: str, unique_name: str
+) -> None:
+    """Eight seconds of deliveries every 20 ms and no other frame: RabbitMQ sends no
+    heartbeat while it sends deliveries, so only the reader telling the connection that
+    frames came keeps aiormq from closing it as stuck after six seconds."""
+    channel = await (await reader_connection.channel()).get_underlay_channel()
+    install(channel)
+    await channel.queue_declare(unique_name, auto_delete=True)
+    seen: list[bytes] = []
+    tag = f"ctag{channel.number}.{unique_name}"
+    route(channel, tag)
+    await channel.basic_consume(
+        unique_name,
+        DirectConsumer(lambda message: seen.append(message.body)),
+        consumer_tag=tag,
+        no_ack=True,
+    )
+    publisher = await aio_pika.connect(amqp_url)
+    async with publisher:
+        publishing = await (await publisher.channel()).get_underlay_channel()
+        for n in range(400):
+            await publishing.basic_publish(b"%d" % n, routing_key=unique_name)
+            await asyncio.sleep(0.02)
+    await _until(lambda: len(seen) == 400)
+
+    assert not reader_connection.is_closed
+    assert not channel.is_closed

@@ -30,7 +30,7 @@ from pamqp.header import ContentHeader
 
 from benchmarks.quick_noop import preload
 from runtime import App
-from runtime.transports.amqp import AmqpTransport, codec
+from runtime.transports.amqp import AmqpTransport, codec, frames
 
 Properties = commands.Basic.Properties
 Deliver = commands.Basic.Deliver
@@ -351,15 +351,23 @@ def pamqps_own_reading() -> Iterator[None]:
         codec.install()
 
 
-async def test_connecting_the_transport_installs_the_reading(amqp_url: str) -> None:
+async def test_connecting_the_transport_installs_the_codec_and_the_frame_reader(
+    amqp_url: str,
+) -> None:
     with pamqps_own_reading():
-        assert not codec.installed()
-        transport = AmqpTransport(amqp_url)
-        await transport.connect()
+        frames.uninstall()
         try:
-            assert codec.installed()
+            assert not codec.installed()
+            assert not frames.installed()
+            transport = AmqpTransport(amqp_url)
+            await transport.connect()
+            try:
+                assert codec.installed()
+                assert frames.installed()
+            finally:
+                await transport.aclose()
         finally:
-            await transport.aclose()
+            frames.install()
     codec.install()  # idempotent
     assert codec.installed()
 

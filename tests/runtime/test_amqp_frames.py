@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+import aiormq.abc
 import pytest
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +18,8 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from runtime.transports.amqp import AmqpTransport, frames
+from runtime.transports.amqp import dispatch, frames
+from runtime.transports.amqp.dispatch import DirectConsumer
 
 AIORMQS_OWN = frames.AIORMQS_READER
 
@@ -68,6 +70,9 @@ async def _read_all(
     found: list[Any] = []
     try:
         async for weight, channel, value in receiver:
+            if channel == 0 and value is frames._ALIVE[2]:
+                found.append("alive")  # after deliveries handed over (dispatch.route)
+                continue
             found.append((weight, channel, frame.marshal(value, channel)))
     except Exception as exc:  # compared: both readers must raise alike
         found.append((type(exc), str(exc).split(".")[0]))
@@ -167,14 +172,193 @@ async def test_a_body_keeps_none_of_the_chunk_it_came_in() -> None:
     assert len(body.value) == 100
 
 
-async def test_connecting_the_transport_installs_the_reader(amqp_url: str) -> None:
-    frames.uninstall()
-    try:
-        transport = AmqpTransport(amqp_url)
-        await transport.connect()
-        try:
-            assert frames.installed()
-        finally:
-            await transport.aclose()
-    finally:
-        frames.install()
+# Deliveries the reader hands to their consumers itself (``dispatch.route``).
+
+
+class _Channel:
+    """What routing reads of an aiormq channel: its number, whether it is closed, and its
+    consumers by tag."""
+
+    def __init__(self, number: int = 1) -> None:
+        self.number = number
+        self.is_closed = False
+        self.consumers: dict[str, Any] = {}
+
+
+def _routed(
+    channel: _Channel, tag: str
+) -> tuple[list[aiormq.abc.DeliveredMessage], DirectConsumer]:
+    """A direct consumer of ``tag`` on ``channel``, routed, and the messages it is handed."""
+    handed: list[aiormq.abc.DeliveredMessage] = []
+    consumer = channel.consumers[tag] = DirectConsumer(handed.append)
+    dispatch.route(channel, tag)  # type: ignore[arg-type]  # what routing reads of one
+    return handed, consumer
+
+
+def _content(
+    tag: str, delivery_tag: int, pieces: Sequence[bytes], channel: int = 1
+) -> list[tuple[int, Any]]:
+    """A delivery's frames, its body in ``pieces`` (a frame each; none for an empty body)."""
+    properties = commands.Basic.Properties(
+        content_type="application/json", headers={"id": f"task-{delivery_tag}", "task": "noop"}
+    )
+    return [
+        (channel, commands.Basic.Deliver(tag, delivery_tag, False, "", "celery")),
+        (channel, ContentHeader(0, sum(map(len, pieces)), properties)),
+        *[(channel, ContentBody(piece)) for piece in pieces if piece],
+    ]
+
+
+_BODIES = st.lists(st.binary(min_size=1, max_size=200), max_size=4)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["routed", "other", "heartbeat", "qos"]), _BODIES),
+        min_size=1,
+        max_size=10,
+    ),
+    st.lists(st.integers(0, 10**6), max_size=20),
+)
+def test_routed_deliveries_are_handed_whole_and_every_other_frame_read_as_aiormq_does(
+    batches: list[tuple[str, list[bytes]]], cuts: list[int]
+) -> None:
+    """However the bytes arrive: each routed delivery handed once, whole and in order, its
+    body put together from its frames; every other frame returned exactly as aiormq's reader
+    reads the stream without the routed deliveries."""
+    channel = _Channel()
+    handed, _ = _routed(channel, "ctag1.routed")
+    sent: list[tuple[int, Any]] = []
+    others: list[tuple[int, Any]] = []
+    routed: list[tuple[int, bytes]] = []
+    for number, (kind, body) in enumerate(batches, 1):
+        if kind == "routed":
+            sent += _content("ctag1.routed", number, body)
+            routed.append((number, b"".join(body)))
+            continue
+        batch = {
+            "other": _content("ctag1.other", number, body),
+            "heartbeat": [(0, Heartbeat())],
+            "qos": [(1, commands.Basic.QosOk())],
+        }[kind]
+        sent += batch
+        others += batch
+    pieces = _cut(_wire(sent), cuts)
+    handed.clear()  # Hypothesis runs the test again with the same consumer
+
+    ours = asyncio.run(_read_all(frames.FrameReader, pieces))
+    theirs = asyncio.run(_read_all(AIORMQS_OWN, [_wire(others)])) if others else []
+
+    assert [found for found in ours if found != "alive"] == theirs
+    assert [(m.delivery_tag, m.body) for m in handed] == routed
+    assert all(m.channel is cast(Any, channel) for m in handed)
+    assert all((m.header.properties.headers or {})["task"] == "noop" for m in handed)
+    # The connection's reader is told frames came before the reader next waits for bytes.
+    assert ours.count("alive") <= len(routed)
+    if batches[-1][0] == "routed":
+        assert ours[-1] == "alive"
+
+
+async def test_a_delivery_is_put_together_across_frames_of_other_channels() -> None:
+    """A delivery's content frames may interleave with other channels' frames (AMQP 0-9-1,
+    4.2.6): those are returned as they come, and the delivery handed once it is whole."""
+    channel = _Channel(1)
+    handed, _ = _routed(channel, "ctag1.a")
+    deliver, header, first, second = _content("ctag1.a", 1, [b"[[], ", b"{}, {}]"])
+    wire = _wire([deliver, (2, commands.Basic.QosOk()), header, (0, Heartbeat()), first])
+    wire += _wire([(2, commands.Basic.QosOk()), second])
+
+    ours = await _read_all(frames.FrameReader, [wire])
+
+    *returned, last = ours
+    assert [(number, frame.unmarshal(sent)[2].name) for _, number, sent in returned] == [
+        (2, "Basic.QosOk"),
+        (0, "Heartbeat"),
+        (2, "Basic.QosOk"),
+    ]
+    assert last == "alive"
+    assert [m.body for m in handed] == [b"[[], {}, {}]"]
+
+
+async def test_an_empty_body_is_handed_with_its_header() -> None:
+    channel = _Channel()
+    handed, _ = _routed(channel, "ctag1.empty")
+
+    ours = await _read_all(frames.FrameReader, [_wire(_content("ctag1.empty", 3, []))])
+
+    assert ours == ["alive"]
+    assert [(m.delivery_tag, m.body, m.header.body_size) for m in handed] == [(3, b"", 0)]
+
+
+@pytest.mark.parametrize("why", ["not routed", "closed", "other channel", "not direct"])
+async def test_a_delivery_not_routed_to_an_open_direct_consumer_is_returned(why: str) -> None:
+    """What the route does not cover goes to aiormq's readers, frame by frame, unchanged."""
+    channel = _Channel(1)
+    tag = f"ctag1.{why.replace(' ', '-')}"
+    handed, _ = _routed(channel, tag) if why != "not routed" else ([], None)
+    if why == "closed":
+        channel.is_closed = True
+    elif why == "other channel":
+        channel.number = 2
+    elif why == "not direct":
+
+        async def plain(message: aiormq.abc.DeliveredMessage) -> None:
+            """A plain aiormq callback."""
+
+        channel.consumers[tag] = plain
+    sent = _content(tag, 1, [b"body"])
+
+    ours = await _read_all(frames.FrameReader, [_wire(sent)])
+
+    assert ours == await _read_all(AIORMQS_OWN, [_wire(sent)])
+    assert handed == []
+
+
+async def test_a_frame_of_another_kind_inside_a_delivery_is_invalid() -> None:
+    channel = _Channel()
+    _routed(channel, "ctag1.broken")
+    deliver, header, body = _content("ctag1.broken", 1, [b"body"])
+
+    method_inside = [deliver, header, (1, commands.Basic.QosOk()), body]
+
+    assert await _read_all(frames.FrameReader, [_wire(method_inside)]) == [
+        (InvalidFrameError, "Unexpected frame of type 1 on channel 1 in a delivery's content")
+    ]
+    assert await _read_all(frames.FrameReader, [_wire([deliver, body])]) == [
+        (InvalidFrameError, "Unexpected frame of type 3 on channel 1 in a delivery's content")
+    ]
+
+
+async def test_a_body_frame_that_does_not_end_where_it_says_is_invalid() -> None:
+    channel = _Channel()
+    _routed(channel, "ctag1.end")
+    data = bytearray(_wire(_content("ctag1.end", 1, [b"body"])))
+    data[-1] = 0
+
+    assert await _read_all(frames.FrameReader, [bytes(data)]) == [
+        (InvalidFrameError, "Last byte error")
+    ]
+
+
+async def test_the_reader_goes_on_after_a_direct_consumer_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = _Channel()
+    handed: list[bytes] = []
+
+    def deliver(message: aiormq.abc.DeliveredMessage) -> None:
+        if message.body == b"0":
+            raise RuntimeError("boom")
+        handed.append(message.body)
+
+    channel.consumers["ctag1.failing"] = DirectConsumer(deliver)
+    dispatch.route(channel, "ctag1.failing")  # type: ignore[arg-type]
+
+    await _read_all(
+        frames.FrameReader,
+        [_wire([*_content("ctag1.failing", 1, [b"0"]), *_content("ctag1.failing", 2, [b"1"])])],
+    )
+
+    assert handed == [b"1"]
+    assert "AMQP consumer callback failed" in caplog.text

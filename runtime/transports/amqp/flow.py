@@ -114,6 +114,7 @@ class FlowControl:
                 self._prefetch = target
             for queue in self._queues:  # a fresh tag: an old one may still be registered
                 tag = self._tags[queue] = f"ctag{raw.number}.{uuid.uuid4().hex}"
+                dispatch.route(raw, tag)
                 await raw.basic_consume(queue, self._consumer(queue), consumer_tag=tag)
                 self._consuming = True
             return
