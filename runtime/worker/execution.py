@@ -144,9 +144,16 @@ class Executor:
         return await self.start(task, request, limits, isolated=isolated)
 
     def start(
-        self, task: Task[Any, Any], request: Request, limits: TimeLimits, *, isolated: bool = False
+        self,
+        task: Task[Any, Any],
+        request: Request,
+        limits: TimeLimits,
+        *,
+        isolated: bool = False,
+        runner: asyncio.Task[Any] | None = None,
     ) -> Awaitable[Outcome]:
-        """:meth:`run`, as an awaitable to await at once in the task that handles the run.
+        """:meth:`run`, as an awaitable to await at once in the task that handles the run
+        (``runner``, if the caller knows it).
 
         A coroutine task's run is an :class:`~runtime.worker.inline.InlineRun` awaited
         directly, with no coroutine of the executor's between it and the worker: while
@@ -168,6 +175,7 @@ class Executor:
                 coroutine, context, task.name, request.id, limits=limits, started=started,
                 grace=self.hard_grace, detached=self._detached,
                 watchdog=self._loop_watchdog() if limits.hard is not None else None,
+                runner=runner,
             )  # fmt: skip
         if isolated:
             return self._run_in_process(task, request, limits, started)

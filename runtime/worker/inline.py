@@ -61,7 +61,9 @@ class InlineRun(Generator[Any, Any, Outcome]):
     (``time.monotonic()``). Its limits' timers start when it is first awaited, and the hard
     limit is also left to ``watchdog`` when given (a coroutine that never yields holds the
     loop, so no timer fires). ``detached`` keeps the tasks that go on with the coroutines
-    given up on (each leaves the set as it ends).
+    given up on (each leaves the set as it ends). ``runner`` is the asyncio task that will
+    await the run, when the caller knows it: else the run looks it up as it starts, which on
+    CPython 3.11 costs a ``getpid()`` system call.
     """
 
     __slots__ = (
@@ -77,6 +79,7 @@ class InlineRun(Generator[Any, Any, Outcome]):
         "_limits",
         "_name",
         "_reason",
+        "_runner",
         "_soft_timer",
         "_started",
         "_stopping",
@@ -99,6 +102,7 @@ class InlineRun(Generator[Any, Any, Outcome]):
         grace: float,
         detached: set[asyncio.Task[Any]],
         watchdog: LoopWatchdog | None = None,
+        runner: asyncio.Task[Any] | None = None,
     ) -> None:
         self._coro = coro
         self._context = context
@@ -109,7 +113,8 @@ class InlineRun(Generator[Any, Any, Outcome]):
         self._grace = grace
         self._detached = detached
         self._watchdog = watchdog
-        self._task: asyncio.Task[Any] | None = None  # the task awaiting the run
+        self._runner = runner
+        self._task: asyncio.Task[Any] | None = None  # the task awaiting the run, once started
         self._soft_timer: asyncio.TimerHandle | None = None
         self._hard_timer: asyncio.TimerHandle | None = None
         self._reason: str | None = None
@@ -152,7 +157,7 @@ class InlineRun(Generator[Any, Any, Outcome]):
 
     def _start(self) -> asyncio.Task[Any]:
         """The run begins in the task awaiting it: its limits start counting."""
-        task = asyncio.current_task()
+        task = self._runner or asyncio.current_task()
         if task is None:
             raise RuntimeError("an InlineRun runs inside an asyncio task")
         self._task = task

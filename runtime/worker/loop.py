@@ -114,6 +114,10 @@ class Worker:
         # (64 B kept per waiting task), and discarding from a set reads no context variable.
         self._forget_context = contextvars.Context()
         self._consuming: asyncio.Task[None] | None = None
+        #: The loop :meth:`run` runs on. Asked for once: on CPython 3.11 every
+        #: ``asyncio.get_running_loop()`` (``create_task``, ``current_task``) makes a
+        #: ``getpid()`` system call, to tell a loop inherited across ``fork`` from its own.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = asyncio.Event()
         self.rate_limits = RateLimits()
         self._waiting = Waiting(self.transport, self.rate_limits, max_held=max_held_eta)
@@ -144,6 +148,7 @@ class Worker:
 
     async def run(self) -> None:
         """Connect, declare the queues, and work until :meth:`stop` or :meth:`terminate`."""
+        self._loop = asyncio.get_running_loop()
         await self.transport.connect()
         try:
             await self.transport.declare([self.app.queue_spec(q) for q in self.queues])
@@ -273,9 +278,13 @@ class Worker:
         handling = Handling(delivery, self.slots, held=self.slots.try_take())
         # One name for every handler: Python 3.11's asyncio makes a string for each
         # unnamed task (~60 B kept per waiting task).
-        handler = asyncio.create_task(self._handle(handling), name="celeriac-handler")
+        handler = self._running_loop().create_task(self._handle(handling), name="celeriac-handler")
         self._running.add(handler)
         handler.add_done_callback(self._forget_handler, context=self._forget_context)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop :meth:`run` runs on (else the running one: a handler started by hand)."""
+        return self._loop or asyncio.get_running_loop()
 
     def resize(self, concurrency: int) -> None:
         """Run ``concurrency`` tasks at once from now on (``pool_grow``, ``pool_shrink``,
@@ -340,11 +349,11 @@ class Worker:
                     if task.options.acks_late and self._leases is not None:
                         async with self._leases.hold(message.id, handling):
                             executed = await self._executor.start(
-                                task, request, limits, isolated=isolated
+                                task, request, limits, isolated=isolated, runner=running.runner
                             )
                     else:
                         executed = await self._executor.start(
-                            task, request, limits, isolated=isolated
+                            task, request, limits, isolated=isolated, runner=running.runner
                         )
                 except asyncio.CancelledError:
                     if not running.terminated:
@@ -487,7 +496,7 @@ class Worker:
         for observer in self.observers:
             observer.started(message, delivery.queue)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
-        runner = asyncio.current_task()
+        runner = asyncio.current_task(self._running_loop())
         assert runner is not None
         running = RunningTask(request, runner, time.time(), not acks_late)
         self.running[request.id] = running

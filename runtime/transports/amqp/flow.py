@@ -70,14 +70,19 @@ class FlowControl:
         self.unsettled: set[Received] = set()
         self._pending: list[_Pending] = []  # settlements the flush task has not written yet
         self._flushing: asyncio.Task[None] | None = None
+        #: The loop consuming runs on, asked for once per :meth:`start`: on CPython 3.11
+        #: ``asyncio.get_running_loop()`` makes a ``getpid()`` system call each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Held for every change of QoS or consumers, so that none is cut off mid-RPC.
         self.lock = asyncio.Lock()
         #: Set when the target may have changed: a slot freed, a channel reopened.
         self.wake = asyncio.Event()
 
     def start(self, capacity: Capacity, queues: list[str]) -> None:
-        """Consume ``queues`` with the prefetch following ``capacity`` (from the next apply)."""
+        """Consume ``queues`` with the prefetch following ``capacity`` (from the next apply);
+        call on the loop that consumes."""
         self._capacity, self._queues = capacity, queues
+        self._loop = asyncio.get_running_loop()
 
     def stop(self) -> None:
         """Consume nothing from the next apply on: the target becomes 0."""
@@ -190,10 +195,11 @@ class FlowControl:
         if message.lost or message.settled:
             return None
         message.settled = True
-        done = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        done = loop.create_future()
         self._pending.append((message, requeue, done))
         if self._flushing is None:
-            self._flushing = asyncio.create_task(
+            self._flushing = loop.create_task(
                 self._flush(), name="celeriac-amqp-settle", context=detached_context()
             )
         return done
