@@ -126,6 +126,9 @@ class RedisTransport(RedisFanout, RedisMirroring):
         self._pending: list[Settlement] = []
         self._acks: list[tuple[Claim, asyncio.Future[None]]] = []  # not yet sent to Redis
         self._acking: asyncio.Task[None] | None = None
+        #: The loop consuming runs on, asked for once per :meth:`consume`: on CPython 3.11
+        #: ``asyncio.get_running_loop()`` makes a ``getpid()`` system call each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer_id = uuid.uuid4().hex
         self._consuming: list[str] = []
         # Claimed and not yet handed out, oldest first: (queue, [index, payload, tag]).
@@ -228,6 +231,7 @@ class RedisTransport(RedisFanout, RedisMirroring):
             raise RuntimeError("this transport is already consuming")
         names = list(queues)
         self._consuming = names
+        self._loop = asyncio.get_running_loop()
         keys = [self.layout.unacked, self.layout.unacked_index]
         keys += [key for name in names for key in self.layout.step_keys(name)]
         keys += [self.layout.dead_key(name) for name in names]
@@ -357,10 +361,11 @@ class RedisTransport(RedisFanout, RedisMirroring):
         if claim.settled:
             return
         claim.settled = True
-        done = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        done = loop.create_future()
         self._acks.append((claim, done))
         if self._acking is None:
-            self._acking = asyncio.create_task(
+            self._acking = loop.create_task(
                 self._send_acks(), name="celeriac-redis-ack", context=detached_context()
             )
         await asyncio.shield(done)  # cancelling the caller does not take the ack back
