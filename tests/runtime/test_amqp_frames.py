@@ -362,3 +362,22 @@ async def test_the_reader_goes_on_after_a_direct_consumer_fails(
 
     assert handed == [b"1"]
     assert "AMQP consumer callback failed" in caplog.text
+
+
+async def test_handed_deliveries_are_told_before_a_wait_mid_frame() -> None:
+    """Deliveries handed over, then a frame whose rest has not arrived: the reader tells the
+    connection that frames came before it waits for that rest, however long it takes."""
+    channel = _Channel()
+    handed, _ = _routed(channel, "ctag1.waiting")
+    next_frame = _wire([(1, commands.Basic.QosOk())])
+    stream = asyncio.StreamReader()
+    stream.feed_data(_wire(_content("ctag1.waiting", 1, [b"body"])) + next_frame[:9])
+    reader = frames.FrameReader(stream)
+
+    first = await asyncio.wait_for(reader.get_frame(), 1)
+
+    assert first is frames._ALIVE
+    assert [m.body for m in handed] == [b"body"]
+    stream.feed_data(next_frame[9:])
+    _, number, frame_read = await asyncio.wait_for(reader.get_frame(), 1)
+    assert (number, frame_read.name) == (1, "Basic.QosOk")

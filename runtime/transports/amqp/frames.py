@@ -138,12 +138,13 @@ class FrameReader(aiormq.connection.FrameReceiver):
                             continue
                     self._handed = False
                     return frame
-                more = await self._read(end - len(buffer), len(buffer) - at)  # the rest of it
+                needed = end - len(buffer)  # the rest of this frame
             else:
-                if self._handed:  # the connection counts it as alive while frames come
-                    self._handed = False
-                    return _ALIVE
-                more = await self._read(0, len(buffer) - at)
+                needed = 0  # what the socket has
+            if self._handed:  # before any wait: the connection counts it as alive
+                self._handed = False
+                return _ALIVE
+            more = await self._read(needed, len(buffer) - at)
             buffer, at = buffer[at:] + more, 0
             self._buffer, self._at = buffer, at
 
