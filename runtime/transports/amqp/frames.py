@@ -20,11 +20,11 @@ channel, to a :class:`~.dispatch.DirectConsumer`, is not returned: the reader ta
 content header and body frames that follow on its channel (other channels' frames may come
 between them, and are returned as they come), and calls the consumer with the whole
 message, as aiormq's channel reader would. The worker's CPU per no-op task on RabbitMQ went
-from 97-98 to 78-83 us (``cpuprobe``, three runs each, in ``benchmarks/README.md``). aiormq
-closes a connection as stuck when no frame reaches its reader for three heartbeats, and
-RabbitMQ sends none while it sends deliveries: so after handing deliveries over, before it
-next waits on the socket (for more, or for the rest of a frame), the reader returns a
-heartbeat frame, which aiormq ignores.
+from 97-98 to 78-83 us (``cpuprobe``, two runs before and three after, in
+``benchmarks/README.md``). aiormq closes a connection as stuck when no frame reaches its
+reader for three heartbeats, and RabbitMQ sends none while it sends deliveries: so after
+handing deliveries over, before it next waits on the socket (for more, or for the rest of a
+frame), the reader returns a heartbeat frame, which aiormq ignores.
 
 :func:`install` puts it in place of aiormq's, process-wide, for connections opened after it:
 aiormq makes its reader by that module-level name and offers no other hook (as with
