@@ -160,7 +160,7 @@ class InlineRun(Generator[Any, Any, Outcome]):
         task = self._runner or asyncio.current_task()
         if task is None:
             raise RuntimeError("an InlineRun runs inside an asyncio task")
-        self._task = task
+        self._task, self._runner = task, None  # kept once, as the task awaiting the run
         loop = task.get_loop()
         soft, hard = self._limits.soft, self._limits.hard
         if soft is not None:

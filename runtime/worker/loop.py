@@ -45,6 +45,7 @@ from runtime.ratelimit import RateLimits
 from runtime.request import Request, current_request
 from runtime.results.backend import RedisResultBackend
 from runtime.results.revoked import Revocations, RevokedStore
+from runtime.running_loop import HeldLoop
 from runtime.task import Task
 from runtime.transports.base import Broadcasting, Delivery, Recovering, Transport
 from runtime.transports.urls import masked_url
@@ -114,10 +115,9 @@ class Worker:
         # (64 B kept per waiting task), and discarding from a set reads no context variable.
         self._forget_context = contextvars.Context()
         self._consuming: asyncio.Task[None] | None = None
-        #: The loop :meth:`run` runs on. Asked for once: on CPython 3.11 every
-        #: ``asyncio.get_running_loop()`` (``create_task``, ``current_task``) makes a
-        #: ``getpid()`` system call, to tell a loop inherited across ``fork`` from its own.
-        self._loop: asyncio.AbstractEventLoop | None = None
+        #: The loop :meth:`run` runs on, while it runs (else the running one: a handler
+        #: started by hand).
+        self._loop = HeldLoop()
         self._stopped = asyncio.Event()
         self.rate_limits = RateLimits()
         self._waiting = Waiting(self.transport, self.rate_limits, max_held=max_held_eta)
@@ -148,7 +148,7 @@ class Worker:
 
     async def run(self) -> None:
         """Connect, declare the queues, and work until :meth:`stop` or :meth:`terminate`."""
-        self._loop = asyncio.get_running_loop()
+        self._loop.hold()
         await self.transport.connect()
         try:
             await self.transport.declare([self.app.queue_spec(q) for q in self.queues])
@@ -186,6 +186,7 @@ class Worker:
                 await self._events.aclose()
             await self.transport.aclose()
             self._executor.shutdown()
+            self._loop.release()
             self.log.info("worker_stopped", processed=self.processed)
 
     def _start_heartbeat(self) -> None:
@@ -278,13 +279,9 @@ class Worker:
         handling = Handling(delivery, self.slots, held=self.slots.try_take())
         # One name for every handler: Python 3.11's asyncio makes a string for each
         # unnamed task (~60 B kept per waiting task).
-        handler = self._running_loop().create_task(self._handle(handling), name="celeriac-handler")
+        handler = self._loop.get().create_task(self._handle(handling), name="celeriac-handler")
         self._running.add(handler)
         handler.add_done_callback(self._forget_handler, context=self._forget_context)
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop :meth:`run` runs on (else the running one: a handler started by hand)."""
-        return self._loop or asyncio.get_running_loop()
 
     def resize(self, concurrency: int) -> None:
         """Run ``concurrency`` tasks at once from now on (``pool_grow``, ``pool_shrink``,
@@ -496,7 +493,7 @@ class Worker:
         for observer in self.observers:
             observer.started(message, delivery.queue)
         log.info("task_started", soft_limit=limits.soft, hard_limit=limits.hard)
-        runner = asyncio.current_task(self._running_loop())
+        runner = asyncio.current_task(self._loop.get())
         assert runner is not None
         running = RunningTask(request, runner, time.time(), not acks_late)
         self.running[request.id] = running

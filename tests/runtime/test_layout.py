@@ -33,6 +33,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
             "arguments",
             "ratelimit",
             "redis_client",
+            "running_loop",
             "probes",
             "tls",
         ),
@@ -52,7 +53,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
 #: The one import that points up, and why: the app starts a worker for embedding.
 UPWARD = {("runtime.app", "runtime.worker")}
 #: The transports' own imports outside runtime.transports.
-TRANSPORT_MAY_IMPORT = {"runtime.errors", "runtime.redis_client"}
+TRANSPORT_MAY_IMPORT = {"runtime.errors", "runtime.redis_client", "runtime.running_loop"}
 
 
 def _modules() -> dict[str, Path]:

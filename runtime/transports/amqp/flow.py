@@ -35,6 +35,7 @@ import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
 
 from runtime.errors import BrokerConnectionError
+from runtime.running_loop import HeldLoop
 from runtime.transports.base import Capacity, detached_context
 
 from . import dispatch
@@ -70,9 +71,7 @@ class FlowControl:
         self.unsettled: set[Received] = set()
         self._pending: list[_Pending] = []  # settlements the flush task has not written yet
         self._flushing: asyncio.Task[None] | None = None
-        #: The loop consuming runs on, asked for once per :meth:`start`: on CPython 3.11
-        #: ``asyncio.get_running_loop()`` makes a ``getpid()`` system call each time.
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = HeldLoop()  # the loop consuming runs on, from start() to stop()
         #: Held for every change of QoS or consumers, so that none is cut off mid-RPC.
         self.lock = asyncio.Lock()
         #: Set when the target may have changed: a slot freed, a channel reopened.
@@ -82,11 +81,12 @@ class FlowControl:
         """Consume ``queues`` with the prefetch following ``capacity`` (from the next apply);
         call on the loop that consumes."""
         self._capacity, self._queues = capacity, queues
-        self._loop = asyncio.get_running_loop()
+        self._loop.hold()
 
     def stop(self) -> None:
         """Consume nothing from the next apply on: the target becomes 0."""
         self._capacity = None
+        self._loop.release()
 
     async def cancel_consumers(self) -> None:
         """After :meth:`stop`: cancel the consumers on the current channel, if it is open."""
@@ -195,7 +195,7 @@ class FlowControl:
         if message.lost or message.settled:
             return None
         message.settled = True
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self._loop.get()
         done = loop.create_future()
         self._pending.append((message, requeue, done))
         if self._flushing is None:

@@ -62,6 +62,7 @@ from protocol.kombu_redis import (
 from protocol.limits import DEFAULT_LIMITS
 from runtime.errors import BrokerConnectionError, translate_redis_errors
 from runtime.redis_client import client_for
+from runtime.running_loop import HeldLoop
 from runtime.transports.base import (
     BrokerHealth,
     Capacity,
@@ -126,9 +127,7 @@ class RedisTransport(RedisFanout, RedisMirroring):
         self._pending: list[Settlement] = []
         self._acks: list[tuple[Claim, asyncio.Future[None]]] = []  # not yet sent to Redis
         self._acking: asyncio.Task[None] | None = None
-        #: The loop consuming runs on, asked for once per :meth:`consume`: on CPython 3.11
-        #: ``asyncio.get_running_loop()`` makes a ``getpid()`` system call each time.
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = HeldLoop()  # the loop consuming runs on, while it does
         self._consumer_id = uuid.uuid4().hex
         self._consuming: list[str] = []
         # Claimed and not yet handed out, oldest first: (queue, [index, payload, tag]).
@@ -231,7 +230,7 @@ class RedisTransport(RedisFanout, RedisMirroring):
             raise RuntimeError("this transport is already consuming")
         names = list(queues)
         self._consuming = names
-        self._loop = asyncio.get_running_loop()
+        self._loop.hold()
         keys = [self.layout.unacked, self.layout.unacked_index]
         keys += [key for name in names for key in self.layout.step_keys(name)]
         keys += [self.layout.dead_key(name) for name in names]
@@ -272,6 +271,7 @@ class RedisTransport(RedisFanout, RedisMirroring):
                         yield delivery
         finally:
             self._consuming = []
+            self._loop.release()
             if self._client is not None:
                 await self._give_back_unhanded()
                 with contextlib.suppress(redis.exceptions.RedisError):
@@ -361,7 +361,7 @@ class RedisTransport(RedisFanout, RedisMirroring):
         if claim.settled:
             return
         claim.settled = True
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self._loop.get()
         done = loop.create_future()
         self._acks.append((claim, done))
         if self._acking is None:
