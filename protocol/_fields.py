@@ -157,9 +157,9 @@ def sequence(value: Any, field: str, *, null_is_empty: bool = False) -> tuple[An
     return tuple(value)
 
 
-def mapping(value: Any, field: str, *, null_is_empty: bool = False) -> Mapping[str, Any]:
-    """A mapping with string keys, as a read-only copy (an empty one shared: a message's
-    ``{}`` kwargs are held for as long as it runs); null too, if ``null_is_empty``."""
+def readable_mapping(value: Any, field: str, *, null_is_empty: bool = False) -> Mapping[str, Any]:
+    """A mapping with string keys, as it is: for reading a few keys from and keeping none of
+    it (:func:`mapping` keeps a copy); null too, as an empty one, if ``null_is_empty``."""
     if value is None and null_is_empty:
         return EMPTY
     # dict first: what every decoder returns, and far cheaper to test than the Mapping ABC.
@@ -168,7 +168,14 @@ def mapping(value: Any, field: str, *, null_is_empty: bool = False) -> Mapping[s
     for key in value:
         if not isinstance(key, str):
             raise MalformedMessage(f"keys must be strings, got {_kind(key)}", field=field)
-    return MappingProxyType(dict(value)) if value else EMPTY
+    return value
+
+
+def mapping(value: Any, field: str, *, null_is_empty: bool = False) -> Mapping[str, Any]:
+    """A mapping with string keys, as a read-only copy (an empty one shared: a message's
+    ``{}`` kwargs are held for as long as it runs); null too, if ``null_is_empty``."""
+    checked = readable_mapping(value, field, null_is_empty=null_is_empty)
+    return MappingProxyType(dict(checked)) if checked else EMPTY
 
 
 def json_object(value: Any, field: str) -> dict[str, Any]:

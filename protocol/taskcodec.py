@@ -58,7 +58,7 @@ def decode_task(
     else:
         headers = _fields.mapping(message.headers, "headers")
         limits.check_headers(headers)
-    properties = _fields.mapping(message.properties, "properties")
+    properties = _fields.readable_mapping(message.properties, "properties")
     body = message.body
     compression = headers.get("compression")
     if compression is not None:
@@ -74,20 +74,14 @@ def decode_task(
     if "task" in headers:
         if isinstance(payload, Mapping) and "args" in payload:
             fields = {**payload, **headers}  # hybrid: body fields, overridden by headers
-            return _from_fields(fields, headers, properties, protocol=2, v1_body=payload)
+            return _from_fields(fields, fields, headers, properties, protocol=2, v1_body=payload)
         if not isinstance(payload, list | tuple) or len(payload) != 3:
             raise MalformedMessage("protocol v2 body must be [args, kwargs, embed]", field="body")
         args, kwargs, embed = payload
-        embed = _fields.mapping(embed, "body.embed", null_is_empty=True)
-        fields = {
-            **headers,
-            **{k: embed.get(k) for k in ("callbacks", "errbacks", "chain", "chord")},
-            "args": args,
-            "kwargs": kwargs,
-        }
-        return _from_fields(fields, headers, properties, protocol=2)
+        links = _fields.readable_mapping(embed, "body.embed", null_is_empty=True)
+        return _from_fields(headers, links, headers, properties, protocol=2, body=(args, kwargs))
     if isinstance(payload, Mapping) and "task" in payload:
-        return _from_fields(payload, headers, properties, protocol=1, v1_body=payload)
+        return _from_fields(payload, payload, headers, properties, protocol=1, v1_body=payload)
     raise MalformedMessage("not a Celery task message: no task header and no v1 body")
 
 
@@ -114,29 +108,36 @@ def _timelimit(value: Any) -> tuple[float | None, float | None]:
 
 def _from_fields(
     fields: Mapping[str, Any],
+    links: Mapping[str, Any],
     headers: Mapping[str, Any],
     properties: Mapping[str, Any],
     *,
     protocol: int,
+    body: tuple[Any, Any] | None = None,
     v1_body: Mapping[str, Any] | None = None,
 ) -> TaskMessage:
+    """The message from its sources, each read as it is (no merged copy): ``fields``, the
+    task's metadata (protocol v2's headers, else the body); ``links``, where ``callbacks``,
+    ``errbacks``, ``chain`` and ``chord`` are (v2's embed); ``body``, v2's args and kwargs
+    (else they are in ``fields``)."""
     where = "headers" if v1_body is None else "body"
 
     get = fields.get
+    args, kwargs = (get("args"), get("kwargs")) if body is None else body
 
     hard, soft = _timelimit(get("timelimit"))
     group = get("group")
     if group is None and v1_body is not None:
         group = v1_body.get("taskset")  # protocol v1's old name for the group id
-    chord = get("chord")
+    chord = links.get("chord")
     # Held while the task runs, so each string is kept once: a root task's root_id and
     # correlation_id are its id, and short strings repeat from message to message.
     task_id = _fields.name(get("id"), f"{where}.id")
     return TaskMessage(
         id=task_id,
         task=_fields.shared_text(_fields.name(get("task"), f"{where}.task")),
-        args=_fields.sequence(get("args"), "args", null_is_empty=True),
-        kwargs=_fields.mapping(get("kwargs"), "kwargs", null_is_empty=True),
+        args=_fields.sequence(args, "args", null_is_empty=True),
+        kwargs=_fields.mapping(kwargs, "kwargs", null_is_empty=True),
         retries=_fields.integer(
             _fields.or_default(get("retries"), 0), f"{where}.retries", minimum=0
         ),
@@ -149,9 +150,9 @@ def _from_fields(
         group_id=_fields.optional_text(group, f"{where}.group"),
         group_index=_fields.optional_integer(get("group_index"), f"{where}.group_index"),
         shadow=_fields.optional_shared(get("shadow"), f"{where}.shadow"),
-        callbacks=_signatures(get("callbacks"), "callbacks"),
-        errbacks=_signatures(get("errbacks"), "errbacks"),
-        chain=_signatures(get("chain"), "chain"),
+        callbacks=_signatures(links.get("callbacks"), "callbacks"),
+        errbacks=_signatures(links.get("errbacks"), "errbacks"),
+        chain=_signatures(links.get("chain"), "chain"),
         chord=None if chord is None else Signature.from_wire(chord, "chord"),
         reply_to=_fields.optional_text(properties.get("reply_to"), "properties.reply_to"),
         correlation_id=_fields.same_or(
@@ -185,10 +186,9 @@ def _from_fields(
 def _custom(headers: Mapping[str, Any]) -> Mapping[str, Any]:
     """The headers Celery does not define (a shared empty mapping when there are none, as in
     most messages)."""
-    names = headers.keys() - _NOT_CUSTOM  # at C speed: most messages have none
-    if not names:
+    if _NOT_CUSTOM.issuperset(headers):  # at C speed, making nothing: most messages have none
         return _fields.EMPTY
-    return MappingProxyType({name: value for name, value in headers.items() if name in names})
+    return MappingProxyType({k: v for k, v in headers.items() if k not in _NOT_CUSTOM})
 
 
 def encode_task(

@@ -91,6 +91,8 @@ BAD_TASKS = [
     ("header keys not strings", _with(headers={1: "x"}), "headers"),
     ("priority negative", _with(properties={"priority": -1}), "properties.priority"),
     ("reply_to a number", _with(properties={"reply_to": 5}), "properties.reply_to"),
+    ("properties not a mapping", _with(properties=[("priority", 1)]), "properties"),
+    ("property keys not strings", _with(properties={1: "x"}), "properties"),
     ("body not three items", _with_body([[1], {}]), "body"),
     ("body a string", _with_body("hello"), "body"),
     ("args a mapping", _with_body([{"a": 1}, {}, EMBED]), "args"),
