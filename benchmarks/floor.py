@@ -1,6 +1,6 @@
 """The floor: a bare client that only consumes and acknowledges, with a worker's prefetch.
 
-    python -m benchmarks.floor --broker URL --queue Q --prefetch N
+    python -m benchmarks.floor --broker URL --queue Q --prefetch N [--processes P]
 
 No worker can drain a queue faster than its broker client can take messages off it, so the
 suite runs this beside the workers on the same queue and broker:
@@ -19,6 +19,11 @@ suite runs this beside the workers on the same queue and broker:
 
 It runs until SIGTERM or SIGINT, closes its connections, and prints one JSON line on stdout,
 ``{"consumed": n}``, then exits 0.
+
+``--processes P`` runs P such consumers, each a child process with its own connection, that
+this one starts, stops when signalled, and counts: what the machine lets P bare clients drain,
+beside a worker's ``--processes P``. The line then adds each one's count,
+``{"consumed": n, "by_process": [...]}``; a child that dies ends the run with an error.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,6 +102,41 @@ async def consume_redis(
                 task.cancel()
 
 
+async def run_processes(url: str, queue: str, prefetch: int, processes: int) -> list[int]:
+    """Run ``processes`` floor processes until SIGTERM or SIGINT, then stop them; how many
+    messages each consumed. This process only supervises them, as a worker's ``--processes``
+    supervisor does, so that they all start alike."""
+    command = [sys.executable, "-m", "benchmarks.floor", "--broker", url, "--queue", queue,
+               "--prefetch", str(prefetch)]  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    children = []
+    try:
+        for _ in range(processes):
+            children.append(
+                await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+            )
+        exits = [asyncio.ensure_future(child.wait()) for child in children]
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signal.SIGTERM)
+    counts = []
+    for child in children:
+        out, _ = await child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"a floor process exited {child.returncode}")
+        counts.append(int(json.loads(out)["consumed"]))
+    return counts
+
+
 async def run(url: str, queue: str, prefetch: int) -> int:
     """Consume until SIGTERM or SIGINT; return how many messages were consumed."""
     consume = consume_redis if url.startswith(("redis://", "rediss://")) else consume_amqp
@@ -131,10 +172,21 @@ def main() -> None:
     parser.add_argument("--queue", required=True)
     parser.add_argument("--prefetch", type=int, required=True,
                         help="QoS, BRPOP slots, or SQS messages in flight")  # fmt: skip
+    parser.add_argument("--processes", type=int, default=1,
+                        help="consumers, each in a process of its own")  # fmt: skip
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    report: dict[str, int | list[int]]
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        consumed = runner.run(run(args.broker, args.queue, args.prefetch))
-    print(json.dumps({"consumed": consumed}), flush=True)
+        if args.processes == 1:
+            report = {"consumed": runner.run(run(args.broker, args.queue, args.prefetch))}
+        else:
+            counts = runner.run(
+                run_processes(args.broker, args.queue, args.prefetch, args.processes)
+            )
+            report = {"consumed": sum(counts), "by_process": counts}
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ without such a row (SQS has no Celery rows, memory has neither) has no such rati
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,9 @@ __all__ = ["add_ratios", "charts", "markdown", "tables", "write_json"]
 Row = dict[str, Any]
 _BASELINE = "celery prefork -c 2"
 _AIO_CELERY = "aio-celery -c 100"
+#: How a row's label names its processes: ``celeriac --processes 2 -c 100``,
+#: ``floor --processes 2, prefetch 100``.
+_PROCESSES = re.compile(r" --processes (\d+)")
 _COLUMNS: dict[str, tuple[str, ...]] = {
     "noop": ("rate", "x_celery_prefork", "x_floor", "x_one_process", "cpu_ms_per_task",
              "peak_rss_mib"),
@@ -44,19 +48,48 @@ def add_ratios(rows: Sequence[Row]) -> None:
         base = rates.get((row["scenario"], row["broker"], _BASELINE))
         if base:
             row["x_celery_prefork"] = round(row["rate"] / base, 2)
-        if " --processes " in row["system"]:
-            one = rates.get((row["scenario"], row["broker"], f"celeriac -c {row['concurrency']}"))
+        processes = _processes(row["system"])
+        if processes:
+            one = rates.get((row["scenario"], row["broker"], _one_process(row["system"])))
             if one:
                 row["x_one_process"] = round(row["rate"] / one, 2)
         aio = rates.get((row["scenario"], row["broker"], _AIO_CELERY))
         if aio and row["scenario"] == "results":
             row["x_aio_celery"] = round(row["rate"] / aio, 2)
         if row["scenario"] == "noop" and row["family"] != "floor":
-            prefetch = 2 if row["concurrency"] <= 2 else 100
-            floor = rates.get(("noop", row["broker"], f"floor, prefetch {prefetch}"))
-            if floor:
-                row["x_floor"] = round(row["rate"] / floor, 2)
-                row["floor"] = f"prefetch {prefetch}"
+            _add_floor_ratio(row, rates, processes)
+
+
+def _add_floor_ratio(row: Row, rates: Mapping[tuple[str, str, str], Any], processes: str) -> None:
+    """``x_floor``: the row against the floor at its prefetch and, where the run has it, in as
+    many processes (``floor`` names which)."""
+    prefetch = 2 if row["concurrency"] <= 2 else 100
+    floors = [f"prefetch {prefetch}"]
+    if processes:
+        floors.insert(0, f"--processes {processes}, prefetch {prefetch}")
+    for which in floors:
+        floor = rates.get(("noop", row["broker"], _floor_label(which)))
+        if floor:
+            row["x_floor"] = round(row["rate"] / floor, 2)
+            row["floor"] = which
+            return
+
+
+def _processes(system: str) -> str:
+    """The ``--processes`` count a row's label names ("" for one process)."""
+    match = _PROCESSES.search(system)
+    return match.group(1) if match else ""
+
+
+def _one_process(system: str) -> str:
+    """The label of the same system in one process."""
+    return _PROCESSES.sub("", system)
+
+
+def _floor_label(which: str) -> str:
+    """The floor row's label for ``which`` (its options, as :func:`benchmarks.systems.floor`
+    writes them)."""
+    return f"floor {which}" if which.startswith("--") else f"floor, {which}"
 
 
 def _cell(value: Any) -> str:

@@ -43,9 +43,10 @@ def _throughput_systems() -> list[System]:
 
 
 def _noop_extra_systems() -> list[System]:
-    """The cost of task events, two processes, the bare clients' floors, and no broker."""
+    """The cost of task events, two processes, the bare clients' floors (in one process and
+    in two), and no broker."""
     return [celeriac(100, events=True), celeriac(100, processes=2), floor(2), floor(100),
-            celeriac_in_process(100)]  # fmt: skip
+            floor(100, processes=2), celeriac_in_process(100)]  # fmt: skip
 
 
 #: scenario -> the systems it measures (each on the brokers it supports).

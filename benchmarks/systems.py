@@ -113,12 +113,18 @@ def taskiq(concurrency: int) -> System:
     )  # fmt: skip
 
 
-def floor(prefetch: int) -> System:
+def floor(prefetch: int, *, processes: int = 1) -> System:
     """The floor: consume and ack only (aio-pika QoS N; redis-py N BRPOP loops; SQS receive
-    and batch delete with N in flight)."""
+    and batch delete with N in flight); ``processes``: that many such consumers, each in a
+    process of its own (beside a worker's ``--processes``; not on SQS)."""
+    label = f"floor, prefetch {prefetch}"
+    extra: tuple[str, ...] = ()
+    if processes > 1:
+        label = f"floor --processes {processes}, prefetch {prefetch}"
+        extra = ("--processes", str(processes))
     return System(
-        f"floor, prefetch {prefetch}", "floor", prefetch,
+        label, "floor", prefetch,
         ("-m", "benchmarks.floor", "--broker", "{broker}", "--queue", "{queue}",
-         "--prefetch", str(prefetch)),
-        brokers=("amqp", "redis", "sqs"),
+         "--prefetch", str(prefetch), *extra),
+        brokers=("amqp", "redis") if processes > 1 else ("amqp", "redis", "sqs"),
     )  # fmt: skip

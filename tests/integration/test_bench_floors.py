@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -44,17 +45,19 @@ def _wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
-StartFloor = Callable[[str, str, int], "subprocess.Popen[str]"]
+StartFloor = Callable[..., "subprocess.Popen[str]"]
 
 
 @pytest.fixture
 def start_floor() -> Iterator[StartFloor]:
-    """Starts ``python -m benchmarks.floor`` (broker, queue, prefetch); kills what is left."""
+    """Starts ``python -m benchmarks.floor`` (broker, queue, prefetch[, processes]); kills
+    what is left."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(broker: str, queue: str, prefetch: int) -> subprocess.Popen[str]:
+    def start(broker: str, queue: str, prefetch: int, processes: int = 1) -> subprocess.Popen[str]:
         command = [sys.executable, "-m", "benchmarks.floor", "--broker", broker,
-                   "--queue", queue, "--prefetch", str(prefetch)]  # fmt: skip
+                   "--queue", queue, "--prefetch", str(prefetch),
+                   "--processes", str(processes)]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(quick_noop.ROOT)}
         started.append(subprocess.Popen(
             command, cwd=quick_noop.ROOT, env=env, text=True,
@@ -69,7 +72,7 @@ def start_floor() -> Iterator[StartFloor]:
         proc.communicate()
 
 
-def _drain_and_stop(proc: subprocess.Popen[str], broker: str, queue: str) -> dict[str, int]:
+def _drain_and_stop(proc: subprocess.Popen[str], broker: str, queue: str) -> dict[str, Any]:
     """Wait for ``queue`` to empty, SIGTERM the floor, return what it printed."""
     with Connection(broker) as conn:
         _wait_for(lambda: quick_noop.depth(conn, queue) == 0, "the queue to empty")
@@ -82,16 +85,37 @@ def _drain_and_stop(proc: subprocess.Popen[str], broker: str, queue: str) -> dic
     return dict(json.loads(lines[0]))
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 @pytest.mark.parametrize("broker", ["amqp_url", "redis_url"])
 def test_a_floor_drains_what_a_celery_client_published(
-    broker: str, amqp_queue: str, start_floor: StartFloor, request: pytest.FixtureRequest
+    broker: str,
+    processes: int,
+    amqp_queue: str,
+    start_floor: StartFloor,
+    request: pytest.FixtureRequest,
 ) -> None:
     url = request.getfixturevalue(broker)
     quick_noop.preload(amqp_queue, 50, url)
 
-    proc = start_floor(url, amqp_queue, 2)
+    proc = start_floor(url, amqp_queue, 2, processes=processes)
 
-    assert _drain_and_stop(proc, url, amqp_queue) == {"consumed": 50}
+    report = _drain_and_stop(proc, url, amqp_queue)
+    counts = report.pop("by_process", [report["consumed"]])  # each process's, when several
+    assert report == {"consumed": 50}
+    assert len(counts) == processes
+    assert sum(counts) == 50
+
+
+def test_a_floor_process_that_dies_fails_the_floor(
+    amqp_queue: str, start_floor: StartFloor
+) -> None:
+    proc = start_floor("amqp://guest:guest@127.0.0.1:1//", amqp_queue, 2, processes=2)
+
+    out, err = proc.communicate(timeout=PATIENCE)
+
+    assert proc.returncode != 0
+    assert out == ""
+    assert "a floor process exited" in err
 
 
 @pytest.mark.parametrize("broker", ["amqp_url", "redis_url"])

@@ -123,3 +123,30 @@ def test_ratios_compare_rows_of_the_same_run_and_broker() -> None:
     assert (rows[4]["x_celery_prefork"], rows[4]["x_floor"]) == (2.0, 0.5)
     assert "x_celery_prefork" not in rows[5]
     assert "x_floor" not in rows[1]
+    # No two-process floor in this run: the --processes row is taken against the one there is.
+    assert (rows[6]["x_floor"], rows[6]["floor"]) == (1.12, "prefetch 100")
+
+
+def test_a_processes_row_is_taken_against_the_floor_in_as_many_processes() -> None:
+    def row(system: str, family: str, rate: float, broker: str = "amqp") -> dict[str, Any]:
+        return {"scenario": "noop", "broker": broker, "system": system, "family": family,
+                "concurrency": 100, "rate": rate}  # fmt: skip
+
+    rows = [
+        row("floor, prefetch 100", "floor", 8000.0),
+        row("floor --processes 2, prefetch 100", "floor", 10000.0),
+        row("celeriac -c 100", "celeriac", 7000.0),
+        row("celeriac --processes 2 -c 100", "celeriac", 11000.0),
+        row("floor --processes 2, prefetch 100", "floor", 1.0, broker="redis"),
+        row("celeriac --processes 2 -c 100", "celeriac", 3.0, broker="redis"),
+    ]
+    report.add_ratios(rows)
+
+    assert (rows[3]["x_one_process"], rows[3]["x_floor"], rows[3]["floor"]) == (
+        1.57, 1.1, "--processes 2, prefetch 100",
+    )  # fmt: skip
+    assert rows[1]["x_one_process"] == 1.25  # what the machine lets two bare clients do
+    assert "x_floor" not in rows[1]
+    assert (rows[2]["x_floor"], rows[2]["floor"]) == (0.88, "prefetch 100")
+    assert "x_one_process" not in rows[5]  # no one-process row on that broker
+    assert (rows[5]["x_floor"], rows[5]["floor"]) == (3.0, "--processes 2, prefetch 100")
