@@ -198,6 +198,31 @@ async def test_never_more_than_the_free_slots(make: Factory, unique_name: str) -
     await consumer.stop()
 
 
+async def test_an_ack_whose_caller_is_cancelled_is_still_made(
+    make: Factory, unique_name: str
+) -> None:
+    """A handler cancelled while its ack is on the way (a shutdown, a hard limit) does not
+    take the ack back: the message is not given back when the transport closes."""
+    first = await make()
+    await first.publish(_message(1), routing_key=unique_name)
+    consumer = SlotConsumer(first, [unique_name], Slots(1))
+    delivery = await consumer.get()
+
+    acking = asyncio.ensure_future(first.ack(delivery))
+    await asyncio.sleep(0)  # the ack is asked for, and waited on
+    acking.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await acking
+    await consumer.stop()
+    await first.aclose()  # gives back what is unsettled
+
+    second = await make()
+    again = SlotConsumer(second, [unique_name], Slots(1))
+    await again.nothing_more()
+    await again.stop()
+    assert await _ready(second, unique_name) == 0
+
+
 async def test_reject_requeues_or_drops(make: Factory, unique_name: str) -> None:
     transport = await make()
     await transport.publish(_message(1), routing_key=unique_name)

@@ -186,8 +186,9 @@ class FlowControl:
                 self.wake.set()
 
     def settle(self, message: Received, requeue: bool | None) -> asyncio.Future[None] | None:
-        """Queue an ack (``requeue=None``) or a reject; the future is done once it is written.
-        ``None`` where there is nothing to do: settled already, or its channel is gone.
+        """Queue an ack (``requeue=None``) or a reject; the future is done once it is written
+        (cancelling it withdraws nothing: the settlement is written all the same). ``None``
+        where there is nothing to do: settled already, or its channel is gone.
 
         Settlements asked for in one turn of the event loop go out together, behind one
         ``basic.qos`` lowering for all of them (see :meth:`_write_settlements`).

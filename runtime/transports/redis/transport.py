@@ -368,7 +368,9 @@ class RedisTransport(RedisFanout, RedisMirroring):
             self._acking = loop.create_task(
                 self._send_acks(), name="celeriac-redis-ack", context=detached_context()
             )
-        await asyncio.shield(done)  # cancelling the caller does not take the ack back
+        # Not shielded: cancelling the caller cancels only this future. The ack stays in
+        # the batch, which is sent whatever becomes of its futures (a shield cost 1.7 us).
+        await done
 
     async def _send_acks(self) -> None:
         """Send waiting acks, a batch per script call, until none is left."""
