@@ -48,7 +48,9 @@ class TurnBatch(Generic[Item, Answer]):
             self._sender = asyncio.create_task(
                 self._send_all(), name=self._name, context=detached_context()
             )
-        return await asyncio.shield(answer)
+        # Not shielded: cancelling the caller cancels only its answer; the item is sent all
+        # the same, as :meth:`_send_all` sends whatever was submitted.
+        return await answer
 
     async def _send_all(self) -> None:
         try:

@@ -75,13 +75,14 @@ async def test_an_error_reaches_every_caller_of_its_batch_and_no_other() -> None
     assert await batch.submit(7) == 70  # and the next batch goes out as usual
 
 
-async def test_a_cancelled_caller_does_not_take_its_item_back() -> None:
+@pytest.mark.parametrize("turns", [1, 2], ids=["before-the-batch-goes", "with-it-in-flight"])
+async def test_a_cancelled_caller_does_not_take_its_item_back(turns: int) -> None:
     recorder = Recorder()
     recorder.release.clear()
     batch = TurnBatch(recorder.send, most=100, name="test")
     caller = asyncio.create_task(batch.submit(1))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    for _ in range(turns):
+        await asyncio.sleep(0)
     caller.cancel()
     recorder.release.set()
     await batch.drain()
