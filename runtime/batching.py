@@ -40,7 +40,7 @@ class TurnBatch(Generic[Item, Answer]):
 
     async def submit(self, item: Item) -> Answer:
         """Queue ``item`` for the next batch and return its answer."""
-        answer = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, answer))
         if self._sender is None:
             # Detached: the sender must not inherit (and be cancelled with) the caller's
