@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
+from .systems import floor
+
 __all__ = ["add_ratios", "charts", "markdown", "tables", "write_json"]
 
 Row = dict[str, Any]
@@ -62,16 +64,15 @@ def add_ratios(rows: Sequence[Row]) -> None:
 
 def _add_floor_ratio(row: Row, rates: Mapping[tuple[str, str, str], Any], processes: str) -> None:
     """``x_floor``: the row against the floor at its prefetch and, where the run has it, in as
-    many processes (``floor`` names which)."""
+    many processes (``floor`` names which: the floor's options)."""
     prefetch = 2 if row["concurrency"] <= 2 else 100
-    floors = [f"prefetch {prefetch}"]
-    if processes:
-        floors.insert(0, f"--processes {processes}, prefetch {prefetch}")
-    for which in floors:
-        floor = rates.get(("noop", row["broker"], _floor_label(which)))
-        if floor:
-            row["x_floor"] = round(row["rate"] / floor, 2)
-            row["floor"] = which
+    floors = [floor(prefetch, processes=int(processes))] if processes else []
+    floors.append(floor(prefetch))
+    for system in floors:
+        rate = rates.get(("noop", row["broker"], system.label))
+        if rate:
+            row["x_floor"] = round(row["rate"] / rate, 2)
+            row["floor"] = system.label.removeprefix("floor").lstrip(", ")
             return
 
 
@@ -84,12 +85,6 @@ def _processes(system: str) -> str:
 def _one_process(system: str) -> str:
     """The label of the same system in one process."""
     return _PROCESSES.sub("", system)
-
-
-def _floor_label(which: str) -> str:
-    """The floor row's label for ``which`` (its options, as :func:`benchmarks.systems.floor`
-    writes them)."""
-    return f"floor {which}" if which.startswith("--") else f"floor, {which}"
 
 
 def _cell(value: Any) -> str:
