@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["TcpProxy"]
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to ``target``; :meth:`drop` cuts every live connection."""
+    """Forwards 127.0.0.1:<port> to ``target``; :meth:`drop` cuts every live connection.
+    ``delay``: seconds each chunk waits before it is passed on, either way (a slow link)."""
 
-    def __init__(self, target_url: str) -> None:
+    def __init__(self, target_url: str, *, delay: float = 0.0) -> None:
+        self._delay = delay
         split = urlsplit(target_url)
         self._target = (split.hostname or "127.0.0.1", split.port or 5672)
         self._split = split
@@ -58,6 +61,8 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if self._delay:
+                    time.sleep(self._delay)
                 sink.sendall(data)
         with self._lock:
             self._sockets -= {source, sink}

@@ -88,6 +88,26 @@ async def test_a_broadcast_reaches_every_listener(
     await second.aclose()
 
 
+async def test_a_broadcast_sent_once_the_listener_is_set_up_reaches_it(
+    broker: tuple[str, Open], unique_name: str
+) -> None:
+    """Set up means subscribed, even behind a slow link: a broadcast sent at once on another
+    connection is not lost (redis-py's PSUBSCRIBE returns when it is written, not read)."""
+    url, open_ = broker
+    exchange = f"{unique_name}.pidbox"
+    proxy = TcpProxy(url, delay=0.1)
+    try:
+        messages = await (await open_(proxy.url)).broadcasts(exchange, f"a@{unique_name}.pidbox")
+        sender = await open_()
+
+        await sender.broadcast(_message(1), exchange=exchange)
+
+        assert (await _next(messages)).headers == {"n": 1}
+        await messages.aclose()
+    finally:
+        proxy.close()
+
+
 async def test_a_listener_comes_back_after_a_lost_connection(
     broker: tuple[str, Open], unique_name: str
 ) -> None:

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Longest one wait for a message lasts, so that a closed transport is noticed.
 _POLL = 1.0
+#: Longest wait for Redis to confirm a new subscription.
+_CONFIRM_WAIT = 10.0
 _RETRY_MIN, _RETRY_MAX = 0.5, 10.0
 
 
@@ -99,10 +101,25 @@ def _translate(action: str) -> contextlib.AbstractContextManager[None]:
 async def listen(
     client: redis.asyncio.Redis, channel: str, closed: asyncio.Event
 ) -> AsyncGenerator[WireMessage, None]:
-    """PSUBSCRIBE to ``channel``; the messages published on it, until ``closed`` is set."""
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    """PSUBSCRIBE to ``channel``; the messages published on it, until ``closed`` is set.
+
+    Returns once Redis has confirmed the subscription: redis-py's ``psubscribe`` returns when
+    the command is written, and a message published on another connection before Redis has
+    read it is not delivered (a broadcast sent right after the listener was set up was lost).
+    """
+    pubsub = client.pubsub()
     try:
         await pubsub.psubscribe(channel)
+        async with asyncio.timeout(_CONFIRM_WAIT):
+            while True:
+                reply = await pubsub.get_message(timeout=_POLL)
+                if reply is not None and reply.get("type") == "psubscribe":
+                    break
+    except TimeoutError as exc:
+        await _close(pubsub)
+        raise redis.exceptions.TimeoutError(
+            f"Redis did not confirm the subscription to {channel!r} in {_CONFIRM_WAIT:.0f} s"
+        ) from exc
     except BaseException:
         await _close(pubsub)
         raise
